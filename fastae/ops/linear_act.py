@@ -1,0 +1,233 @@
+"""``linear_act``: act(x @ weight.T + bias) in one fused op, forward and backward.
+
+Two layers of torch.library ops:
+
+* ``fastae::linear_act(x, weight, bias, activation)`` — the public op. A composite: it checks
+  its arguments, flattens leading dims, picks the backend and calls
+* ``fastae::linear_act_fwd`` / ``fastae::linear_act_bwd`` — the 2-D primitives with a fake
+  implementation and an autograd formula, which torch.compile keeps as opaque nodes.
+
+Activations whose derivative follows from their output (none, relu, leaky_relu, sigmoid, tanh)
+save only the output for backward; gelu, gelu_tanh and silu save the pre-activation.
+"""
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from fastae.ops import _backend
+
+ACTIVATIONS = ("none", "relu", "leaky_relu", "gelu", "gelu_tanh", "sigmoid", "tanh", "silu")
+_ACT_ID = {name: i for i, name in enumerate(ACTIVATIONS)}
+_GRAD_FROM_OUTPUT = frozenset(_ACT_ID[a] for a in ("none", "relu", "leaky_relu", "sigmoid", "tanh"))
+_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+LEAKY_SLOPE = 0.01
+
+# ---------------------------------------------------------------------------------------------
+# torch backend: plain PyTorch, the oracle
+
+
+def _torch_act(act, pre):
+    name = ACTIVATIONS[act]
+    if name == "none":
+        return pre
+    if name == "leaky_relu":
+        return F.leaky_relu(pre, LEAKY_SLOPE)
+    if name == "gelu_tanh":
+        return F.gelu(pre, approximate="tanh")
+    return getattr(F, name)(pre)
+
+
+def _torch_act_grad(act, saved):
+    """d act / d pre in fp32, from the output or the pre-activation (see module docstring)."""
+    s = saved.float()
+    name = ACTIVATIONS[act]
+    if name == "relu":
+        return (s > 0).float()
+    if name == "leaky_relu":
+        return torch.where(s > 0, 1.0, LEAKY_SLOPE)
+    if name == "sigmoid":
+        return s * (1 - s)
+    if name == "tanh":
+        return 1 - s * s
+    if name == "gelu":
+        return 0.5 * (1 + torch.erf(s * 0.5**0.5)) + s * torch.exp(-0.5 * s * s) * (2 * torch.pi) ** -0.5
+    if name == "gelu_tanh":
+        c = (2 / torch.pi) ** 0.5
+        t = torch.tanh(c * (s + 0.044715 * s**3))
+        return 0.5 * (1 + t) + 0.5 * s * (1 - t * t) * c * (1 + 3 * 0.044715 * s * s)
+    sig = torch.sigmoid(s)  # silu
+    return sig * (1 + s * (1 - sig))
+
+
+def _torch_fwd(x, weight, bias, act, save_preact):
+    pre = F.linear(x, weight, bias)
+    return _torch_act(act, pre), (pre if save_preact else x.new_empty(0))
+
+
+def _torch_bwd(grad_out, x, weight, saved, act, need_x, need_w, need_b):
+    g = grad_out if ACTIVATIONS[act] == "none" else (grad_out.float() * _torch_act_grad(act, saved)).to(x.dtype)
+    return (
+        g @ weight if need_x else x.new_empty(0),  # a fresh empty each: custom op outputs may not alias
+        g.t() @ x if need_w else x.new_empty(0),
+        g.sum(0) if need_b else x.new_empty(0),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# the other backends
+
+
+def _native_fwd(x, weight, bias, act, save_preact):
+    return torch.ops.fastae_C.linear_act_fwd(x, weight, bias, act, save_preact)
+
+
+def _native_bwd(*args):
+    return torch.ops.fastae_C.linear_act_bwd(*args)
+
+
+def _triton_fwd(x, weight, bias, act, save_preact):
+    from fastae.kernels import linear_act as kernels
+
+    return kernels.linear_act_fwd(x, weight, bias, act, save_preact)
+
+
+def _triton_bwd(*args):
+    from fastae.kernels import linear_act as kernels
+
+    return kernels.linear_act_bwd(*args)
+
+
+_FWD = {"torch": _torch_fwd, "cpu": _native_fwd, "cuda": _native_fwd, "triton": _triton_fwd}
+_BWD = {"torch": _torch_bwd, "cpu": _native_bwd, "cuda": _native_bwd, "triton": _triton_bwd}
+
+# ---------------------------------------------------------------------------------------------
+# the primitives
+
+
+@torch.library.custom_op("fastae::linear_act_fwd", mutates_args=())
+def linear_act_fwd(
+    x: Tensor, weight: Tensor, bias: Optional[Tensor], activation: int, backend: str, save_preact: bool
+) -> tuple[Tensor, Tensor]:
+    """2-D forward: ``(act(x @ weight.T + bias), pre-activation or an empty tensor)``."""
+    return _FWD[backend](x, weight, bias, activation, save_preact)
+
+
+@linear_act_fwd.register_fake
+def _(x, weight, bias, activation, backend, save_preact):
+    shape = (x.shape[0], weight.shape[0])
+    return x.new_empty(shape), x.new_empty(shape if save_preact else (0,))
+
+
+@torch.library.custom_op("fastae::linear_act_bwd", mutates_args=())
+def linear_act_bwd(
+    grad_out: Tensor,
+    x: Tensor,
+    weight: Tensor,
+    saved: Tensor,
+    activation: int,
+    backend: str,
+    need_x: bool,
+    need_w: bool,
+    need_b: bool,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """2-D backward: ``(grad_x, grad_weight, grad_bias)``, each an empty tensor when not needed."""
+    return _BWD[backend](grad_out, x, weight, saved, activation, need_x, need_w, need_b)
+
+
+@linear_act_bwd.register_fake
+def _(grad_out, x, weight, saved, activation, backend, need_x, need_w, need_b):
+    return (
+        x.new_empty(x.shape if need_x else (0,)),
+        weight.new_empty(weight.shape if need_w else (0,)),
+        x.new_empty(weight.shape[0] if need_b else 0),
+    )
+
+
+def _setup_context(ctx, inputs, output):
+    x, weight, bias, act, backend, _ = inputs
+    out, preact = output
+    ctx.save_for_backward(x, weight, out if act in _GRAD_FROM_OUTPUT else preact)
+    ctx.act, ctx.backend = act, backend
+
+
+def _backward(ctx, grad_out, _grad_preact):
+    x, weight, saved = ctx.saved_tensors
+    need_x, need_w, need_b = ctx.needs_input_grad[:3]
+    dx, dw, db = linear_act_bwd(grad_out, x, weight, saved, ctx.act, ctx.backend, need_x, need_w, need_b)
+    return (dx if need_x else None, dw if need_w else None, db if need_b else None, None, None, None)
+
+
+linear_act_fwd.register_autograd(_backward, setup_context=_setup_context)
+
+# ---------------------------------------------------------------------------------------------
+# the public op
+
+_lib = torch.library.Library("fastae", "FRAGMENT")
+_lib.define("linear_act(Tensor x, Tensor weight, Tensor? bias=None, str activation='relu') -> Tensor")
+
+
+def _check_tensors(x, weight, bias):
+    # Before the dispatcher, whose own message for a non-tensor names no argument.
+    for name, t in (("x", x), ("weight", weight), ("bias", bias)):
+        if not (isinstance(t, Tensor) or (name == "bias" and t is None)):
+            raise TypeError(f"linear_act: expected {name} to be a Tensor, got {type(t).__name__}")
+
+
+def _check(x, weight, bias, activation):
+    if activation not in _ACT_ID:
+        raise ValueError(f"linear_act: unknown activation {activation!r}; expected one of {ACTIVATIONS}")
+    if weight.dim() != 2:
+        raise ValueError(f"linear_act: expected weight of shape [out, in], got {weight.dim()}-D {list(weight.shape)}")
+    out_f, in_f = weight.shape
+    if x.dim() == 0 or x.shape[-1] != in_f:
+        raise ValueError(
+            f"linear_act: expected x of shape [..., in] with in={in_f} (weight is [{out_f}, {in_f}]), "
+            f"got {list(x.shape)}"
+        )
+    if bias is not None and (bias.dim() != 1 or bias.shape[0] != out_f):
+        raise ValueError(f"linear_act: expected bias of shape [{out_f}], got {list(bias.shape)}")
+    tensors = {"x": x, "weight": weight} | ({"bias": bias} if bias is not None else {})
+    if x.dtype not in _DTYPES:
+        raise TypeError(f"linear_act: expected x of dtype float32, float16 or bfloat16, got {x.dtype}")
+    for name, t in tensors.items():
+        if t.dtype != x.dtype:
+            raise TypeError(f"linear_act: expected {name} of dtype {x.dtype} like x, got {t.dtype}")
+        if t.device != x.device:
+            raise ValueError(f"linear_act: expected {name} on {x.device} like x, got {t.device}")
+
+
+def _linear_act(x, weight, bias=None, activation="relu"):
+    _check(x, weight, bias, activation)
+    if torch.is_autocast_enabled(x.device.type):
+        dtype = torch.get_autocast_dtype(x.device.type)
+        x, weight = x.to(dtype), weight.to(dtype)
+        bias = None if bias is None else bias.to(dtype)
+    act = _ACT_ID[activation]
+    needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias))
+    x2 = x.reshape(-1, weight.shape[1])
+    out, _ = linear_act_fwd(x2, weight, bias, act, _backend.resolve(x.device), needs_grad and act not in _GRAD_FROM_OUTPUT)
+    return out.view(*x.shape[:-1], weight.shape[0])
+
+
+_lib.impl("linear_act", _linear_act, "CompositeImplicitAutograd")
+
+
+def linear_act(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, activation: str = "relu") -> Tensor:
+    """``act(x @ weight.T + bias)`` with the bias and activation fused into the matmul.
+
+    Args:
+        x: ``[..., in]``, float32, float16 or bfloat16 (any leading dims, any strides).
+        weight: ``[out, in]`` like ``nn.Linear.weight``, same dtype and device as x.
+        bias: ``[out]`` or None.
+        activation: one of ``ACTIVATIONS``: none, relu, leaky_relu (slope 0.01), gelu (erf),
+            gelu_tanh, sigmoid, tanh, silu.
+
+    Returns:
+        ``[..., out]`` in x's dtype; products accumulate in fp32. Differentiable in x, weight
+        and bias. The backend is ``fastae.ops.current_backend()`` (``auto``: the fastest here).
+    """
+    _check_tensors(x, weight, bias)
+    return torch.ops.fastae.linear_act(x, weight, bias, activation)

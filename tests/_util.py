@@ -1,0 +1,29 @@
+"""Helpers shared by the op tests: which backends run here and on which device."""
+
+import pytest
+import torch
+
+import fastae
+
+AVAILABLE = fastae.ops.available_backends()
+
+
+def backend_params(names=fastae.ops.BACKENDS):
+    """Each backend as a pytest param, skipped with its reason where this install lacks it."""
+    return [
+        pytest.param(name, marks=pytest.mark.skipif(not AVAILABLE[name][0], reason=AVAILABLE[name][1]), id=name)
+        for name in names
+    ]
+
+
+def device_for(backend):
+    if backend == "cuda" or (backend == "triton" and torch.cuda.is_available()):
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def assert_close(actual, expected, atol, rtol):
+    """Element-wise closeness with atol scaled to the tensor's magnitude: matmul outputs of
+    larger norm carry larger rounding error in every element."""
+    scale = max(1.0, expected.abs().max().item()) if expected.numel() else 1.0
+    torch.testing.assert_close(actual.float(), expected.float(), atol=atol * scale, rtol=rtol)

@@ -1,0 +1,40 @@
+"""The fastae command line."""
+
+import subprocess
+import sys
+
+import torch
+
+import fastae
+from fastae import cli
+from fastae.ops import linear_act as linear_act_module
+
+
+def test_info_names_versions_build_and_backends(capsys):
+    assert cli.main(["info"]) == 0
+    out = capsys.readouterr().out
+    assert f"fastae     {fastae.__version__}" in out and torch.__version__ in out
+    for name, (ok, reason) in fastae.ops.available_backends().items():
+        assert f"{name:<7}{'yes' if ok else 'no':<5}{reason}" in out
+
+
+def test_info_check_passes_on_this_install(capsys):
+    assert cli.main(["info", "--check"]) == 0
+    out = capsys.readouterr().out
+    assert "self-check: all passed" in out
+    assert "linear_act cpu" in out or not fastae.ops.available_backends()["cpu"][0]
+
+
+def test_info_check_fails_on_a_wrong_backend(capsys, monkeypatch):
+    def wrong(x, weight, bias, act, save_preact):
+        out, pre = linear_act_module._torch_fwd(x, weight, bias, act, save_preact)
+        return out + 0.5, pre
+
+    monkeypatch.setitem(linear_act_module._FWD, "cpu", wrong)
+    assert cli.main(["info", "--check"]) == 1
+    assert "FAIL" in capsys.readouterr().out
+
+
+def test_console_script_runs():
+    out = subprocess.run([sys.executable, "-m", "fastae.cli", "info"], capture_output=True, text=True, check=True)
+    assert "backends:" in out.stdout
