@@ -7,7 +7,7 @@ import torch
 
 import fastae
 from fastae import cli
-from fastae.ops import linear_act as linear_act_module
+from fastae.ops import linear as ops_linear
 
 
 def test_info_names_versions_build_and_backends(capsys):
@@ -27,10 +27,10 @@ def test_info_check_passes_on_this_install(capsys):
 
 def test_info_check_fails_on_a_wrong_backend(capsys, monkeypatch):
     def wrong(x, weight, bias, act, save_preact):
-        out, pre = linear_act_module._torch_fwd(x, weight, bias, act, save_preact)
+        out, pre = ops_linear._torch_fwd(x, weight, bias, act, save_preact)
         return out + 0.5, pre
 
-    monkeypatch.setitem(linear_act_module._FWD, "cpu", wrong)
+    monkeypatch.setitem(ops_linear._FWD, "cpu", wrong)
     assert cli.main(["info", "--check"]) == 1
     assert "FAIL" in capsys.readouterr().out
 

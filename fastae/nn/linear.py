@@ -5,7 +5,7 @@ from typing import Optional, Sequence
 import torch
 from torch import nn
 
-from fastae.ops.linear_act import ACTIVATIONS, linear_act
+from fastae.ops.linear import ACTIVATIONS, linear_act
 
 
 def _check_activation(name, value):

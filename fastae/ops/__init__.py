@@ -6,6 +6,6 @@ tested against). ``auto`` (the default) picks the fastest available for the devi
 """
 
 from fastae.ops._backend import BACKENDS, available_backends, backend, current_backend
-from fastae.ops.linear_act import ACTIVATIONS, linear_act
+from fastae.ops.linear import ACTIVATIONS, linear_act
 
 __all__ = ["ACTIVATIONS", "BACKENDS", "available_backends", "backend", "current_backend", "linear_act"]

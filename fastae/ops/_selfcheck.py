@@ -4,7 +4,7 @@
 import torch
 
 from fastae.ops import _backend
-from fastae.ops.linear_act import ACTIVATIONS, linear_act
+from fastae.ops.linear import ACTIVATIONS, linear_act
 
 _TOLERANCE = {torch.float32: 1e-4, torch.bfloat16: 3e-2}
 
