@@ -22,4 +22,14 @@ TORCH_LIBRARY(fastae_C, m) {
   m.def(
       "linear_act_bwd(Tensor grad_out, Tensor x, Tensor weight, Tensor saved, int activation, bool need_x, "
       "bool need_w, bool need_b) -> (Tensor, Tensor, Tensor)");
+  // Reconstruction loss of contiguous input against target (kind: 0 mse, 1 l1, 2 bce, 3 bce_logits;
+  // reduction: 0 none, 1 mean, 2 sum, 3 batch = sum / batch). weight, when given, repeats over the
+  // leading `batch` dim. Returns (loss, d loss / d input scaled by the reduction, or empty).
+  m.def(
+      "recon_loss_fwd(Tensor input, Tensor target, Tensor? weight, int kind, int reduction, int batch, "
+      "bool need_grad) -> (Tensor, Tensor)");
+  // -1/2 sum(1 + logvar - mu^2 - exp(logvar)) with the reductions above; returns (loss, d/dmu, d/dlogvar).
+  m.def(
+      "gaussian_kl_fwd(Tensor mu, Tensor logvar, int reduction, int batch, bool need_grad) -> "
+      "(Tensor, Tensor, Tensor)");
 }

@@ -46,7 +46,7 @@ def cmd_info(args):
     for op, name, dtype, case, err, tol in self_check():
         ok = err <= tol
         failed += not ok
-        print(f"  {op:<11}{name:<7}{str(dtype).removeprefix('torch.'):<9}{case:<11}{err:9.2e}  "
+        print(f"  {op:<12}{name:<7}{str(dtype).removeprefix('torch.'):<9}{case:<11}{err:9.2e}  "
               f"{'ok' if ok else f'FAIL (tolerance {tol:.0e})'}")
     print(f"self-check: {'all passed' if not failed else f'{failed} FAILED'}")
     return 1 if failed else 0

@@ -7,5 +7,9 @@ tested against). ``auto`` (the default) picks the fastest available for the devi
 
 from fastae.ops._backend import BACKENDS, available_backends, backend, current_backend
 from fastae.ops.linear import ACTIVATIONS, linear_act
+from fastae.ops.loss import KINDS, REDUCTIONS, gaussian_kl, linear_bce_loss, reconstruction_loss
 
-__all__ = ["ACTIVATIONS", "BACKENDS", "available_backends", "backend", "current_backend", "linear_act"]
+__all__ = [
+    "ACTIVATIONS", "BACKENDS", "KINDS", "REDUCTIONS", "available_backends", "backend", "current_backend",
+    "gaussian_kl", "linear_act", "linear_bce_loss", "reconstruction_loss",
+]

@@ -5,6 +5,7 @@ import torch
 
 from fastae.ops import _backend
 from fastae.ops.linear import ACTIVATIONS, linear_act
+from fastae.ops.loss import KINDS, gaussian_kl, linear_bce_loss, reconstruction_loss
 
 _TOLERANCE = {torch.float32: 1e-4, torch.bfloat16: 3e-2}
 
@@ -15,35 +16,44 @@ def _device(name):
     return torch.device("cpu")
 
 
+def _cases():
+    """(op, case, fn, inputs, how many leading inputs get gradients)."""
+    g = torch.Generator().manual_seed(0)
+    x, w, b = torch.randn(5, 33, generator=g), torch.randn(17, 33, generator=g) / 33**0.5, torch.randn(17, generator=g)
+    for act in ACTIVATIONS:
+        yield "linear_act", act, lambda *a, act=act: linear_act(*a, act), (x, w, b), 3
+    target = torch.rand(6, 40, generator=g)
+    for kind in KINDS:
+        input = torch.rand(6, 40, generator=g) * 0.98 + 0.01 if kind == "bce" else torch.randn(6, 40, generator=g)
+        yield "recon_loss", kind, lambda *a, kind=kind: reconstruction_loss(*a, kind), (input, target), 2
+    yield "gaussian_kl", "batch", gaussian_kl, (torch.randn(6, 8, generator=g), torch.randn(6, 8, generator=g)), 2
+    yield "linear_bce", "mean", linear_bce_loss, (x, w, b, (torch.rand(5, 17, generator=g) > 0.5).float()), 3
+
+
+def _run(fn, inputs, n_grad, backend, dtype, device):
+    leaves = [t.to(device, dtype, copy=True).requires_grad_(i < n_grad) for i, t in enumerate(inputs)]
+    with _backend.backend(backend):
+        out = fn(*leaves)
+    out.backward(torch.randn(out.shape, generator=torch.Generator().manual_seed(1)).to(device, dtype))
+    return [out.detach().cpu()] + [t.grad.cpu() for t in leaves[:n_grad]]  # copy=True: fresh leaves each run
+
+
 def _max_rel_error(got, want):
-    return max(((g.float() - w.float()).abs().max() / w.float().abs().max().clamp_min(1)).item()
-               for g, w in zip(got, want))
-
-
-def _linear_act_case(name, device, dtype, act):
-    gen = torch.Generator().manual_seed(0)
-    tensors = [torch.randn(5, 33, generator=gen), torch.randn(17, 33, generator=gen) / 33**0.5,
-               torch.randn(17, generator=gen) / 33**0.5, torch.randn(5, 17, generator=gen)]
-    # Rounded to `dtype` first, so that the fp32 oracle sees exactly the values the backend sees.
-    *inputs, grad = [t.to(dtype).float() for t in tensors]
-
-    def run(backend, dtype, device):
-        leaves = [t.to(device, dtype).requires_grad_() for t in inputs]
-        with _backend.backend(backend):
-            out = linear_act(*leaves, act)
-        out.backward(grad.to(device, dtype))
-        return [out.cpu()] + [t.grad.cpu() for t in leaves]
-
-    return _max_rel_error(run(name, dtype, device), run("torch", torch.float32, torch.device("cpu")))
+    return max(((a.float() - b.float()).abs().max() / b.float().abs().max().clamp_min(1)).item()
+               for a, b in zip(got, want))
 
 
 def self_check():
-    """Yield ``(op, backend, dtype, case, max_error, tolerance)`` for each case on each
-    available non-oracle backend; a case passes when max_error <= tolerance."""
+    """Yield ``(op, backend, dtype, case, max_error, tolerance)`` for each case on each available
+    non-oracle backend; a case passes when max_error <= tolerance. The error is relative to the
+    largest value of each output and gradient."""
     for name, (ok, _) in _backend.available_backends().items():
         if not ok or name == "torch":
             continue
-        device = _device(name)
         for dtype, tol in _TOLERANCE.items():
-            for act in ACTIVATIONS:
-                yield "linear_act", name, dtype, act, _linear_act_case(name, device, dtype, act), tol
+            for op, case, fn, inputs, n_grad in _cases():
+                # The fp32 oracle runs on values already rounded to dtype: it sees what the backend sees.
+                rounded = [t.to(dtype).float() for t in inputs]
+                want = _run(fn, rounded, n_grad, "torch", torch.float32, torch.device("cpu"))
+                got = _run(fn, rounded, n_grad, name, dtype, _device(name))
+                yield op, name, dtype, case, _max_rel_error(got, want), tol
