@@ -17,12 +17,34 @@
 namespace fastae {
 
 #if defined(__GNUC__) && defined(__x86_64__)
+#define FASTAE_DECLARE_SEGMENTS                                                                        \
+  double recon_loss_segment(int, const float*, const float*, const float*, int64_t, float, float*, float*, \
+                            int64_t*);                                                                   \
+  double gaussian_kl_segment(const float*, const float*, int64_t, float, float*, float*, float*);
 namespace avx2 {  // loss_avx2.cpp
-double recon_loss_segment(int, const float*, const float*, const float*, int64_t, float, float*, float*, int64_t*);
-double gaussian_kl_segment(const float*, const float*, int64_t, float, float*, float*, float*);
-}  // namespace avx2
-static const bool kAvx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-#define FASTAE_SEGMENT(name) (kAvx2 ? avx2::name : baseline::name)
+FASTAE_DECLARE_SEGMENTS
+}
+namespace avx512 {  // loss_avx512.cpp
+FASTAE_DECLARE_SEGMENTS
+}
+
+enum class Capability { kBaseline, kAvx2, kAvx512 };
+
+static Capability capability() {
+  static const Capability cap = [] {
+    __builtin_cpu_init();  // the CPU model may not be read yet during static initialisation
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
+        __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl"))
+      return Capability::kAvx512;
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return Capability::kAvx2;
+    return Capability::kBaseline;
+  }();
+  return cap;
+}
+#define FASTAE_SEGMENT(name)                                                  \
+  (capability() == Capability::kAvx512 ? avx512::name                        \
+   : capability() == Capability::kAvx2 ? avx2::name                           \
+                                       : baseline::name)
 #else
 #define FASTAE_SEGMENT(name) baseline::name
 #endif
@@ -91,7 +113,8 @@ std::tuple<at::Tensor, at::Tensor> recon_loss_fwd_cpu(const at::Tensor& input, c
   TORCH_CHECK(input.sizes() == target.sizes() && input.is_contiguous() && target.is_contiguous(),
               "fastae_C::recon_loss_fwd: expected contiguous input and target of one shape");
   const int64_t n = input.numel();
-  const int64_t period = weight.has_value() ? weight->numel() : std::max<int64_t>(n, 1);
+  // An empty weight only comes with an empty input; a period of 1 then keeps the modulo defined.
+  const int64_t period = std::max<int64_t>(weight.has_value() ? weight->numel() : n, 1);
   TORCH_CHECK(n % period == 0, "fastae_C::recon_loss_fwd: weight size ", period, " does not divide ", n);
   const at::Tensor w = weight.has_value() ? weight->to(at::kFloat).contiguous() : at::Tensor();
   const float* wp = weight.has_value() ? w.const_data_ptr<float>() : nullptr;

@@ -1,8 +1,8 @@
 // Element-wise reconstruction losses and the Gaussian KL term, written once on
-// at::vec::Vectorized<float> and compiled once per CPU capability: loss.cpp includes this file
-// for the baseline build, loss_avx2.cpp for AVX2+FMA (picked at run time). Each function handles
-// one contiguous fp32 segment and returns the sum of its losses; loss.cpp splits tensors into
-// segments, runs them in parallel and converts other dtypes.
+// at::vec::Vectorized<float> and compiled once per CPU capability: loss.cpp includes this file for
+// the baseline build, loss_avx2.cpp and loss_avx512.cpp for those (picked at run time). Each
+// function handles one contiguous fp32 segment and returns the sum of its losses; loss.cpp splits
+// tensors into segments, runs them in parallel and converts other dtypes.
 //
 // Include with FASTAE_CAP_NS defined: the namespace these functions are compiled into.
 #include <ATen/cpu/vec/vec.h>

@@ -1,0 +1,1 @@
+"""Triton kernels of fastae; installed as fastae.kernels. Imports only torch and triton."""
