@@ -50,7 +50,9 @@ def _version():
 WITH_CUDA = _with_cuda()
 os.chdir(ROOT)  # relative source paths, whatever directory pip runs us from
 sources = sorted(glob.glob("csrc/*.cpp"))
-cxx_flags = ["-O3", "-DPy_LIMITED_API=0x03090000"]
+# -fopenmp: at::parallel_for is inline and runs serially in code compiled without it.
+cxx_flags = ["-O3", "-fopenmp", "-DPy_LIMITED_API=0x03090000"]
+link_flags = ["-fopenmp"]
 if WITH_CUDA:
     sources += sorted(glob.glob("csrc/cuda/*.cu"))
     extension = CUDAExtension(
@@ -58,10 +60,13 @@ if WITH_CUDA:
         sources,
         extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3", "--expt-relaxed-constexpr", "-lineinfo"]},
         libraries=["cublasLt"],
+        extra_link_args=link_flags,
         py_limited_api=True,
     )
 else:
-    extension = CppExtension("fastae._C", sources, extra_compile_args={"cxx": cxx_flags}, py_limited_api=True)
+    extension = CppExtension(
+        "fastae._C", sources, extra_compile_args={"cxx": cxx_flags}, extra_link_args=link_flags, py_limited_api=True
+    )
 
 BUILD_INFO = {
     "fastae": _version(),

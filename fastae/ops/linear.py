@@ -149,11 +149,16 @@ def _(grad_out, x, weight, saved, activation, backend, need_x, need_w, need_b):
 def _setup_context(ctx, inputs, output):
     x, weight, bias, act, backend, _ = inputs
     out, preact = output
+    # preact is kept for backward only: no gradient flows into it and none is zero-filled for it.
+    ctx.mark_non_differentiable(preact)
+    ctx.set_materialize_grads(False)
     ctx.save_for_backward(x, weight, out if act in _GRAD_FROM_OUTPUT else preact)
     ctx.act, ctx.backend = act, backend
 
 
 def _backward(ctx, grad_out, _grad_preact):
+    if grad_out is None:
+        return None, None, None, None, None, None
     x, weight, saved = ctx.saved_tensors
     need_x, need_w, need_b = ctx.needs_input_grad[:3]
     dx, dw, db = linear_act_bwd(grad_out, x, weight, saved, ctx.act, ctx.backend, need_x, need_w, need_b)

@@ -127,9 +127,16 @@ def _(input, target, weight, kind, reduction, backend, need_grad):
     return loss, input.new_empty(input.shape if need_grad else (0,))
 
 
+def _setup_outputs(ctx, output):
+    """The gradients are outputs only to be kept for backward: no gradient flows into them, and
+    none is made up (zero-filled, a whole pass over memory) for them."""
+    ctx.mark_non_differentiable(*output[1:])
+    ctx.set_materialize_grads(False)
+
+
 def _recon_setup(ctx, inputs, output):
     input, target, weight, kind, reduction, _, _ = inputs
-    ctx.mark_non_differentiable(output[1])
+    _setup_outputs(ctx, output)
     ctx.save_for_backward(output[1], input, target, weight)
     ctx.kind, ctx.reduction = kind, reduction
 
@@ -146,6 +153,8 @@ def _recon_backward(ctx, grad_loss, _):
     grad, input, target, weight = ctx.saved_tensors
     need_input, need_target = ctx.needs_input_grad[:2]
     grad_input = grad_target = None
+    if grad_loss is None:
+        return None, None, None, None, None, None, None
     if need_input:
         grad_input = _scale_saved_grad(grad, grad_loss)
     if need_target:
@@ -177,12 +186,14 @@ def _(mu, logvar, reduction, backend, need_grad):
 
 
 def _kl_setup(ctx, inputs, output):
-    ctx.mark_non_differentiable(output[1], output[2])
+    _setup_outputs(ctx, output)
     ctx.save_for_backward(output[1], output[2])
 
 
 def _kl_backward(ctx, grad_loss, _, __):
     dmu, dlogvar = ctx.saved_tensors
+    if grad_loss is None:
+        return None, None, None, None, None
     return (_scale_saved_grad(dmu, grad_loss) if ctx.needs_input_grad[0] else None,
             _scale_saved_grad(dlogvar, grad_loss) if ctx.needs_input_grad[1] else None, None, None, None)
 
@@ -230,11 +241,13 @@ def _(h, weight, bias, target, reduction, backend, need_grad):
 
 
 def _linear_bce_setup(ctx, inputs, output):
-    ctx.mark_non_differentiable(*output[1:])
+    _setup_outputs(ctx, output)
     ctx.save_for_backward(*output[1:])
 
 
 def _linear_bce_backward(ctx, grad_loss, *_):
+    if grad_loss is None:
+        return (None,) * 7
     grads = [_scale_saved_grad(g, grad_loss) if need else None
              for g, need in zip(ctx.saved_tensors, ctx.needs_input_grad[:3])]
     if ctx.needs_input_grad[3]:
