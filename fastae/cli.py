@@ -1,7 +1,8 @@
-"""The ``fastae`` command line: ``fastae info [--check]``."""
+"""The ``fastae`` command line: ``fastae info | train | anomaly``."""
 
 import argparse
 import sys
+from pathlib import Path
 
 import torch
 
@@ -52,14 +53,145 @@ def cmd_info(args):
     return 1 if failed else 0
 
 
+# CLI option -> model config key, for the options that shape a model.
+_MODEL_OPTIONS = {"loss": "loss", "latent": "latent", "hidden": "hidden", "latent_activation": "latent_activation",
+                  "noise": "noise",
+                  "noise_level": "noise_level", "sparsity": "sparsity", "sparsity_weight": "sparsity_weight",
+                  "beta": "beta"}
+
+
+def _load_data(args):
+    from fastae.data import load_dataset
+
+    x, labels = load_dataset(args.data)
+    if args.normal_class is not None:
+        if labels is None:
+            raise SystemExit(f"fastae: --normal-class needs labelled data (MNIST IDX); {args.data} has no labels")
+        if not (labels == args.normal_class).any():
+            raise SystemExit(f"fastae: --normal-class {args.normal_class}: no sample has that label "
+                             f"(labels present: {sorted(set(labels.tolist()))})")
+    return x, labels
+
+
+def cmd_train(args):
+    import inspect
+
+    from fastae.data import train_val_split
+    from fastae.models import MODELS, build_model
+    from fastae.train import fit, plots
+
+    x, labels = _load_data(args)
+    train_idx, val_idx = train_val_split(len(x), args.val_fraction, args.seed)
+    if args.normal_class is not None:  # anomaly detection: learn the normal class only
+        train_idx = train_idx[labels[train_idx] == args.normal_class]
+    config = {"input_shape": list(x.shape[1:])}
+    accepted = inspect.signature(MODELS[args.model]).parameters
+    for option, key in _MODEL_OPTIONS.items():
+        value = getattr(args, option)
+        if value is None:
+            continue
+        if key not in accepted:
+            raise SystemExit(f"fastae: --{option.replace('_', '-')} does not apply to model {args.model!r}")
+        config[key] = value
+    model = build_model(args.model, **config)
+    out = Path(args.out)
+    history = fit(model, x[train_idx], x[val_idx], epochs=args.epochs, batch_size=args.batch_size,
+                  optimizer=args.optimizer, lr=args.lr, weight_decay=args.weight_decay, device=args.device,
+                  seed=args.seed, out=out, resume=args.resume)
+    model.eval()
+    val_x = x[val_idx].to(next(model.parameters()).device)
+    with torch.no_grad():
+        recon = model(val_x[:10])
+        codes = model.encode(val_x)
+    plots.plot_loss(history, out / "loss.png")
+    plots.plot_reconstructions(val_x[:10].cpu(), recon.cpu(), out / "reconstructions.png")
+    plots.plot_latent(codes.cpu(), None if labels is None else labels[val_idx], out / "latent.png")
+    if hasattr(model, "sample"):
+        with torch.no_grad():
+            plots.plot_images(model.sample(64).cpu(), out / "samples.png")
+            if model.config.get("latent") == 2:
+                plots.plot_images(model.manifold(20).cpu(), out / "manifold.png", nrow=20)
+    last = {k: v[-1] for k, v in history.items()} if history else {}
+    print(f"trained {args.model} for {args.epochs} epochs: " +
+          ", ".join(f"{k} {v:.5g}" for k, v in last.items() if k.startswith(("train_loss", "val_"))))
+    print(f"wrote {', '.join(sorted(p.name for p in out.iterdir() if not p.name.startswith('.')))} to {out}")
+    return 0
+
+
+def cmd_anomaly(args):
+    from fastae import anomaly
+    from fastae.train import load_model
+
+    from fastae.data import train_val_split
+
+    model = load_model(args.model_dir, device="cuda" if torch.cuda.is_available() else "cpu")
+    x, labels = _load_data(args)
+    if args.val_fraction > 0:  # the samples `fastae train` held out with the same seed and fraction
+        held_out = train_val_split(len(x), args.val_fraction, args.seed)[1]
+        x, labels = x[held_out], None if labels is None else labels[held_out]
+    scores = anomaly.scores(model, x)
+    print(f"{len(x)} samples: score mean {scores.mean():.5g}, median {scores.median():.5g}, max {scores.max():.5g}")
+    if args.normal_class is None:
+        print(f"threshold (quantile {args.quantile}): {anomaly.fit_threshold(scores, args.quantile):.5g}")
+        return 0
+    is_anomaly = labels != args.normal_class
+    threshold = anomaly.fit_threshold(scores[~is_anomaly], args.quantile)
+    result = anomaly.evaluate(model, x, is_anomaly, threshold)
+    print(f"normal class {args.normal_class}: " + ", ".join(f"{k} {v:.4g}" for k, v in result.items()))
+    return 0
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="fastae", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     info = sub.add_parser("info", help="versions, how fastae._C was built, which backends are available")
     info.add_argument("--check", action="store_true", help="also test every available backend against the oracle")
     info.set_defaults(func=cmd_info)
+
+    from fastae.models import MODELS
+    from fastae.train import OPTIMIZERS
+
+    train = sub.add_parser("train", help="train an autoencoder on MNIST IDX files or an image folder")
+    train.add_argument("model", choices=sorted(MODELS))
+    train.add_argument("--data", required=True, help="a folder of MNIST IDX files (e.g. ../shared/data/mnist) or images")
+    train.add_argument("--out", required=True, help="folder for model.safetensors, config.json, history.json, plots")
+    train.add_argument("--epochs", type=int, default=50)
+    train.add_argument("--batch-size", type=int, default=256)
+    train.add_argument("--optimizer", choices=OPTIMIZERS, default="adam")
+    train.add_argument("--lr", type=float, default=1e-3)
+    train.add_argument("--weight-decay", type=float, default=0.0, help="L2 regularisation")
+    train.add_argument("--loss", choices=["mse", "bce"])
+    train.add_argument("--latent", type=int)
+    train.add_argument("--hidden", type=lambda s: [int(v) for v in s.split(",")], help="e.g. 128 or 512,256")
+    train.add_argument("--latent-activation", help="activation of the code layer (mlp: relu; none gives a linear code)")
+    train.add_argument("--noise", choices=["gaussian", "masking", "salt_pepper"], help="denoising: the corruption")
+    train.add_argument("--noise-level", type=float)
+    train.add_argument("--sparsity", choices=["l1", "kl"], help="sparse: the penalty")
+    train.add_argument("--sparsity-weight", type=float)
+    train.add_argument("--beta", type=float, help="vae: weight of the KL term")
+    train.add_argument("--val-fraction", type=float, default=0.1)
+    train.add_argument("--normal-class", type=int, help="train on this label only (anomaly detection)")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--device", default="auto")
+    train.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
+    train.set_defaults(func=cmd_train)
+
+    anomaly = sub.add_parser("anomaly", help="score samples by reconstruction error with a trained model")
+    anomaly.add_argument("model_dir", help="a folder written by `fastae train`")
+    anomaly.add_argument("--data", required=True)
+    anomaly.add_argument("--normal-class", type=int, help="label of the normal class: reports ROC-AUC")
+    anomaly.add_argument("--quantile", type=float, default=0.99, help="threshold: this quantile of normal scores")
+    anomaly.add_argument("--val-fraction", type=float, default=0.1,
+                         help="score the samples training held out (as `fastae train`); 0: score all")
+    anomaly.add_argument("--seed", type=int, default=0, help="the seed training split the data with")
+    anomaly.set_defaults(func=cmd_anomaly)
+
     args = parser.parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except (ValueError, TypeError, FileNotFoundError, FloatingPointError) as e:  # bad input: say what, no traceback
+        print(f"fastae {args.command}: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

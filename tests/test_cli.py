@@ -3,6 +3,9 @@
 import re
 import subprocess
 import sys
+from pathlib import Path
+
+import pytest
 
 import torch
 
@@ -42,3 +45,44 @@ def test_info_check_fails_on_a_wrong_backend(capsys, monkeypatch):
 def test_console_script_runs():
     out = subprocess.run([sys.executable, "-m", "fastae.cli", "info"], capture_output=True, text=True, check=True)
     assert "backends:" in out.stdout
+
+
+MNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
+needs_mnist = pytest.mark.skipif(not MNIST.exists(), reason=f"{MNIST} is missing")
+
+
+@needs_mnist
+@pytest.mark.parametrize("model, extra, files", [
+    ("mlp", [], set()),
+    ("vae", ["--latent", "2", "--loss", "bce"], {"samples.png", "manifold.png"}),
+    ("conv", ["--latent", "8"], set()),
+])
+def test_train_writes_its_artifacts_and_anomaly_reads_them(tmp_path, capsys, model, extra, files):
+    out = tmp_path / model
+    argv = ["train", model, "--data", str(MNIST), "--out", str(out), "--epochs", "5", "--normal-class", "1"]
+    assert cli.main(argv + extra) == 0
+    expected = {"model.safetensors", "config.json", "training_state.pt", "history.json", "loss.png",
+                "reconstructions.png", "latent.png"} | files
+    assert {p.name for p in out.iterdir()} == expected
+    assert "val_mse" in capsys.readouterr().out
+    assert cli.main(["anomaly", str(out), "--data", str(MNIST), "--normal-class", "1"]) == 0
+    auc = float(re.search(r"roc_auc ([0-9.]+)", capsys.readouterr().out).group(1))
+    assert 0.5 < auc <= 1.0  # trained on ones only: other digits reconstruct worse
+
+
+@needs_mnist
+@pytest.mark.parametrize("argv, message", [
+    (["train", "mlp", "--data", "{mnist}", "--out", "{tmp}", "--beta", "2"], "--beta does not apply to model 'mlp'"),
+    (["train", "mlp", "--data", "{tmp}", "--out", "{tmp}/o"], "expected MNIST IDX files"),
+    (["train", "mlp", "--data", "{mnist}", "--out", "{tmp}", "--latent", "0"], "latent"),
+    (["anomaly", "{tmp}", "--data", "{mnist}"], "no fastae checkpoint in"),
+])
+def test_bad_input_is_reported_without_a_traceback(tmp_path, capsys, argv, message):
+    argv = [a.format(mnist=MNIST, tmp=tmp_path) for a in argv]
+    try:
+        code = cli.main(argv)
+    except SystemExit as e:
+        code = e.code
+        assert message in str(code)
+    else:
+        assert code == 2 and message in capsys.readouterr().err

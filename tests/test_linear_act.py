@@ -169,3 +169,11 @@ def test_bad_input_is_named(kwargs, error, message):
     args = {"x": torch.zeros(2, 4), "w": torch.zeros(3, 4), "b": torch.zeros(3), "act": "relu"} | kwargs
     with pytest.raises(error, match=message):
         linear_act(args["x"], args["w"], args["b"], args["act"])
+
+
+def test_autocast_chains_layers():
+    """A layer's bf16 output meets the next layer's fp32 weight: autocast casts before checking."""
+    mlp = fastae.nn.FusedMLP([8, 6, 4], activation="relu")
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = mlp(torch.rand(3, 8))
+    assert out.dtype == torch.bfloat16

@@ -89,3 +89,11 @@ def test_bad_input_is_named(kwargs, error, message):
             "reduction": "mean"} | kwargs
     with pytest.raises(error, match=message):
         linear_bce_loss(args["h"], args["w"], args["b"], args["t"], args["reduction"])
+
+
+def test_autocast_runs_the_product_in_the_autocast_dtype():
+    h, w, b, t = inputs(8, 5, 4, torch.float32, "cpu")
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = linear_bce_loss(h, w, b, t)
+    assert loss.dtype == torch.bfloat16
+    assert_close(loss, oracle(h, w, b, t, "mean"), 2e-2, 2e-2)

@@ -199,3 +199,12 @@ def test_compiled_fullgraph_equals_eager(backend):
 def test_bad_input_is_named(args, error, message):
     with pytest.raises(error, match=message):
         reconstruction_loss(*args)
+
+
+def test_autocast_computes_losses_in_fp32():
+    x = torch.rand(4, 6, dtype=torch.bfloat16)
+    t = torch.rand(4, 6)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = reconstruction_loss(x, t, "bce")
+    assert loss.dtype == torch.float32
+    assert_close(loss, F.binary_cross_entropy(x.float(), t), 1e-6, 1e-6)

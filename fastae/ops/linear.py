@@ -174,6 +174,15 @@ _lib = torch.library.Library("fastae", "FRAGMENT")
 _lib.define("linear_act(Tensor x, Tensor weight, Tensor? bias=None, str activation='relu') -> Tensor")
 
 
+def autocast_inputs(device, *tensors, dtype=None):
+    """Under autocast, floating tensors in ``dtype`` (default: the autocast dtype), as autocast
+    does for torch's own ops: matmuls run in the low precision, losses in fp32."""
+    if not (torch.amp.is_autocast_available(device.type) and torch.is_autocast_enabled(device.type)):
+        return tensors
+    dtype = dtype or torch.get_autocast_dtype(device.type)
+    return tuple(t.to(dtype) if t is not None and t.is_floating_point() else t for t in tensors)
+
+
 def _check_tensors(x, weight, bias):
     # Before the dispatcher, whose own message for a non-tensor names no argument.
     for name, t in (("x", x), ("weight", weight), ("bias", bias)):
@@ -205,11 +214,8 @@ def _check(x, weight, bias, activation):
 
 
 def _linear_act(x, weight, bias=None, activation="relu"):
+    x, weight, bias = autocast_inputs(x.device, x, weight, bias)
     _check(x, weight, bias, activation)
-    if torch.is_autocast_enabled(x.device.type):
-        dtype = torch.get_autocast_dtype(x.device.type)
-        x, weight = x.to(dtype), weight.to(dtype)
-        bias = None if bias is None else bias.to(dtype)
     act = _ACT_ID[activation]
     needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias))
     x2 = x.reshape(-1, weight.shape[1])

@@ -16,6 +16,7 @@ from torch import Tensor
 from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 from fastae.ops import _backend
+from fastae.ops.linear import autocast_inputs
 
 KINDS = ("mse", "l1", "bce", "bce_logits")
 REDUCTIONS = ("none", "mean", "sum", "batch")
@@ -298,6 +299,7 @@ def _needs_grad(*tensors):
 
 def _reconstruction_loss(input, target, kind="mse", reduction="mean", weight=None):
     op = "reconstruction_loss"
+    input, target = autocast_inputs(input.device, input, target, dtype=torch.float32)
     kind_id = _check_choice(op, "kind", kind, KINDS)
     reduction_id = _check_choice(op, "reduction", reduction, REDUCTIONS)
     _check_like(op, "input", input, target=target)
@@ -318,6 +320,7 @@ def _reconstruction_loss(input, target, kind="mse", reduction="mean", weight=Non
 
 
 def _gaussian_kl(mu, logvar, reduction="batch"):
+    mu, logvar = autocast_inputs(mu.device, mu, logvar, dtype=torch.float32)
     reduction_id = _check_choice("gaussian_kl", "reduction", reduction, REDUCTIONS)
     _check_like("gaussian_kl", "mu", mu, logvar=logvar)
     loss, _, _ = gaussian_kl_fwd(mu.contiguous(), logvar.contiguous(), reduction_id, _backend.resolve(mu.device),
@@ -327,6 +330,7 @@ def _gaussian_kl(mu, logvar, reduction="batch"):
 
 def _linear_bce_loss(h, weight, bias, target, reduction="mean"):
     op = "linear_bce_loss"
+    h, weight, bias, target = autocast_inputs(h.device, h, weight, bias, target)
     _check_choice(op, "reduction", reduction, REDUCTIONS[1:])  # no per-element loss
     reduction_id = REDUCTIONS.index(reduction)
     if h.dim() != 2 or weight.dim() != 2 or h.shape[1] != weight.shape[1]:

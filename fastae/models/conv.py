@@ -1,0 +1,91 @@
+"""Convolutional autoencoder, and the conv encoder/decoder it shares with ConvVAE."""
+
+import math
+
+from torch import Tensor, nn
+
+from fastae.nn import FusedLinear
+from fastae.ops import ACTIVATIONS, reconstruction_loss
+from fastae.models.base import LOSSES, Autoencoder, full_precision
+
+
+def conv_sizes(height: int, width: int, n: int) -> list:
+    """Spatial sizes through n ``Conv2d(kernel 3, stride 2, padding 1)``: ``[(H, W), (H1, W1), …, (Hn, Wn)]``."""
+    sizes = [(height, width)]
+    for _ in range(n):
+        sizes.append(tuple((s - 1) // 2 + 1 for s in sizes[-1]))
+    return sizes
+
+
+class ConvEncoder(nn.Module):
+    """``[B, C·H·W]`` -> ``[B, C, H, W]`` -> ``Conv2d(k3, s2, p1) + ReLU`` per entry of channels ->
+    flattened ``[B, features]``, ``features = channels[-1]·Hn·Wn``."""
+
+    def __init__(self, input_shape, channels):
+        super().__init__()
+        self.input_shape = tuple(input_shape)
+        layers = []
+        for c_in, c_out in zip((input_shape[0], *channels[:-1]), channels):
+            layers += [nn.Conv2d(c_in, c_out, 3, stride=2, padding=1), nn.ReLU()]
+        self.convs = nn.Sequential(*layers)
+        self.features = channels[-1] * math.prod(conv_sizes(*input_shape[1:], len(channels))[-1])
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.convs(x.reshape(x.shape[0], *self.input_shape)).flatten(1)
+
+
+class ConvDecoder(nn.Module):
+    """The ConvEncoder's mirror: code ``[B, latent]`` -> ``FusedLinear`` + ReLU -> ``[B, channels[-1], Hn, Wn]``
+    -> ``ConvTranspose2d(k3, s2, p1)`` per entry of channels, reversed, ReLU between and sigmoid at
+    the end -> ``[B, *input_shape]``. Each output_padding (0 or 1) undoes the rounding of the
+    matching encoder conv, so odd and even sizes come back exactly."""
+
+    def __init__(self, input_shape, channels, latent: int):
+        super().__init__()
+        sizes = conv_sizes(*input_shape[1:], len(channels))
+        self.code_shape = (channels[-1], *sizes[-1])
+        self.linear = FusedLinear(latent, math.prod(self.code_shape), "relu")
+        outs = (input_shape[0], *channels[:-1])
+        layers = []
+        for i in reversed(range(len(channels))):
+            # A stride-2 transposed conv makes 2·n - 1 + output_padding out of n.
+            padding = tuple(big - 2 * small + 1 for big, small in zip(sizes[i], sizes[i + 1]))
+            layers += [nn.ConvTranspose2d(channels[i], outs[i], 3, stride=2, padding=1, output_padding=padding),
+                       nn.ReLU() if i else nn.Sigmoid()]
+        self.deconvs = nn.Sequential(*layers)
+
+    def forward(self, z: Tensor) -> Tensor:
+        return self.deconvs(self.linear(z).reshape(z.shape[0], *self.code_shape))
+
+    def reconstruction(self, z: Tensor, x: Tensor, kind: str, reduction: str):
+        """Loss of decoding z against x (any shape of B·C·H·W values) and the reconstruction
+        ``[B, C, H, W]``. kind: ``mse`` or ``bce`` (on the sigmoid output)."""
+        x_hat = self(z)
+        with full_precision(z.device):
+            return reconstruction_loss(x_hat.float(), x.reshape(x_hat.shape).float(), kind, reduction), x_hat
+
+
+def conv_parts(model: Autoencoder, channels):
+    """ConvEncoder and ConvDecoder for ``model.input_shape`` (C, H, W) and ``model.latent``;
+    ValueError, in model's name, for another input shape or bad channels."""
+    if len(model.input_shape) != 3:
+        raise model._error(f"expected input_shape (channels, height, width), got {list(model.input_shape)}")
+    channels = model._check_sizes("channels", channels)
+    return ConvEncoder(model.input_shape, channels), ConvDecoder(model.input_shape, channels, model.latent)
+
+
+class ConvAutoencoder(Autoencoder):
+    """Strided conv encoder (``ConvEncoder``) + ``FusedLinear`` to the code (``latent_activation``),
+    mirrored by ``ConvDecoder`` with a sigmoid output. input_shape: (C, H, W), any sizes.
+    loss: ``mse`` or ``bce``, averaged over pixels."""
+
+    name = "conv"
+
+    def __init__(self, input_shape=(1, 28, 28), channels=(32, 64), latent: int = 32,
+                 latent_activation: str = "none", loss: str = "mse"):
+        super().__init__(input_shape, latent)
+        self._check_choice("latent_activation", latent_activation, ACTIVATIONS)
+        self.loss_kind = self._check_choice("loss", loss, LOSSES)
+        trunk, decoder = conv_parts(self, channels)
+        self.encoder = nn.Sequential(trunk, FusedLinear(trunk.features, latent, latent_activation))
+        self.decoder = decoder

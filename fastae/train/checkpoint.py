@@ -1,0 +1,69 @@
+"""Checkpoints: ``model.safetensors`` (weights), ``config.json`` (which model, its config, how far
+training got) and ``training_state.pt`` (optimizer state, RNG, history: for resuming), each
+written atomically."""
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+import fastae
+from fastae._io import atomic_path, write_text
+
+WEIGHTS, CONFIG, STATE = "model.safetensors", "config.json", "training_state.pt"
+
+
+def save_checkpoint(out, model, epoch, optimizers=None, history=None, extra=None):
+    """Write the checkpoint files of ``model`` after ``epoch`` epochs into the folder ``out``."""
+    out = Path(out)
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    with atomic_path(out / WEIGHTS) as tmp:
+        save_file(state, str(tmp), metadata={"model": model.name})
+    if optimizers is not None:
+        with atomic_path(out / STATE) as tmp:
+            torch.save({"epoch": epoch, "optimizers": {k: o.state_dict() for k, o in optimizers.items()},
+                        "rng": torch.get_rng_state(), "history": history}, tmp)
+    config = {"fastae": fastae.__version__, "model": model.name, "config": model.config, "epoch": epoch}
+    write_text(out / CONFIG, json.dumps(config | (extra or {}), indent=2) + "\n")
+
+
+def read_config(folder):
+    path = Path(folder) / CONFIG
+    if not path.exists():
+        raise FileNotFoundError(f"no fastae checkpoint in {folder}: {CONFIG} is missing")
+    return json.loads(path.read_text())
+
+
+def check_config(folder, model):
+    """Raise ValueError if the checkpoint in ``folder`` was written for another model or config."""
+    saved = read_config(folder)
+    if saved["model"] != model.name:
+        raise ValueError(f"checkpoint {folder} holds a {saved['model']!r} model, not {model.name!r}")
+    differ = {k: (saved["config"].get(k), v) for k, v in model.config.items()
+              if json.loads(json.dumps(v)) != saved["config"].get(k)}
+    if differ:
+        detail = ", ".join(f"{k}: checkpoint {a!r}, requested {b!r}" for k, (a, b) in sorted(differ.items()))
+        raise ValueError(f"checkpoint {folder} was written with another model config ({detail})")
+
+
+def load_model(folder, device="cpu"):
+    """Rebuild the model saved in ``folder`` and load its weights."""
+    from fastae.models import build_model
+
+    saved = read_config(folder)
+    model = build_model(saved["model"], **saved["config"])
+    model.load_state_dict(load_file(str(Path(folder) / WEIGHTS), device=str(device)))
+    return model.to(device)
+
+
+def load_training_state(folder, model, optimizers):
+    """Load weights and optimizer state from ``folder`` into ``model`` and ``optimizers``; returns
+    (epochs done, history)."""
+    check_config(folder, model)
+    model.load_state_dict(load_file(str(Path(folder) / WEIGHTS), device="cpu"))
+    state = torch.load(Path(folder) / STATE, weights_only=False)
+    for name, opt in optimizers.items():
+        opt.load_state_dict(state["optimizers"][name])
+    torch.set_rng_state(state["rng"])
+    return state["epoch"], state["history"]

@@ -1,0 +1,216 @@
+"""``fit``: train any fastae autoencoder — progress bar, per-epoch validation, history,
+atomic checkpoints, resume, NaN/inf guard, AMP, torch.compile and DistributedDataParallel."""
+
+import math
+import os
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, TensorDataset
+
+from fastae._io import write_text
+from fastae.train.checkpoint import STATE, WEIGHTS, load_training_state, save_checkpoint
+
+OPTIMIZERS = ("sgd", "momentum", "rmsprop", "adam", "adamw")
+
+
+def make_optimizer(name, params, lr, weight_decay=0.0, momentum=0.9):
+    """An optimizer by name; ``weight_decay`` is L2 regularisation (decoupled for adamw)."""
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, weight_decay=weight_decay)
+    if name == "momentum":
+        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    if name == "rmsprop":
+        return torch.optim.RMSprop(params, lr=lr, weight_decay=weight_decay)
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    raise ValueError(f"unknown optimizer {name!r}; expected one of {OPTIMIZERS}")
+
+
+def _device(device):
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def _amp_dtype(amp, device):
+    """bf16 autocast on a GPU that has it when amp="auto"; never on the CPU unless asked."""
+    if amp in (False, None, "off"):
+        return None
+    if amp == "auto":
+        return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else None
+    dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16, True: torch.bfloat16}
+    if amp not in dtypes:
+        raise ValueError(f"amp must be 'auto', 'off', 'bf16' or 'fp16', got {amp!r}")
+    return dtypes[amp]
+
+
+def _dataset(data, name):
+    if isinstance(data, torch.Tensor):
+        if not data.is_floating_point():
+            raise TypeError(f"{name}: expected a float tensor of inputs in [0, 1], got {data.dtype}")
+        return TensorDataset(data)
+    if isinstance(data, Dataset):
+        return data
+    raise TypeError(f"{name}: expected a float Tensor [N, ...] or a torch Dataset, got {type(data).__name__}")
+
+
+class _PhaseLoss(torch.nn.Module):
+    """model.loss as a forward, so that DistributedDataParallel sees (and syncs) each step."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x, phase):
+        return self.model.loss(x, phase)
+
+
+def _distributed():
+    """Join the process group torchrun describes (gloo on CPU, nccl on GPU); (rank, world size)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return 0, 1
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return dist.get_rank(), dist.get_world_size()
+
+
+def _first(batch):
+    return batch[0] if isinstance(batch, (tuple, list)) else batch
+
+
+def fit(model, train, val=None, epochs=50, batch_size=256, optimizer="adam", lr=1e-3, weight_decay=0.0,
+        momentum=0.9, amp="auto", device="auto", compile=False, seed=0, out=None, resume=False, progress=True):
+    """Train ``model`` (a fastae.models.Autoencoder) and return its history.
+
+    Args:
+        train, val: float tensors of inputs ``[N, ...]`` in [0, 1], or Datasets yielding them.
+        optimizer: sgd, momentum, rmsprop, adam or adamw (one per model phase, e.g. the AAE's
+            reconstruction, discriminator and generator phases); weight_decay is L2.
+        amp: "auto" (bf16 autocast on a GPU, off on the CPU), "bf16", "fp16" or "off".
+        out: folder for the checkpoint (model.safetensors, config.json, training_state.pt) and
+            history.json, rewritten atomically after every epoch.
+        resume: continue from the checkpoint in ``out`` (same model and config) instead of epoch 0.
+
+    Returns:
+        history: dict of per-epoch lists — epoch, train_loss, each other term as train_<term>,
+        val_loss, val_mse (when val is given) and seconds.
+
+    Raises FloatingPointError when the loss becomes NaN or inf; the last good checkpoint stays in out.
+    Deterministic on the CPU for a fixed seed. Under torchrun, every process trains its shard with
+    DistributedDataParallel and rank 0 writes the files.
+    """
+    if not isinstance(epochs, int) or epochs < 0:
+        raise ValueError(f"epochs must be a non-negative int, got {epochs!r}")
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    rank, world = _distributed()
+    device = _device(device)
+    if device.type == "cuda" and world > 1:
+        device = torch.device("cuda", rank % torch.cuda.device_count())
+    torch.manual_seed(seed)
+    model.to(device)
+    optimizers = {name: make_optimizer(optimizer, params, lr, weight_decay, momentum)
+                  for name, params in model.phases()}
+    history, start = {}, 0
+    if resume:
+        if out is None or not (Path(out) / STATE).exists():
+            raise FileNotFoundError(f"resume=True but there is no checkpoint to resume in {out}")
+        start, history = load_training_state(out, model, optimizers)
+    amp_dtype = _amp_dtype(amp, device)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+
+    train_set = _dataset(train, "train")
+    sampler = DistributedSampler(train_set, world, rank, shuffle=True, seed=seed) if world > 1 else None
+    generator = torch.Generator().manual_seed(seed)
+    loader = DataLoader(train_set, batch_size, shuffle=sampler is None, sampler=sampler, generator=generator,
+                        drop_last=len(train_set) > batch_size)
+    step_fn = _PhaseLoss(model)
+    if world > 1:
+        step_fn = torch.nn.parallel.DistributedDataParallel(step_fn, find_unused_parameters=len(optimizers) > 1)
+    if compile:
+        step_fn = torch.compile(step_fn)
+
+    for epoch in range(start, epochs):
+        if sampler is not None:
+            sampler.set_epoch(epoch)
+        generator.manual_seed(seed + epoch)  # the same shuffle for an epoch whether resumed or not
+        began = time.perf_counter()
+        model.train()
+        sums, seen = {}, 0
+        bar = _progress(loader, f"epoch {epoch + 1}/{epochs}", progress and rank == 0)
+        for step, batch in enumerate(bar, 1):
+            x = _first(batch).to(device, non_blocking=True)
+            for phase, opt in optimizers.items():
+                with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                    terms = step_fn(x, phase)
+                opt.zero_grad(set_to_none=True)
+                scaler.scale(terms["loss"]).backward()
+                scaler.step(opt)
+                scaler.update()
+                for k, v in terms.items():  # summed on the device: no sync per step
+                    key = k if phase == "ae" else f"{phase}_{k}"
+                    sums[key] = sums.get(key, 0.0) + v.detach().float() * len(x)
+            seen += len(x)
+            if step % 25 == 0 or step == len(loader):
+                _check_finite(sums, epoch, step, out)
+                if hasattr(bar, "set_postfix"):
+                    bar.set_postfix(loss=f"{sums['loss'].item() / seen:.4g}")
+        sums = {k: v.item() for k, v in sums.items()}
+        record = {"epoch": epoch + 1} | {("train_loss" if k == "loss" else f"train_{k}"): v / seen
+                                         for k, v in sums.items()}
+        if val is not None:
+            record |= {f"val_{k}": v for k, v in evaluate(model, val, batch_size, device, amp_dtype).items()}
+        record["seconds"] = time.perf_counter() - began
+        for k, v in record.items():
+            history.setdefault(k, []).append(v)
+        if out is not None and rank == 0:
+            save_checkpoint(out, model, epoch + 1, optimizers, history)
+            write_text(Path(out) / "history.json", _json(history))
+    return history
+
+
+@torch.no_grad()
+def evaluate(model, data, batch_size=1024, device=None, amp_dtype=None):
+    """Mean of each term of model.loss over ``data`` (the "ae" phase, eval mode): {loss, mse, …}."""
+    device = device or next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    sums, seen = {}, 0
+    for batch in DataLoader(_dataset(data, "val"), batch_size):
+        x = _first(batch).to(device)
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            terms = model.loss(x, "ae")
+        for k, v in terms.items():
+            sums[k] = sums.get(k, 0.0) + v.float().item() * len(x)
+        seen += len(x)
+    model.train(was_training)
+    return {k: v / max(seen, 1) for k, v in sums.items()}
+
+
+def _check_finite(sums, epoch, step, out):
+    bad = [k for k, v in sums.items() if not torch.isfinite(v)]
+    if bad:
+        kept = (f"; the last good checkpoint ({WEIGHTS}, epoch {epoch}) is in {out}"
+                if out is not None and (Path(out) / WEIGHTS).exists() else "")
+        raise FloatingPointError(f"training diverged: {', '.join(bad)} became NaN or inf in epoch {epoch + 1} "
+                                 f"by step {step}{kept}; try a lower learning rate")
+
+
+def _progress(loader, desc, enabled):
+    if not enabled:
+        return loader
+    from tqdm.auto import tqdm
+
+    return tqdm(loader, desc=desc, leave=False, dynamic_ncols=True)
+
+
+def _json(history):
+    import json
+
+    return json.dumps({k: [None if isinstance(v, float) and not math.isfinite(v) else v for v in vs]
+                       for k, vs in history.items()}, indent=1) + "\n"
