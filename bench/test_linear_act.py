@@ -32,6 +32,7 @@ def _impl(name, act, mode):
     if name == "eager":
         return _eager(act)
     if name == "compile":
+        torch._dynamo.reset()  # each benchmark compiles afresh: the same code object, other shapes
         return torch.compile(_eager(act), fullgraph=True)
     if name == "addmm_activation":
         if mode != "fwd":

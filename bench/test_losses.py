@@ -38,6 +38,7 @@ def _impl(name, eager):
     if name == "eager":
         return eager
     if name == "compile":
+        torch._dynamo.reset()  # each benchmark compiles afresh: the same code object, other shapes
         return torch.compile(eager, fullgraph=True)
     return None
 

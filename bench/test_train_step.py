@@ -33,6 +33,8 @@ def _step_fn(impl):
     torch.manual_seed(0)
     model = (MLPAutoencoder() if impl.startswith("fastae") else PlainAE()).to(DEVICE)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    if impl.endswith("compile"):
+        torch._dynamo.reset()  # each benchmark compiles afresh
     loss_fn = torch.compile(model.loss) if impl.endswith("compile") else model.loss
     return model, opt, loss_fn
 

@@ -16,6 +16,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 from fastae.ops import _backend
 
@@ -156,16 +157,40 @@ def _setup_context(ctx, inputs, output):
     ctx.act, ctx.backend = act, backend
 
 
-def _backward(ctx, grad_out, _grad_preact):
-    if grad_out is None:
-        return None, None, None, None, None, None
-    x, weight, saved = ctx.saved_tensors
-    need_x, need_w, need_b = ctx.needs_input_grad[:3]
-    dx, dw, db = linear_act_bwd(grad_out, x, weight, saved, ctx.act, ctx.backend, need_x, need_w, need_b)
-    return (dx if need_x else None, dw if need_w else None, db if need_b else None, None, None, None)
+def _make_backward(bwd):
+    """The backward formula, with ``bwd`` computing (dx, dw, db): the linear_act_bwd op, which
+    torch.compile keeps in its graph, or the backend function itself, for eager calls."""
+
+    def backward(ctx, grad_out, _grad_preact):
+        if grad_out is None:
+            return None, None, None, None, None, None
+        x, weight, saved = ctx.saved_tensors
+        need_x, need_w, need_b = ctx.needs_input_grad[:3]
+        dx, dw, db = bwd(grad_out, x, weight, saved, ctx.act, ctx.backend, need_x, need_w, need_b)
+        return (dx if need_x else None, dw if need_w else None, db if need_b else None, None, None, None)
+
+    return backward
 
 
-linear_act_fwd.register_autograd(_backward, setup_context=_setup_context)
+def _eager_bwd(grad_out, x, weight, saved, act, backend, *need):
+    return _BWD[backend](grad_out, x, weight, saved, act, *need)
+
+
+class _LinearActEager(torch.autograd.Function):
+    """linear_act_fwd with the same formulas but without the custom-op machinery, whose Python
+    overhead (~150 µs a layer, forward and backward) dominates at autoencoder sizes. Used for
+    plain eager calls; anything traced (torch.compile, export, fake tensors) uses the ops."""
+
+    @staticmethod
+    def forward(ctx, *inputs):  # ctx in forward: a separate setup_context costs an inspect.signature bind a call
+        output = _FWD[inputs[4]](*inputs[:4], inputs[5])
+        _setup_context(ctx, inputs, output)
+        return output
+
+    backward = staticmethod(_make_backward(_eager_bwd))
+
+
+linear_act_fwd.register_autograd(_make_backward(linear_act_bwd), setup_context=_setup_context)
 
 # ---------------------------------------------------------------------------------------------
 # the public op
@@ -213,17 +238,23 @@ def _check(x, weight, bias, activation):
             raise ValueError(f"linear_act: expected {name} on {x.device} like x, got {t.device}")
 
 
-def _linear_act(x, weight, bias=None, activation="relu"):
+def _linear_act(x, weight, bias=None, activation="relu", fwd=linear_act_fwd):
     x, weight, bias = autocast_inputs(x.device, x, weight, bias)
     _check(x, weight, bias, activation)
     act = _ACT_ID[activation]
     needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias))
     x2 = x.reshape(-1, weight.shape[1])
-    out, _ = linear_act_fwd(x2, weight, bias, act, _backend.resolve(x.device), needs_grad and act not in _GRAD_FROM_OUTPUT)
+    out, _ = fwd(x2, weight, bias, act, _backend.resolve(x.device), needs_grad and act not in _GRAD_FROM_OUTPUT)
     return out.view(*x.shape[:-1], weight.shape[0])
 
 
 _lib.impl("linear_act", _linear_act, "CompositeImplicitAutograd")
+
+
+def plain_eager(*tensors):
+    """True outside torch.compile and any tracer: every tensor a plain torch.Tensor, no dispatch mode."""
+    return (not torch.compiler.is_compiling() and _get_current_dispatch_mode() is None
+            and all(type(t) is Tensor for t in tensors if t is not None))
 
 
 def linear_act(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, activation: str = "relu") -> Tensor:
@@ -241,4 +272,6 @@ def linear_act(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, activat
         and bias. The backend is ``fastae.ops.current_backend()`` (``auto``: the fastest here).
     """
     _check_tensors(x, weight, bias)
+    if plain_eager(x, weight, bias):
+        return _linear_act(x, weight, bias, activation, fwd=_LinearActEager.apply)
     return torch.ops.fastae.linear_act(x, weight, bias, activation)
