@@ -254,7 +254,7 @@ _lib.impl("linear_act", _linear_act, "CompositeImplicitAutograd")
 def plain_eager(*tensors):
     """True outside torch.compile and any tracer: every tensor a plain torch.Tensor, no dispatch mode."""
     return (not torch.compiler.is_compiling() and _get_current_dispatch_mode() is None
-            and all(type(t) is Tensor for t in tensors if t is not None))
+            and all(type(t) in (Tensor, torch.nn.Parameter) for t in tensors if t is not None))
 
 
 def linear_act(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, activation: str = "relu") -> Tensor:

@@ -16,7 +16,7 @@ from torch import Tensor
 from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 from fastae.ops import _backend
-from fastae.ops.linear import autocast_inputs
+from fastae.ops.linear import autocast_inputs, plain_eager
 
 KINDS = ("mse", "l1", "bce", "bce_logits")
 REDUCTIONS = ("none", "mean", "sum", "batch")
@@ -173,6 +173,19 @@ def _recon_backward(ctx, grad_loss, _):
 recon_loss_fwd.register_autograd(_recon_backward, setup_context=_recon_setup)
 
 
+class _ReconLossEager(torch.autograd.Function):
+    """recon_loss_fwd without the custom-op machinery, for plain eager calls (see _LinearActEager)."""
+
+    @staticmethod
+    def forward(ctx, *inputs):
+        input, target, weight, kind, reduction, backend, need_grad = inputs
+        output = _RECON[backend](input, target, weight, kind, reduction, _batch(input), need_grad)
+        _recon_setup(ctx, inputs, output)
+        return output
+
+    backward = staticmethod(_recon_backward)
+
+
 @torch.library.custom_op("fastae::gaussian_kl_fwd", mutates_args=())
 def gaussian_kl_fwd(mu: Tensor, logvar: Tensor, reduction: int, backend: str,
                     need_grad: bool) -> tuple[Tensor, Tensor, Tensor]:
@@ -297,7 +310,7 @@ def _needs_grad(*tensors):
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
-def _reconstruction_loss(input, target, kind="mse", reduction="mean", weight=None):
+def _reconstruction_loss(input, target, kind="mse", reduction="mean", weight=None, fwd=recon_loss_fwd):
     op = "reconstruction_loss"
     input, target = autocast_inputs(input.device, input, target, dtype=torch.float32)
     kind_id = _check_choice(op, "kind", kind, KINDS)
@@ -314,8 +327,8 @@ def _reconstruction_loss(input, target, kind="mse", reduction="mean", weight=Non
             raise ValueError(f"{op}: expected weight on {input.device} like input, got {weight.device}")
         weight = weight.contiguous()
     need_grad = _needs_grad(input) or (kind_id in (_MSE, _L1) and _needs_grad(target))
-    loss, _ = recon_loss_fwd(input.contiguous(), target.contiguous(), weight, kind_id, reduction_id,
-                             _backend.resolve(input.device), need_grad)
+    loss, _ = fwd(input.contiguous(), target.contiguous(), weight, kind_id, reduction_id,
+                  _backend.resolve(input.device), need_grad)
     return loss
 
 
@@ -374,6 +387,8 @@ def reconstruction_loss(input: Tensor, target: Tensor, kind: str = "mse", reduct
         The loss in input's dtype: a scalar, or input's shape for ``none``.
     """
     _check_tensors("reconstruction_loss", input=input, target=target, weight=weight)
+    if plain_eager(input, target, weight):
+        return _reconstruction_loss(input, target, kind, reduction, weight, fwd=_ReconLossEager.apply)
     return torch.ops.fastae.reconstruction_loss(input, target, kind, reduction, weight)
 
 
