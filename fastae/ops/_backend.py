@@ -12,9 +12,9 @@ from fastae import _native
 
 BACKENDS = ("triton", "cuda", "cpu", "torch")
 
-# What `auto` tries, in order, per device type; the first available backend wins. On CPU the
-# C++ kernels beat eager PyTorch at every shape bench/test_linear_act.py measures.
-# GPU order is a default not yet measured on a GPU (see bench/results/).
+# What `auto` tries, in order, per device type; the first available backend wins. On CPU the C++
+# kernels beat torch.compile on the losses and run level with eager on linear_act (matmul-bound;
+# bench/results/cpu-2core-2026-11-24.json). The GPU order is not yet measured on a GPU.
 _AUTO_ORDER = {"cuda": ("cuda", "triton", "torch"), "cpu": ("cpu", "torch")}
 
 _selected = contextvars.ContextVar("fastae_backend", default="auto")
