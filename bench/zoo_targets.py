@@ -21,7 +21,7 @@ import torch
 from fastae import anomaly
 from fastae.data import load_mnist, train_val_split
 from fastae.models import VAE, DenoisingAutoencoder, MLPAutoencoder
-from fastae.train import evaluate, fit
+from fastae.train import fit
 
 
 def pca_mse(train, val, k):

@@ -5,12 +5,8 @@ from typing import Optional, Sequence
 import torch
 from torch import nn
 
+from fastae.ops._common import check_choice
 from fastae.ops.linear import ACTIVATIONS, linear_act
-
-
-def _check_activation(name, value):
-    if value not in ACTIVATIONS:
-        raise ValueError(f"{name}: unknown activation {value!r}; expected one of {ACTIVATIONS}")
 
 
 class FusedLinear(nn.Module):
@@ -26,7 +22,7 @@ class FusedLinear(nn.Module):
         for name, value in (("in_features", in_features), ("out_features", out_features)):
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"FusedLinear: expected {name} to be a positive int, got {value!r}")
-        _check_activation("FusedLinear", activation)
+        check_choice("FusedLinear", "activation", activation, ACTIVATIONS)
         self.in_features, self.out_features, self.activation = in_features, out_features, activation
         factory = {"device": device, "dtype": dtype}
         self.weight = nn.Parameter(torch.empty(out_features, in_features, **factory))
@@ -55,9 +51,9 @@ class FusedMLP(nn.Module):
         sizes = list(sizes)
         if len(sizes) < 2:
             raise ValueError(f"FusedMLP: expected at least two sizes (in and out), got {sizes}")
-        _check_activation("FusedMLP", activation)
+        check_choice("FusedMLP", "activation", activation, ACTIVATIONS)
         out_activation = "none" if out_activation is None else out_activation
-        _check_activation("FusedMLP out_activation", out_activation)
+        check_choice("FusedMLP out_activation", "activation", out_activation, ACTIVATIONS)
         last = len(sizes) - 2
         self.layers = nn.ModuleList(
             FusedLinear(a, b, out_activation if i == last else activation, bias, device=device, dtype=dtype)

@@ -4,12 +4,8 @@ from typing import Optional
 
 from torch import Tensor, nn
 
+from fastae.ops._common import check_choice
 from fastae.ops.loss import KINDS, REDUCTIONS, gaussian_kl, reconstruction_loss
-
-
-def _check(name, value, allowed):
-    if value not in allowed:
-        raise ValueError(f"{name}: unknown value {value!r}; expected one of {allowed}")
 
 
 class ReconstructionLoss(nn.Module):
@@ -20,8 +16,8 @@ class ReconstructionLoss(nn.Module):
 
     def __init__(self, kind: str = "mse", reduction: str = "mean"):
         super().__init__()
-        _check("ReconstructionLoss kind", kind, KINDS)
-        _check("ReconstructionLoss reduction", reduction, REDUCTIONS)
+        check_choice("ReconstructionLoss", "kind", kind, KINDS)
+        check_choice("ReconstructionLoss", "reduction", reduction, REDUCTIONS)
         self.kind, self.reduction = kind, reduction
 
     def forward(self, input: Tensor, target: Tensor, weight: Optional[Tensor] = None) -> Tensor:
@@ -36,7 +32,7 @@ class GaussianKL(nn.Module):
 
     def __init__(self, reduction: str = "batch"):
         super().__init__()
-        _check("GaussianKL reduction", reduction, REDUCTIONS)
+        check_choice("GaussianKL", "reduction", reduction, REDUCTIONS)
         self.reduction = reduction
 
     def forward(self, mu: Tensor, logvar: Tensor) -> Tensor:

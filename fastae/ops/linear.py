@@ -16,14 +16,13 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 from fastae.ops import _backend
+from fastae.ops._common import autocast_inputs, check_choice, check_like, check_tensors, needs_grad, plain_eager
 
 ACTIVATIONS = ("none", "relu", "leaky_relu", "gelu", "gelu_tanh", "sigmoid", "tanh", "silu")
 _ACT_ID = {name: i for i, name in enumerate(ACTIVATIONS)}
 _GRAD_FROM_OUTPUT = frozenset(_ACT_ID[a] for a in ("none", "relu", "leaky_relu", "sigmoid", "tanh"))
-_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 LEAKY_SLOPE = 0.01
 
 # ---------------------------------------------------------------------------------------------
@@ -199,25 +198,8 @@ _lib = torch.library.Library("fastae", "FRAGMENT")
 _lib.define("linear_act(Tensor x, Tensor weight, Tensor? bias=None, str activation='relu') -> Tensor")
 
 
-def autocast_inputs(device, *tensors, dtype=None):
-    """Under autocast, floating tensors in ``dtype`` (default: the autocast dtype), as autocast
-    does for torch's own ops: matmuls run in the low precision, losses in fp32."""
-    if not (torch.amp.is_autocast_available(device.type) and torch.is_autocast_enabled(device.type)):
-        return tensors
-    dtype = dtype or torch.get_autocast_dtype(device.type)
-    return tuple(t.to(dtype) if t is not None and t.is_floating_point() else t for t in tensors)
-
-
-def _check_tensors(x, weight, bias):
-    # Before the dispatcher, whose own message for a non-tensor names no argument.
-    for name, t in (("x", x), ("weight", weight), ("bias", bias)):
-        if not (isinstance(t, Tensor) or (name == "bias" and t is None)):
-            raise TypeError(f"linear_act: expected {name} to be a Tensor, got {type(t).__name__}")
-
-
 def _check(x, weight, bias, activation):
-    if activation not in _ACT_ID:
-        raise ValueError(f"linear_act: unknown activation {activation!r}; expected one of {ACTIVATIONS}")
+    check_choice("linear_act", "activation", activation, ACTIVATIONS)
     if weight.dim() != 2:
         raise ValueError(f"linear_act: expected weight of shape [out, in], got {weight.dim()}-D {list(weight.shape)}")
     out_f, in_f = weight.shape
@@ -228,33 +210,19 @@ def _check(x, weight, bias, activation):
         )
     if bias is not None and (bias.dim() != 1 or bias.shape[0] != out_f):
         raise ValueError(f"linear_act: expected bias of shape [{out_f}], got {list(bias.shape)}")
-    tensors = {"x": x, "weight": weight} | ({"bias": bias} if bias is not None else {})
-    if x.dtype not in _DTYPES:
-        raise TypeError(f"linear_act: expected x of dtype float32, float16 or bfloat16, got {x.dtype}")
-    for name, t in tensors.items():
-        if t.dtype != x.dtype:
-            raise TypeError(f"linear_act: expected {name} of dtype {x.dtype} like x, got {t.dtype}")
-        if t.device != x.device:
-            raise ValueError(f"linear_act: expected {name} on {x.device} like x, got {t.device}")
+    check_like("linear_act", "x", x, same_shape=False, weight=weight, bias=bias)
 
 
 def _linear_act(x, weight, bias=None, activation="relu", fwd=linear_act_fwd):
     x, weight, bias = autocast_inputs(x.device, x, weight, bias)
     _check(x, weight, bias, activation)
     act = _ACT_ID[activation]
-    needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias))
-    x2 = x.reshape(-1, weight.shape[1])
-    out, _ = fwd(x2, weight, bias, act, _backend.resolve(x.device), needs_grad and act not in _GRAD_FROM_OUTPUT)
+    save_preact = act not in _GRAD_FROM_OUTPUT and needs_grad(x, weight, bias)
+    out, _ = fwd(x.reshape(-1, weight.shape[1]), weight, bias, act, _backend.resolve(x.device), save_preact)
     return out.view(*x.shape[:-1], weight.shape[0])
 
 
 _lib.impl("linear_act", _linear_act, "CompositeImplicitAutograd")
-
-
-def plain_eager(*tensors):
-    """True outside torch.compile and any tracer: every tensor a plain torch.Tensor, no dispatch mode."""
-    return (not torch.compiler.is_compiling() and _get_current_dispatch_mode() is None
-            and all(type(t) in (Tensor, torch.nn.Parameter) for t in tensors if t is not None))
 
 
 def linear_act(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, activation: str = "relu") -> Tensor:
@@ -271,7 +239,7 @@ def linear_act(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, activat
         ``[..., out]`` in x's dtype; products accumulate in fp32. Differentiable in x, weight
         and bias. The backend is ``fastae.ops.current_backend()`` (``auto``: the fastest here).
     """
-    _check_tensors(x, weight, bias)
+    check_tensors("linear_act", optional=("bias",), x=x, weight=weight, bias=bias)
     if plain_eager(x, weight, bias):
         return _linear_act(x, weight, bias, activation, fwd=_LinearActEager.apply)
     return torch.ops.fastae.linear_act(x, weight, bias, activation)

@@ -13,16 +13,14 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 from fastae.ops import _backend
-from fastae.ops.linear import autocast_inputs, plain_eager
+from fastae.ops._common import autocast_inputs, check_choice, check_like, check_tensors, needs_grad, plain_eager
 
 KINDS = ("mse", "l1", "bce", "bce_logits")
 REDUCTIONS = ("none", "mean", "sum", "batch")
 _MSE, _L1, _BCE, _BCE_LOGITS = range(4)
 _NONE, _MEAN, _SUM, _BATCH = range(4)
-_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 # linear_bce_loss materialises at most this many logits at a time.
 LINEAR_BCE_CHUNK_ELEMENTS = 1 << 22
 
@@ -44,8 +42,7 @@ def _scale_saved_grad(saved, grad_output):
 
     Only for plain eager CPU tensors: reading the value would sync a GPU, and cannot be done
     while torch.compile or another tracer runs on fake or functional tensors."""
-    if (type(grad_output) is torch.Tensor and grad_output.dim() == 0 and grad_output.device.type == "cpu"
-            and _get_current_dispatch_mode() is None and not torch.compiler.is_compiling()
+    if (plain_eager(grad_output) and grad_output.dim() == 0 and grad_output.device.type == "cpu"
             and grad_output.item() == 1.0):
         return saved  # autograd copies it before accumulating while the graph still holds it
     return saved * grad_output
@@ -281,41 +278,12 @@ _lib.define("gaussian_kl(Tensor mu, Tensor logvar, str reduction='batch') -> Ten
 _lib.define("linear_bce_loss(Tensor h, Tensor weight, Tensor? bias, Tensor target, str reduction='mean') -> Tensor")
 
 
-def _check_tensors(op, **tensors):
-    for name, t in tensors.items():
-        if not (isinstance(t, Tensor) or (t is None and name in ("weight", "bias"))):
-            raise TypeError(f"{op}: expected {name} to be a Tensor, got {type(t).__name__}")
-
-
-def _check_like(op, ref_name, ref, **others):
-    """Others must have ref's shape, dtype and device (no silent broadcasting)."""
-    if ref.dtype not in _DTYPES:
-        raise TypeError(f"{op}: expected {ref_name} of dtype float32, float16 or bfloat16, got {ref.dtype}")
-    for name, t in others.items():
-        if t.shape != ref.shape:
-            raise ValueError(f"{op}: expected {name} of shape {list(ref.shape)} like {ref_name}, got {list(t.shape)}")
-        if t.dtype != ref.dtype:
-            raise TypeError(f"{op}: expected {name} of dtype {ref.dtype} like {ref_name}, got {t.dtype}")
-        if t.device != ref.device:
-            raise ValueError(f"{op}: expected {name} on {ref.device} like {ref_name}, got {t.device}")
-
-
-def _check_choice(op, name, value, allowed):
-    if value not in allowed:
-        raise ValueError(f"{op}: unknown {name} {value!r}; expected one of {allowed}")
-    return allowed.index(value)
-
-
-def _needs_grad(*tensors):
-    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
-
-
 def _reconstruction_loss(input, target, kind="mse", reduction="mean", weight=None, fwd=recon_loss_fwd):
     op = "reconstruction_loss"
     input, target = autocast_inputs(input.device, input, target, dtype=torch.float32)
-    kind_id = _check_choice(op, "kind", kind, KINDS)
-    reduction_id = _check_choice(op, "reduction", reduction, REDUCTIONS)
-    _check_like(op, "input", input, target=target)
+    kind_id = check_choice(op, "kind", kind, KINDS)
+    reduction_id = check_choice(op, "reduction", reduction, REDUCTIONS)
+    check_like(op, "input", input, target=target)
     if weight is not None:
         feature_shape = tuple(input.shape[1:])
         if tuple(weight.shape) not in (feature_shape, (1,) + feature_shape):
@@ -326,7 +294,7 @@ def _reconstruction_loss(input, target, kind="mse", reduction="mean", weight=Non
         if weight.device != input.device:
             raise ValueError(f"{op}: expected weight on {input.device} like input, got {weight.device}")
         weight = weight.contiguous()
-    need_grad = _needs_grad(input) or (kind_id in (_MSE, _L1) and _needs_grad(target))
+    need_grad = needs_grad(input) or (kind_id in (_MSE, _L1) and needs_grad(target))
     loss, _ = fwd(input.contiguous(), target.contiguous(), weight, kind_id, reduction_id,
                   _backend.resolve(input.device), need_grad)
     return loss
@@ -334,17 +302,17 @@ def _reconstruction_loss(input, target, kind="mse", reduction="mean", weight=Non
 
 def _gaussian_kl(mu, logvar, reduction="batch"):
     mu, logvar = autocast_inputs(mu.device, mu, logvar, dtype=torch.float32)
-    reduction_id = _check_choice("gaussian_kl", "reduction", reduction, REDUCTIONS)
-    _check_like("gaussian_kl", "mu", mu, logvar=logvar)
+    reduction_id = check_choice("gaussian_kl", "reduction", reduction, REDUCTIONS)
+    check_like("gaussian_kl", "mu", mu, logvar=logvar)
     loss, _, _ = gaussian_kl_fwd(mu.contiguous(), logvar.contiguous(), reduction_id, _backend.resolve(mu.device),
-                                 _needs_grad(mu, logvar))
+                                 needs_grad(mu, logvar))
     return loss
 
 
 def _linear_bce_loss(h, weight, bias, target, reduction="mean"):
     op = "linear_bce_loss"
     h, weight, bias, target = autocast_inputs(h.device, h, weight, bias, target)
-    _check_choice(op, "reduction", reduction, REDUCTIONS[1:])  # no per-element loss
+    check_choice(op, "reduction", reduction, REDUCTIONS[1:])  # no per-element loss
     reduction_id = REDUCTIONS.index(reduction)
     if h.dim() != 2 or weight.dim() != 2 or h.shape[1] != weight.shape[1]:
         raise ValueError(f"{op}: expected h of shape [batch, in] and weight of shape [out, in], "
@@ -352,15 +320,11 @@ def _linear_bce_loss(h, weight, bias, target, reduction="mean"):
     expected = torch.Size([h.shape[0], weight.shape[0]])
     if target.shape != expected:
         raise ValueError(f"{op}: expected target of shape {list(expected)}, got {list(target.shape)}")
-    _check_like(op, "h", h)
-    for name, t in (("weight", weight), ("bias", bias), ("target", target)):
-        if t is not None and (t.dtype != h.dtype or t.device != h.device):
-            raise TypeError(f"{op}: expected {name} of dtype {h.dtype} on {h.device} like h, "
-                            f"got {t.dtype} on {t.device}")
+    check_like(op, "h", h, same_shape=False, weight=weight, bias=bias, target=target)
     if bias is not None and bias.shape != (weight.shape[0],):
         raise ValueError(f"{op}: expected bias of shape [{weight.shape[0]}], got {list(bias.shape)}")
     loss, *_ = linear_bce_loss_fwd(h, weight, bias, target, reduction_id, _backend.resolve(h.device),
-                                   _needs_grad(h, weight, bias))
+                                   needs_grad(h, weight, bias))
     return loss
 
 
@@ -386,7 +350,7 @@ def reconstruction_loss(input: Tensor, target: Tensor, kind: str = "mse", reduct
     Returns:
         The loss in input's dtype: a scalar, or input's shape for ``none``.
     """
-    _check_tensors("reconstruction_loss", input=input, target=target, weight=weight)
+    check_tensors("reconstruction_loss", optional=("weight",), input=input, target=target, weight=weight)
     if plain_eager(input, target, weight):
         return _reconstruction_loss(input, target, kind, reduction, weight, fwd=_ReconLossEager.apply)
     return torch.ops.fastae.reconstruction_loss(input, target, kind, reduction, weight)
@@ -396,7 +360,7 @@ def gaussian_kl(mu: Tensor, logvar: Tensor, reduction: str = "batch") -> Tensor:
     """KL(N(mu, exp(logvar)) || N(0, I)) = -1/2 Σ (1 + logvar - mu² - exp(logvar)), the VAE's
     regulariser, with both gradients from the same pass. Reductions as reconstruction_loss
     (default ``batch``: sum over latent dims, mean over the batch)."""
-    _check_tensors("gaussian_kl", mu=mu, logvar=logvar)
+    check_tensors("gaussian_kl", mu=mu, logvar=logvar)
     return torch.ops.fastae.gaussian_kl(mu, logvar, reduction)
 
 
@@ -407,5 +371,5 @@ def linear_bce_loss(h: Tensor, weight: Tensor, bias: Optional[Tensor], target: T
     consumed a chunk of rows at a time, and the gradients of h, weight and bias come out of the
     same pass. h: ``[batch, in]``, weight: ``[out, in]``, bias: ``[out]`` or None, target:
     ``[batch, out]``. Reductions: ``mean``, ``sum``, ``batch``."""
-    _check_tensors("linear_bce_loss", h=h, weight=weight, bias=bias, target=target)
+    check_tensors("linear_bce_loss", optional=("bias",), h=h, weight=weight, bias=bias, target=target)
     return torch.ops.fastae.linear_bce_loss(h, weight, bias, target, reduction)
