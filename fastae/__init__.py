@@ -3,11 +3,21 @@
     import fastae
     y = fastae.ops.linear_act(x, weight, bias, activation="gelu")
     mlp = fastae.nn.FusedMLP([784, 128, 64], activation="relu")
+    codec = fastae.load_codec(quality=4); data = codec.compress("photo.png")
 """
 
 __version__ = "0.1.0"
 
 from fastae._native import build_info  # noqa: E402
-from fastae import nn, ops  # noqa: E402
+from fastae import codec, nn, ops  # noqa: E402
+from fastae.codec import CodecError  # noqa: E402
 
-__all__ = ["__version__", "build_info", "nn", "ops"]
+
+def load_codec(quality: int = 4, model: str = "fastae-factorized-v1", device="cpu", weights=None):
+    """The pretrained image codec shipped in the package, at ``quality`` 1..8; see fastae.codec."""
+    from fastae.codec.image import load_codec as _load
+
+    return _load(quality=quality, model=model, device=device, weights=weights)
+
+
+__all__ = ["__version__", "CodecError", "build_info", "codec", "load_codec", "nn", "ops"]

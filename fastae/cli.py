@@ -1,4 +1,4 @@
-"""The ``fastae`` command line: ``fastae info | train | anomaly``."""
+"""The ``fastae`` command line: ``fastae info | train | anomaly | compress | decompress | eval``."""
 
 import argparse
 import sys
@@ -73,8 +73,32 @@ def _load_data(args):
     return x, labels
 
 
+def cmd_train_codec(args):
+    from fastae.codec.image import export_codec
+    from fastae.models.codec import LAMBDAS
+    from fastae.train.codec import load_codec_checkpoint, train_codec
+
+    lambdas = LAMBDAS if args.lmbda is None else args.lmbda
+    out = Path(args.out)
+    history = train_codec(args.data, out, steps=args.steps, batch_size=args.batch_size or 8, crop=args.crop,
+                          lr=args.lr or 3e-4, N=args.channels, M=args.latent or 160, lambdas=lambdas,
+                          downscale=args.downscale, device=args.device, seed=args.seed, resume=args.resume,
+                          time_limit=args.time_limit)
+    weights = export_codec(load_codec_checkpoint(out), out / "codec.safetensors", model_id=args.model_id)
+    last = {}
+    for row in history:
+        last[row["quality"]] = row
+    for q, row in sorted(last.items()):
+        print(f"quality {q}: bpp {row['bpp']:.3f}, PSNR {row['psnr']:.2f} dB (training crops, noise for rounding)")
+    print(f"wrote {weights} (use it with: fastae compress SRC DST --weights {weights})")
+    return 0
+
+
 def cmd_train(args):
     import inspect
+
+    if args.model == "codec":
+        return cmd_train_codec(args)
 
     from fastae.data import train_val_split
     from fastae.models import MODELS, build_model
@@ -95,8 +119,8 @@ def cmd_train(args):
         config[key] = value
     model = build_model(args.model, **config)
     out = Path(args.out)
-    history = fit(model, x[train_idx], x[val_idx], epochs=args.epochs, batch_size=args.batch_size,
-                  optimizer=args.optimizer, lr=args.lr, weight_decay=args.weight_decay, device=args.device,
+    history = fit(model, x[train_idx], x[val_idx], epochs=args.epochs, batch_size=args.batch_size or 256,
+                  optimizer=args.optimizer, lr=args.lr or 1e-3, weight_decay=args.weight_decay, device=args.device,
                   seed=args.seed, out=out, resume=args.resume)
     model.eval()
     val_x = x[val_idx].to(next(model.parameters()).device)
@@ -141,6 +165,78 @@ def cmd_anomaly(args):
     return 0
 
 
+def _codec_factory(args):
+    import functools
+
+    from fastae.codec.image import load_codec
+
+    device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    factory = functools.partial(load_codec, quality=getattr(args, "quality", 1), model=args.model, device=device,
+                                weights=args.weights)
+    factory()  # fail now, with a clear message, on an unknown model, quality or weights file
+    return factory
+
+
+def cmd_compress(args):
+    from fastae.codec.folder import compress_folder
+
+    summary = compress_folder(args.src, args.dst, _codec_factory(args), workers=args.workers, force=args.force,
+                              progress=not args.quiet)
+    print(summary.format())
+    return 0 if summary.ok else 1
+
+
+def cmd_decompress(args):
+    from fastae.codec.folder import decompress_folder
+
+    summary = decompress_folder(args.src, args.dst, _codec_factory(args), workers=args.workers, force=args.force,
+                                progress=not args.quiet)
+    print(summary.format())
+    return 0 if summary.ok else 1
+
+
+def cmd_eval(args):
+    import json
+
+    from fastae._io import write_text
+    from fastae.codec import eval as rd
+    from fastae.codec.image import to_rgb_array
+    from fastae.codec.folder import IMAGE_EXTENSIONS
+
+    factory = _codec_factory(args)
+    base = factory()
+    paths = sorted(p for p in Path(args.data).rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
+    if not Path(args.data).is_dir() or not paths:
+        raise FileNotFoundError(f"--data {args.data}: no images found")
+    if args.limit:
+        paths = paths[:args.limit]
+    images = {str(p.relative_to(args.data)): to_rgb_array(p)[0] for p in paths}
+    result = rd.evaluate(lambda q: base.with_quality(int(q)), images, args.qualities,
+                         references=tuple(args.references), progress=not args.quiet)
+    import datetime
+    import platform
+
+    result["meta"] = {"command": " ".join(["fastae", *args.argv]), "model": base.model_id,
+                      "model_hash": base.hash.hex(), "images": len(images), "data": str(args.data),
+                      "device": str(base.device), "cpu": platform.processor() or platform.machine(),
+                      "threads": torch.get_num_threads(), "torch": torch.__version__, "fastae": fastae.__version__,
+                      "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+    out = Path(args.output)
+    write_text(out, json.dumps(result, indent=1) + "\n")
+    plot = out.with_suffix(".png") if args.plot is None else Path(args.plot)
+    rd.plot_rd(result, plot)
+    print(f"{len(images)} images, qualities {args.qualities}")
+    for name in ["fastae", *args.references]:
+        at = result["psnr_at"].get(name, {})
+        print(f"  {name:6s} PSNR at 0.25/0.5/1.0 bpp: " +
+              " / ".join("n/a" if at.get(k) is None else f"{at[k]:.2f}" for k in ("0.25", "0.5", "1.0")))
+    for ref in args.references:
+        value = result["bd_rate"].get(ref)
+        print(f"  BD-rate vs {ref}: " + ("n/a" if value is None else f"{value:+.1f}%"))
+    print(f"wrote {out} and {plot}")
+    return 0
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="fastae", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -152,13 +248,14 @@ def main(argv=None):
     from fastae.train import OPTIMIZERS
 
     train = sub.add_parser("train", help="train an autoencoder on MNIST IDX files or an image folder")
-    train.add_argument("model", choices=sorted(MODELS))
+    train.add_argument("model", choices=sorted(MODELS) + ["codec"],
+                       help="a zoo model, or codec: the learned image codec (random crops of a photo folder)")
     train.add_argument("--data", required=True, help="a folder of MNIST IDX files (e.g. ../shared/data/mnist) or images")
     train.add_argument("--out", required=True, help="folder for model.safetensors, config.json, history.json, plots")
     train.add_argument("--epochs", type=int, default=50)
-    train.add_argument("--batch-size", type=int, default=256)
+    train.add_argument("--batch-size", type=int, help="default 256 (codec: 8)")
     train.add_argument("--optimizer", choices=OPTIMIZERS, default="adam")
-    train.add_argument("--lr", type=float, default=1e-3)
+    train.add_argument("--lr", type=float, help="default 1e-3 (codec: 3e-4)")
     train.add_argument("--weight-decay", type=float, default=0.0, help="L2 regularisation")
     train.add_argument("--loss", choices=["mse", "bce"])
     train.add_argument("--latent", type=int)
@@ -174,6 +271,15 @@ def main(argv=None):
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--device", default="auto")
     train.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
+    codec = train.add_argument_group("codec", "options of `fastae train codec` (--latent: latent channels M)")
+    codec.add_argument("--lmbda", type=float, nargs="+",
+                       help="rate-distortion weight(s), one per quality (default: the 8 of the shipped model)")
+    codec.add_argument("--steps", type=int, default=24000, help="training steps (one quality per step, in turn)")
+    codec.add_argument("--crop", type=int, default=128, help="random crop size")
+    codec.add_argument("--channels", type=int, default=96, help="transform channels N")
+    codec.add_argument("--downscale", type=int, default=2, help="shrink the photos by this factor first")
+    codec.add_argument("--time-limit", type=float, help="seconds; stop after a checkpoint (continue with --resume)")
+    codec.add_argument("--model-id", default="fastae-factorized-custom", help="model id written into .fae files")
     train.set_defaults(func=cmd_train)
 
     anomaly = sub.add_parser("anomaly", help="score samples by reconstruction error with a trained model")
@@ -186,10 +292,45 @@ def main(argv=None):
     anomaly.add_argument("--seed", type=int, default=0, help="the seed training split the data with")
     anomaly.set_defaults(func=cmd_anomaly)
 
+    def codec_options(p, quality=True):
+        if quality:
+            p.add_argument("--quality", type=int, default=4, help="1 (smallest) .. 8 (best)")
+        p.add_argument("--model", default="fastae-factorized-v1", help="a codec shipped in the package")
+        p.add_argument("--weights", help="a codec file written by `fastae train codec` instead of --model")
+        p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+        p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    compress = sub.add_parser("compress", help="compress every image under SRC into SRC's tree mirrored in DST")
+    compress.add_argument("src")
+    compress.add_argument("dst")
+    codec_options(compress)
+    compress.add_argument("--workers", type=int, default=1, help="processes (CPU)")
+    compress.add_argument("--force", action="store_true", help="redo and overwrite files that are already there")
+    compress.set_defaults(func=cmd_compress)
+
+    decompress = sub.add_parser("decompress", help="decode every .fae under SRC to PNGs under DST")
+    decompress.add_argument("src")
+    decompress.add_argument("dst")
+    codec_options(decompress, quality=False)
+    decompress.add_argument("--workers", type=int, default=1)
+    decompress.add_argument("--force", action="store_true")
+    decompress.set_defaults(func=cmd_decompress)
+
+    evaluate = sub.add_parser("eval", help="rate-distortion of the codec on an image folder against JPEG and WebP")
+    evaluate.add_argument("--data", required=True, help="e.g. ../shared/data/kodak")
+    codec_options(evaluate, quality=False)
+    evaluate.add_argument("--qualities", type=int, nargs="+", default=list(range(1, 9)))
+    evaluate.add_argument("--references", nargs="*", default=["webp", "jpeg"], choices=["webp", "jpeg"])
+    evaluate.add_argument("--limit", type=int, help="only the first N images")
+    evaluate.add_argument("--output", default="rd.json", help="per-image JSON (the plot goes beside it as .png)")
+    evaluate.add_argument("--plot", help="RD plot path (default: --output with .png)")
+    evaluate.set_defaults(func=cmd_eval)
+
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     try:
         return args.func(args)
-    except (ValueError, TypeError, FileNotFoundError, FloatingPointError) as e:  # bad input: say what, no traceback
+    except (ValueError, TypeError, FileNotFoundError, FileExistsError, FloatingPointError) as e:  # bad input: say what, no traceback
         print(f"fastae {args.command}: {e}", file=sys.stderr)
         return 2
 

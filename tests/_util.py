@@ -1,5 +1,7 @@
 """Helpers shared by the op tests: which backends run here and on which device."""
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -28,3 +30,9 @@ def assert_close(actual, expected, atol, rtol):
     finite = expected[torch.isfinite(expected)]
     scale = max(1.0, finite.abs().max().item()) if finite.numel() else 1.0
     torch.testing.assert_close(actual.float(), expected.float(), atol=atol * scale, rtol=rtol)
+
+
+# Real data beside the repository (../shared/data); tests that need it skip when it is absent.
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+KODAK = SHARED_DATA / "kodak"
+PHOTOS = SHARED_DATA / "photos-train"

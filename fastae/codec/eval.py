@@ -1,0 +1,506 @@
+"""Rate-distortion evaluation of an image codec against WebP and JPEG, measured in the same run.
+
+This is what ``fastae eval --data DIR`` runs. A codec is measured at a few quality settings on a
+set of images; each (quality, image) pair gives a rate in bits per pixel (``8 * len(bytes) / (H * W)``,
+the whole compressed file) and a distortion (PSNR in dB, MS-SSIM). The reference codecs (Pillow's
+WebP and JPEG, encoded and decoded in memory) are measured on the same images, and the curves are
+compared with the Bjøntegaard delta rate (BD-rate) and delta PSNR (BD-PSNR).
+
+Usage::
+
+    from fastae.codec.eval import evaluate, plot_rd
+
+    def load(quality):                     # quality -> an object with compress() / decompress()
+        return MyCodec.from_checkpoint(f"runs/codec/q{quality}.pt")
+
+    images = {p.stem: np.asarray(Image.open(p).convert("RGB")) for p in Path("kodak").glob("*.png")}
+    result = evaluate(load, images, qualities=[1, 2, 3, 4])
+    print(result["bd_rate"])               # {"webp": -12.3, "jpeg": -41.0}: % bits saved vs each
+    json.dump(result, open("rd.json", "w"))
+    plot_rd(result, "rd.png")
+
+Conventions:
+
+* A codec's RD curve is the per-quality **mean over images** of bpp and of PSNR (the mean of the
+  per-image PSNRs, not the PSNR of the mean MSE), as in the usual Kodak tables. BD-rates,
+  ``psnr_at`` values and the plot use these mean curves.
+* BD-rate and BD-PSNR follow VCEG-M33 with piecewise cubic Hermite (PCHIP) interpolation instead
+  of the cubic polynomial fit, as CompressAI and the common ``bjontegaard`` packages do; the
+  integrals are exact (``PchipInterpolator.integrate``).
+* MS-SSIM needs images larger than 160 px on each side for its 5 scales; smaller images get fewer
+  scales (see :func:`ms_ssim`), so MS-SSIM values are only comparable between images of similar size.
+* PSNR and MS-SSIM are computed on the RGB arrays (all channels together), with peak value 255.
+
+The result of :func:`evaluate` is plain JSON: qualities are string keys, and values that are not
+finite numbers (the PSNR of a lossless image, a BD-rate that cannot be computed) are ``None``.
+
+MS-SSIM needs the optional ``pytorch_msssim`` package (``pip install fastae[eval]``), plotting needs
+matplotlib; both are imported only when used.
+"""
+
+import io
+import math
+import os
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Union
+
+import numpy as np
+
+from fastae._io import atomic_path
+
+PathLike = Union[str, os.PathLike]
+
+__all__ = [
+    "psnr", "ms_ssim", "pillow_codec_points", "bd_rate", "bd_psnr", "psnr_at_rate", "evaluate", "plot_rd",
+    "DEFAULT_QUALITIES", "MS_SSIM_WEIGHTS", "PSNR_AT_BPP",
+]
+
+#: Standard MS-SSIM scale weights (Wang, Simoncelli & Bovik 2003), finest scale first.
+MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
+_WIN_SIZE = 11  # Gaussian window of SSIM (sigma 1.5), the pytorch_msssim default
+
+#: Default Pillow quality ladders. On the Kodak set (768x512 photos) they give mean rates of about
+#: 0.13 .. 2.3 bpp (JPEG, 4:2:0, optimized) and 0.1 .. 1.9 bpp (WebP, method 6), covering the
+#: 0.1 .. 1.5 bpp range where learned codecs are usually compared.
+DEFAULT_QUALITIES = {
+    "jpeg": (5, 10, 15, 20, 30, 40, 50, 60, 70, 80, 90),
+    "webp": (0, 5, 10, 20, 30, 40, 50, 60, 70, 80, 90),
+}
+
+#: Rates (bpp) at which :func:`evaluate` reports each codec's interpolated PSNR.
+PSNR_AT_BPP = (0.25, 0.5, 1.0)
+
+_CODEC_NAMES = {"fastae": "fastae", "webp": "WebP", "jpeg": "JPEG"}
+_SUMMARY_KEYS = ("meta", "bd_rate", "bd_psnr", "psnr_at")
+
+
+# ---------------------------------------------------------------------------------------------
+# Distortion metrics
+# ---------------------------------------------------------------------------------------------
+
+def _check_pair(a, b, what: str):
+    a, b = np.asarray(a), np.asarray(b)
+    if a.shape != b.shape:
+        raise ValueError(f"{what}: images must have the same shape, got {a.shape} and {b.shape}")
+    if a.ndim not in (2, 3) or a.size == 0:
+        raise ValueError(f"{what}: expected HxW or HxWxC images, got shape {a.shape}")
+    return a, b
+
+
+def psnr(a, b, max_value: float = 255.0) -> float:
+    """Peak signal-to-noise ratio in dB between two HxWxC (or HxW) images, usually uint8.
+
+    ``10 * log10(max_value**2 / MSE)`` with the MSE over all pixels and channels, computed in float64.
+    Identical images give ``float('inf')``.
+    """
+    a, b = _check_pair(a, b, "psnr")
+    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
+    if mse == 0.0:
+        return float("inf")
+    return float(10.0 * math.log10(float(max_value) ** 2 / mse))
+
+
+def _to_nchw(a: np.ndarray):
+    import torch
+    t = torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))
+    t = t.unsqueeze(-1) if t.dim() == 2 else t
+    return t.permute(2, 0, 1).unsqueeze(0)  # [1, C, H, W]
+
+
+def _ms_ssim_levels(x, y, weights: Sequence[float], data_range: float = 255.0,
+                    win_size: int = _WIN_SIZE, win_sigma: float = 1.5) -> float:
+    """MS-SSIM with ``len(weights)`` scales on [1, C, H, W] float tensors.
+
+    The same computation as ``pytorch_msssim.ms_ssim`` (valid-padded separable Gaussian window,
+    relu'd contrast-structure terms at the finer scales, SSIM at the coarsest, 2x2 average pooling
+    with odd-size padding), without its fixed check that the image is large enough for 5 scales.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    # The window is built in float32 and then cast, exactly as pytorch_msssim does, so that the
+    # 2-4 scale values are computed the same way as the 5-scale ones.
+    coords = torch.arange(win_size, dtype=torch.float32) - win_size // 2
+    g = torch.exp(-(coords ** 2) / (2 * win_sigma ** 2))
+    g = (g / g.sum()).to(x.dtype).view(1, 1, 1, -1).repeat(x.shape[1], 1, 1, 1)  # [C, 1, 1, win]
+    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
+
+    def blur(t):
+        t = F.conv2d(t, g.transpose(2, 3), groups=t.shape[1])  # along H
+        return F.conv2d(t, g, groups=t.shape[1])  # along W
+
+    values = []
+    for level in range(len(weights)):
+        mu_x, mu_y = blur(x), blur(y)
+        var_x, var_y = blur(x * x) - mu_x ** 2, blur(y * y) - mu_y ** 2
+        cov = blur(x * y) - mu_x * mu_y
+        cs_map = (2 * cov + c2) / (var_x + var_y + c2)
+        if level < len(weights) - 1:
+            values.append(torch.relu(cs_map.flatten(2).mean(-1)))  # [1, C]
+            padding = [s % 2 for s in x.shape[2:]]
+            x, y = F.avg_pool2d(x, 2, padding=padding), F.avg_pool2d(y, 2, padding=padding)
+        else:
+            ssim_map = (2 * mu_x * mu_y + c1) / (mu_x ** 2 + mu_y ** 2 + c1) * cs_map
+            values.append(torch.relu(ssim_map.flatten(2).mean(-1)))
+    w = torch.tensor(list(weights), dtype=x.dtype).view(-1, 1, 1)
+    return float(torch.prod(torch.stack(values) ** w, dim=0).mean())
+
+
+def ms_ssim(a, b) -> float:
+    """Multi-scale SSIM (data range 255) between two HxWx3 (or HxW) uint8 images; 1.0 for identical ones.
+
+    Uses ``pytorch_msssim`` with its defaults (11-tap Gaussian window, sigma 1.5), on float32
+    tensors [1, C, H, W] (float64 changes values by ~1e-7 and is 4x slower on CPU). The 5 standard scales need the smaller side to be larger than
+    ``(11 - 1) * 2**4 = 160`` px. Smaller images fall back to fewer scales:
+
+    * smaller side > ``10 * 2**(n - 1)`` px: ``n`` scales (n = 5 .. 2: sides > 160, 80, 40, 20 px) with
+      the first ``n`` MS-SSIM weights renormalised to sum to 1 (pytorch_msssim asserts the 5-scale
+      size even when given fewer weights, so 2 to 4 scales are computed by this module with the
+      same formulas; see ``_ms_ssim_levels``);
+    * 11 .. 20 px: single-scale SSIM (``pytorch_msssim.ssim``);
+    * below 11 px (the window size): ValueError.
+
+    So values for images of 160 px or less are not comparable with the usual 5-scale MS-SSIM.
+    """
+    a, b = _check_pair(a, b, "ms_ssim")
+    try:
+        import pytorch_msssim
+    except ImportError as e:
+        raise ImportError("ms_ssim needs the pytorch_msssim package: pip install fastae[eval] "
+                          "(or pip install pytorch_msssim)") from e
+    side = min(a.shape[:2])
+    if side < _WIN_SIZE:
+        raise ValueError(f"ms_ssim: images must be at least {_WIN_SIZE}x{_WIN_SIZE} px (the SSIM window), "
+                         f"got shape {a.shape}")
+    x, y = _to_nchw(a), _to_nchw(b)
+    scales = max(n for n in range(1, 6) if n == 1 or side > (_WIN_SIZE - 1) * 2 ** (n - 1))
+    if scales == 5:
+        return float(pytorch_msssim.ms_ssim(x, y, data_range=255, win_size=_WIN_SIZE))
+    if scales == 1:
+        return float(pytorch_msssim.ssim(x, y, data_range=255, win_size=_WIN_SIZE))
+    weights = np.asarray(MS_SSIM_WEIGHTS[:scales], dtype=np.float64)
+    return _ms_ssim_levels(x, y, (weights / weights.sum()).tolist())
+
+
+# ---------------------------------------------------------------------------------------------
+# Reference codecs
+# ---------------------------------------------------------------------------------------------
+
+def _check_image(name: str, image) -> np.ndarray:
+    a = np.asarray(image)
+    if a.dtype != np.uint8 or a.ndim != 3 or a.shape[2] != 3 or a.shape[0] == 0 or a.shape[1] == 0:
+        raise ValueError(f"expected {name} to be an HxWx3 uint8 array, got shape {a.shape} dtype {a.dtype}")
+    return a
+
+
+def _pillow_encode(image: np.ndarray, codec: str, quality) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    im = Image.fromarray(image)
+    if codec == "jpeg":
+        im.save(buf, format="JPEG", quality=int(quality), subsampling=2, optimize=True)  # 2 = 4:2:0
+    else:
+        im.save(buf, format="WEBP", quality=int(quality), method=6)
+    return buf.getvalue()
+
+
+def _pillow_decode(data: bytes) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as im:
+        return np.asarray(im.convert("RGB"))
+
+
+def _check_codec_name(codec: str) -> str:
+    name = str(codec).lower()
+    if name not in DEFAULT_QUALITIES:
+        raise ValueError(f"unknown reference codec {codec!r}: expected one of {sorted(DEFAULT_QUALITIES)}")
+    return name
+
+
+class _PillowCodec:
+    """compress()/decompress() through Pillow at one quality: the reference codecs in :func:`evaluate`."""
+
+    def __init__(self, codec: str, quality):
+        self.codec, self.quality = _check_codec_name(codec), quality
+
+    def compress(self, image: np.ndarray) -> bytes:
+        return _pillow_encode(image, self.codec, self.quality)
+
+    def decompress(self, data: bytes) -> np.ndarray:
+        return _pillow_decode(data)
+
+
+def pillow_codec_points(image, codec: str = "webp", qualities: Optional[Iterable] = None) -> List[Dict[str, Any]]:
+    """Encode an HxWx3 uint8 image with Pillow's WebP or JPEG at each quality, in memory, and decode it.
+
+    JPEG: ``quality=q, subsampling=4:2:0, optimize=True``; WebP: ``quality=q, method=6`` (slowest,
+    best). ``qualities`` defaults to ``DEFAULT_QUALITIES[codec]``. Returns one dict per quality, in
+    the given order: ``{"quality", "bytes", "bpp", "psnr", "ms_ssim"}`` where ``bytes`` is the size
+    of the whole file and ``bpp = 8 * bytes / (H * W)``.
+    """
+    name = _check_codec_name(codec)
+    a = _check_image("image", image)
+    qualities = DEFAULT_QUALITIES[name] if qualities is None else list(qualities)
+    points = []
+    for q in qualities:
+        if not 0 <= q <= 100:
+            raise ValueError(f"{name} quality must be in 0..100, got {q!r}")
+        data = _pillow_encode(a, name, q)
+        decoded = _pillow_decode(data)
+        points.append({"quality": q, "bytes": len(data), "bpp": 8.0 * len(data) / (a.shape[0] * a.shape[1]),
+                       "psnr": psnr(a, decoded), "ms_ssim": ms_ssim(a, decoded)})
+    return points
+
+
+# ---------------------------------------------------------------------------------------------
+# Bjøntegaard deltas
+# ---------------------------------------------------------------------------------------------
+
+def _curve(name: str, rates, psnrs):
+    """Validated (rate, psnr) float64 arrays sorted by rate."""
+    r = np.asarray(rates, dtype=np.float64).ravel()
+    p = np.asarray(psnrs, dtype=np.float64).ravel()
+    if len(r) != len(p):
+        raise ValueError(f"{name}: rates and PSNRs must have the same length, got {len(r)} rates and {len(p)} PSNRs")
+    if len(r) < 2:
+        raise ValueError(f"{name}: need at least 2 (rate, PSNR) points, got {len(r)}")
+    if not np.all(np.isfinite(r)) or not np.all(r > 0):
+        raise ValueError(f"{name}: rates must be finite and positive, got {r.tolist()}")
+    if not np.all(np.isfinite(p)):
+        raise ValueError(f"{name}: PSNRs must be finite, got {p.tolist()}")
+    order = np.argsort(r, kind="stable")
+    return r[order], p[order]
+
+
+def _monotone(name: str, r, p):
+    if not (np.all(np.diff(r) > 0) and np.all(np.diff(p) > 0)):
+        raise ValueError(f"{name}: PSNR must increase strictly with rate for Bjøntegaard interpolation, got "
+                         f"(rate, PSNR) points {list(zip(r.tolist(), p.tolist()))}")
+
+
+def _bd_curves(rate_anchor, psnr_anchor, rate_test, psnr_test):
+    ra, pa = _curve("anchor", rate_anchor, psnr_anchor)
+    rt, pt = _curve("test", rate_test, psnr_test)
+    _monotone("anchor", ra, pa)
+    _monotone("test", rt, pt)
+    return np.log(ra), pa, np.log(rt), pt
+
+
+def _mean_diff(xa, ya, xt, yt, what: str) -> float:
+    """Mean of (PCHIP(xt, yt) - PCHIP(xa, ya)) over the overlap of the two x ranges (x increasing)."""
+    from scipy.interpolate import PchipInterpolator
+
+    lo, hi = max(xa[0], xt[0]), min(xa[-1], xt[-1])
+    if not hi > lo:
+        raise ValueError(f"no {what} overlap between the curves: anchor spans [{xa[0]:.4g}, {xa[-1]:.4g}], "
+                         f"test spans [{xt[0]:.4g}, {xt[-1]:.4g}]")
+    int_a = PchipInterpolator(xa, ya).integrate(lo, hi)
+    int_t = PchipInterpolator(xt, yt).integrate(lo, hi)
+    return float((int_t - int_a) / (hi - lo))
+
+
+def bd_rate(rate_anchor, psnr_anchor, rate_test, psnr_test) -> float:
+    """Bjøntegaard delta rate in percent: the average bitrate difference of the test curve against the
+    anchor at equal PSNR, over the PSNR interval both curves cover. Negative: test needs fewer bits.
+
+    VCEG-M33 with PCHIP interpolation of log(rate) as a function of PSNR, integrated exactly. Each
+    curve is a sequence of >= 2 (rate, PSNR) points (any rate unit, the same for both; any order,
+    sorted by rate here) whose PSNR increases strictly with rate. Raises ValueError for mismatched
+    lengths, fewer than 2 points, non-positive rates, non-monotone curves or no PSNR overlap.
+    """
+    la, pa, lt, pt = _bd_curves(rate_anchor, psnr_anchor, rate_test, psnr_test)
+    return float((math.exp(_mean_diff(pa, la, pt, lt, "PSNR")) - 1.0) * 100.0)
+
+
+def bd_psnr(rate_anchor, psnr_anchor, rate_test, psnr_test) -> float:
+    """Bjøntegaard delta PSNR in dB: the average PSNR difference of the test curve against the anchor
+    at equal rate, over the log-rate interval both curves cover. Positive: test has higher quality.
+
+    PCHIP interpolation of PSNR as a function of log(rate), integrated exactly; inputs and errors
+    as for :func:`bd_rate` (no rate overlap instead of no PSNR overlap).
+    """
+    la, pa, lt, pt = _bd_curves(rate_anchor, psnr_anchor, rate_test, psnr_test)
+    return _mean_diff(la, pa, lt, pt, "log-rate")
+
+
+def psnr_at_rate(rates, psnrs, target_bpp: float) -> float:
+    """PSNR of a curve at ``target_bpp``, interpolated linearly in log(rate) between the two measured
+    points around it; ``nan`` when ``target_bpp`` is outside the measured rate range.
+
+    Points are sorted by rate; they need not be monotone in PSNR. Raises ValueError as :func:`bd_rate`
+    for malformed curves and for a non-positive or non-finite ``target_bpp``.
+    """
+    r, p = _curve("curve", rates, psnrs)
+    target = float(target_bpp)
+    if not (math.isfinite(target) and target > 0):
+        raise ValueError(f"target_bpp must be a finite positive rate, got {target_bpp!r}")
+    if target < r[0] or target > r[-1]:
+        return float("nan")
+    return float(np.interp(math.log(target), np.log(r), p))
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluation
+# ---------------------------------------------------------------------------------------------
+
+def _finite_or_none(x) -> Optional[float]:
+    x = float(x)
+    return x if math.isfinite(x) else None
+
+
+def _measure(codec, image: np.ndarray, name: str, quality) -> Dict[str, Optional[float]]:
+    t0 = time.perf_counter()
+    data = codec.compress(image)
+    t1 = time.perf_counter()
+    decoded = codec.decompress(data)
+    t2 = time.perf_counter()
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise TypeError(f"codec.compress() at quality {quality!r} must return bytes, got {type(data).__name__}")
+    decoded = np.asarray(decoded)
+    if decoded.shape != image.shape or decoded.dtype != np.uint8:
+        raise ValueError(f"codec.decompress() at quality {quality!r} on image {name!r} must return a uint8 "
+                         f"array of shape {image.shape}, got shape {decoded.shape} dtype {decoded.dtype}")
+    return {"bpp": 8.0 * len(bytes(data)) / (image.shape[0] * image.shape[1]),
+            "psnr": _finite_or_none(psnr(image, decoded)), "ms_ssim": _finite_or_none(ms_ssim(image, decoded)),
+            "encode_s": t1 - t0, "decode_s": t2 - t1}
+
+
+def _mean(values) -> Optional[float]:
+    values = list(values)
+    if any(v is None for v in values):  # an infinite PSNR (lossless image) makes the mean infinite
+        return None
+    return float(np.mean(values))
+
+
+def _curve_points(curve: Mapping[str, Any]):
+    """(mean bpp, mean PSNR) arrays of one codec's result, for qualities with finite means."""
+    pts = [(v["mean"]["bpp"], v["mean"]["psnr"]) for v in curve.values()
+           if v["mean"]["bpp"] is not None and v["mean"]["psnr"] is not None]
+    pts.sort()
+    return np.array([p[0] for p in pts], dtype=np.float64), np.array([p[1] for p in pts], dtype=np.float64)
+
+
+def _safe(fn, *args, what: str) -> Optional[float]:
+    try:
+        return _finite_or_none(fn(*args))
+    except ValueError as e:
+        warnings.warn(f"{what} not computed: {e}", RuntimeWarning, stacklevel=3)
+        return None
+
+
+def evaluate(codec: Callable[[Any], Any], images: Mapping[str, Any], qualities: Iterable,
+             references: Iterable[str] = ("webp", "jpeg"), progress: bool = True,
+             reference_qualities: Optional[Mapping[str, Iterable]] = None) -> Dict[str, Any]:
+    """Measure a codec and the reference codecs on ``images``; return the RD curves and their comparison.
+
+    Args:
+        codec: ``codec(quality)`` returns an object with ``compress(image) -> bytes`` and
+            ``decompress(bytes) -> image`` for HxWx3 uint8 arrays (e.g. a function loading the
+            checkpoint trained for that quality). Called once per quality.
+        images: name -> HxWx3 uint8 array.
+        qualities: the quality settings passed to ``codec``; any JSON-representable values.
+        references: Pillow codecs to measure in the same run, from ``"webp"``, ``"jpeg"``.
+        progress: show a tqdm bar over all (codec, quality, image) measurements.
+        reference_qualities: optional codec name -> quality ladder, overriding ``DEFAULT_QUALITIES``.
+
+    Returns a JSON-serialisable dict (qualities as string keys, non-finite numbers as ``None``)::
+
+        {"fastae": {"<q>": {"per_image": {name: {"bpp", "psnr", "ms_ssim", "encode_s", "decode_s"}},
+                            "mean": {"bpp", "psnr", "ms_ssim"}}},
+         "webp": {...same, keyed by Pillow quality}, "jpeg": {...},
+         "bd_rate": {"webp": %, "jpeg": %},     # fastae vs each reference (anchor); < 0: fewer bits
+         "bd_psnr": {"webp": dB, "jpeg": dB},
+         "psnr_at": {"fastae": {"0.25": dB, "0.5": dB, "1.0": dB}, "webp": {...}, "jpeg": {...}}}
+
+    The curves compared are the per-quality means over images (mean bpp, mean of per-image PSNRs).
+    A BD value that cannot be computed (fewer than 2 qualities, no overlap, a non-monotone curve)
+    is ``None`` with a RuntimeWarning; a ``psnr_at`` rate outside a curve's range is ``None``.
+    """
+    from tqdm.auto import tqdm
+
+    if not isinstance(images, Mapping) or len(images) == 0:
+        raise ValueError(f"expected images to be a non-empty dict name -> HxWx3 uint8 array, got {type(images).__name__}"
+                         f" of length {len(images) if hasattr(images, '__len__') else '?'}")
+    images = {str(k): _check_image(f"image {k!r}", v) for k, v in images.items()}
+    qualities = list(qualities)
+    if not qualities:
+        raise ValueError("expected at least one quality, got none")
+    keys = [str(q) for q in qualities]
+    if len(set(keys)) != len(keys):
+        raise ValueError(f"qualities must be distinct, got {qualities}")
+    references = [_check_codec_name(r) for r in references]
+    overrides = {_check_codec_name(k): list(v) for k, v in (reference_qualities or {}).items()}
+    ladders = {r: overrides.get(r, list(DEFAULT_QUALITIES[r])) for r in references}
+
+    plan = [("fastae", qualities, codec)] + [(r, ladders[r], lambda q, r=r: _PillowCodec(r, q)) for r in references]
+    total = sum(len(qs) for _, qs, _ in plan) * len(images)
+    result: Dict[str, Any] = {}
+    with tqdm(total=total, disable=not progress, unit="img", desc="eval") as bar:
+        for name, qs, factory in plan:
+            curve = result[name] = {}
+            for q in qs:
+                bar.set_description(f"eval {_CODEC_NAMES[name]} q={q}")
+                c = factory(q)
+                per_image = {}
+                for image_name, image in images.items():
+                    per_image[image_name] = _measure(c, image, image_name, q)
+                    bar.update(1)
+                curve[str(q)] = {"per_image": per_image,
+                                 "mean": {k: _mean(m[k] for m in per_image.values()) for k in ("bpp", "psnr", "ms_ssim")}}
+
+    test = _curve_points(result["fastae"])
+    result["bd_rate"], result["bd_psnr"] = {}, {}
+    for r in references:
+        anchor = _curve_points(result[r])
+        result["bd_rate"][r] = _safe(bd_rate, *anchor, *test, what=f"BD-rate vs {r}")
+        result["bd_psnr"][r] = _safe(bd_psnr, *anchor, *test, what=f"BD-PSNR vs {r}")
+    result["psnr_at"] = {}
+    for name in ["fastae", *references]:
+        rates, psnrs = _curve_points(result[name])
+        result["psnr_at"][name] = {
+            str(t): (_finite_or_none(psnr_at_rate(rates, psnrs, t)) if len(rates) >= 2 else None)
+            for t in PSNR_AT_BPP}
+    return result
+
+
+# ---------------------------------------------------------------------------------------------
+# Plot
+# ---------------------------------------------------------------------------------------------
+
+def plot_rd(result: Mapping[str, Any], path: PathLike) -> Path:
+    """Write a PNG of PSNR (dB) against bpp with one line per codec in ``result`` (from :func:`evaluate`),
+    the legend giving fastae's BD-rate against each reference. Written atomically; returns the path.
+
+    Uses matplotlib's ``Figure`` with the Agg canvas (no pyplot, no display needed).
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    curves = [k for k in result if k not in _SUMMARY_KEYS]
+    if not curves:
+        raise ValueError(f"expected a result from evaluate() with at least one codec curve, got keys {list(result)}")
+    fig = Figure(figsize=(7, 5))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    bd = result.get("bd_rate", {})
+    styles = {"fastae": "o-", "webp": "s--", "jpeg": "^:"}
+    for name in curves:
+        rates, psnrs = _curve_points(result[name])
+        label = _CODEC_NAMES.get(name, name)
+        if name in bd:
+            value = bd[name]
+            label += " (fastae BD-rate " + ("n/a" if value is None else f"{value:+.1f}%") + ")"
+        ax.plot(rates, psnrs, styles.get(name, "o-"), label=label, markersize=4)
+    ax.set_xlabel("bits per pixel (bpp)")
+    ax.set_ylabel("PSNR (dB, RGB)")
+    ax.set_title("Rate-distortion (mean over images)")
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    return Path(path)

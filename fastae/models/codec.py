@@ -1,0 +1,192 @@
+"""ImageCodec: a learned, variable-rate image codec (Ballé et al. 2018 factorized prior, with per-quality gains).
+
+    codec = ImageCodec()                          # N=128 transform channels, M=192 latent channels, 8 qualities
+    out = codec(x, quality=4)                     # training: {"x_hat", "likelihoods", "bpp"} with noise for rounding
+    y = codec.analysis(x, quality=4)              # inference: latents before rounding (scaled by the quality's gain)
+    x_hat = codec.synthesis(torch.round(y), quality=4)
+
+One network serves every quality (Cui et al. 2021, "asymmetric gained" variable rate): the latent
+``y = g_a(x)`` is multiplied by a learned per-channel gain of the quality before rounding and the
+decoded symbols by a learned inverse gain before ``g_s``; each quality has its own factorized
+entropy model. Training mixes the qualities, each with its own rate-distortion weight, so one
+set of transforms (and one file of weights) is shared by all eight.
+
+Why GDN: it is the transform nonlinearity the factorized and hyperprior baselines use; it
+gaussianizes the latents better than ReLU at the same width (Ballé et al. 2016) so a small
+network reaches a lower rate, and it costs one 1x1 convolution per layer.
+"""
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+# Rate-distortion weights of the eight qualities: loss = lmbda * 255^2 * MSE + bpp (CompressAI's values).
+LAMBDAS = (0.0018, 0.0035, 0.0067, 0.0130, 0.0250, 0.0483, 0.0932, 0.1800)
+LIKELIHOOD_BOUND = 1e-9
+
+
+class _LowerBound(torch.autograd.Function):
+    """max(x, bound) whose gradient still flows where it pushes x up (as in Ballé's GDN)."""
+
+    @staticmethod
+    def forward(ctx, x, bound):
+        ctx.save_for_backward(x)
+        ctx.bound = bound
+        return x.clamp_min(bound)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        pass_through = (x >= ctx.bound) | (grad < 0)
+        return grad * pass_through, None
+
+
+def lower_bound(x: Tensor, bound: float) -> Tensor:
+    return _LowerBound.apply(x, bound)
+
+
+class GDN(nn.Module):
+    """Generalized divisive normalization: y_i = x_i / sqrt(beta_i + sum_j gamma_ij x_j^2); ``inverse`` multiplies.
+
+    beta and gamma are stored reparametrized (their square roots, offset) so that they stay positive.
+    """
+
+    pedestal = 2.0 ** -36
+
+    def __init__(self, channels: int, inverse: bool = False, beta_min: float = 1e-6, gamma_init: float = 0.1):
+        super().__init__()
+        self.inverse = inverse
+        self.beta_bound = (beta_min + self.pedestal) ** 0.5
+        self.gamma_bound = self.pedestal ** 0.5
+        self.beta = nn.Parameter(torch.sqrt(torch.ones(channels) + self.pedestal))
+        self.gamma = nn.Parameter(torch.sqrt(gamma_init * torch.eye(channels) + self.pedestal))
+
+    def forward(self, x: Tensor) -> Tensor:
+        beta = lower_bound(self.beta, self.beta_bound) ** 2 - self.pedestal
+        gamma = lower_bound(self.gamma, self.gamma_bound) ** 2 - self.pedestal
+        norm = F.conv2d(x * x, gamma[:, :, None, None], beta)
+        return x * torch.sqrt(norm) if self.inverse else x * torch.rsqrt(norm)
+
+
+def _conv(cin, cout):
+    return nn.Conv2d(cin, cout, 5, stride=2, padding=2)
+
+
+def _deconv(cin, cout):
+    return nn.ConvTranspose2d(cin, cout, 5, stride=2, padding=2, output_padding=1)
+
+
+class FactorizedPrior(nn.Module):
+    """Ballé's non-parametric per-channel density (the "entropy bottleneck"), one independent
+    distribution per latent channel, learned as a cumulative: ``cdf(v) = sigmoid(f(v))`` with ``f``
+    monotone by construction. ``likelihood(y)`` is the probability mass of ``[y-1/2, y+1/2]``."""
+
+    def __init__(self, channels: int, filters=(3, 3, 3), init_scale: float = 10.0):
+        super().__init__()
+        widths = (1, *filters, 1)
+        scale = init_scale ** (1 / (len(filters) + 1))
+        self.matrices, self.biases, self.factors = nn.ParameterList(), nn.ParameterList(), nn.ParameterList()
+        for i in range(len(filters) + 1):
+            init = math.log(math.expm1(1 / scale / widths[i + 1]))
+            self.matrices.append(nn.Parameter(torch.full((channels, widths[i + 1], widths[i]), init)))
+            self.biases.append(nn.Parameter(torch.rand(channels, widths[i + 1], 1) - 0.5))
+            if i < len(filters):
+                self.factors.append(nn.Parameter(torch.zeros(channels, widths[i + 1], 1)))
+
+    def logits_cdf(self, v: Tensor) -> Tensor:
+        """``v``: [C, 1, K] values per channel -> [C, 1, K] logits of the cumulative."""
+        for i, (matrix, bias) in enumerate(zip(self.matrices, self.biases)):
+            v = torch.matmul(F.softplus(matrix), v) + bias
+            if i < len(self.factors):
+                v = v + torch.tanh(self.factors[i]) * torch.tanh(v)
+        return v
+
+    def likelihood(self, y: Tensor) -> Tensor:
+        """Probability of each rounded value in ``y`` [B, C, H, W] under its channel's distribution."""
+        b, c, h, w = y.shape
+        v = y.permute(1, 0, 2, 3).reshape(c, 1, -1)
+        lower = self.logits_cdf(v - 0.5)
+        upper = self.logits_cdf(v + 0.5)
+        # Subtract on the side of the median where the two sigmoids are far from 1 (numerically stable).
+        sign = -torch.sign(lower + upper).detach()
+        sign = torch.where(sign == 0, torch.ones_like(sign), sign)
+        p = torch.abs(torch.sigmoid(sign * upper) - torch.sigmoid(sign * lower))
+        p = lower_bound(p, LIKELIHOOD_BOUND)
+        return p.reshape(c, b, h, w).permute(1, 0, 2, 3)
+
+    @torch.no_grad()
+    def pmf(self, support: Tensor) -> Tensor:
+        """[C, K] probabilities of the integers ``support`` [K] (float64 for table building)."""
+        c = self.matrices[0].shape[0]
+        v = support.to(self.matrices[0].dtype).expand(c, 1, -1)
+        lower = torch.sigmoid(self.logits_cdf(v - 0.5).double())
+        upper = torch.sigmoid(self.logits_cdf(v + 0.5).double())
+        return (upper - lower).reshape(c, -1).clamp_min(0)
+
+
+class ImageCodec(nn.Module):
+    """Variable-rate learned image codec. ``x``: [B, 3, H, W] in [0, 1], H and W multiples of 16.
+
+    ``quality`` is 1..``qualities`` (higher = more bits, better image); the shipped model has 8.
+    """
+
+    stride = 16  # total downsampling of the analysis transform; inputs are padded to a multiple of it
+
+    def __init__(self, N: int = 128, M: int = 192, lambdas=LAMBDAS, channels: int = 3):
+        super().__init__()
+        lambdas = [float(v) for v in lambdas]
+        if not lambdas or any(not v > 0 for v in lambdas) or lambdas != sorted(lambdas):
+            raise ValueError(f"ImageCodec: lambdas must be positive and increasing (one per quality), got {lambdas}")
+        qualities = len(lambdas)
+        self.config = {"N": N, "M": M, "lambdas": lambdas, "channels": channels}
+        self.N, self.M, self.lambdas, self.qualities, self.channels = N, M, lambdas, qualities, channels
+        self.g_a = nn.Sequential(_conv(channels, N), GDN(N), _conv(N, N), GDN(N), _conv(N, N), GDN(N), _conv(N, M))
+        self.g_s = nn.Sequential(_deconv(M, N), GDN(N, inverse=True), _deconv(N, N), GDN(N, inverse=True),
+                                 _deconv(N, N), GDN(N, inverse=True), _deconv(N, channels))
+        # Per-quality latent gains, stored as logs; initialised to a geometric ladder so that the
+        # qualities start apart (coarser quantization for low quality).
+        ladder = torch.linspace(math.log(0.5), math.log(3.0), qualities) if qualities > 1 else torch.zeros(1)
+        self.log_gain = nn.Parameter(ladder[:, None].repeat(1, M).clone())
+        self.log_inv_gain = nn.Parameter(-ladder[:, None].repeat(1, M).clone())
+        self.priors = nn.ModuleList(FactorizedPrior(M) for _ in range(qualities))
+
+    def _check_quality(self, quality: int) -> int:
+        if isinstance(quality, bool) or not isinstance(quality, int) or not 1 <= quality <= self.qualities:
+            raise ValueError(f"quality must be an integer in 1..{self.qualities}, got {quality!r}")
+        return quality - 1
+
+    def analysis(self, x: Tensor, quality: int) -> Tensor:
+        """Latents scaled by the quality's gain, before rounding: [B, M, H/16, W/16]."""
+        q = self._check_quality(quality)
+        return self.g_a(x) * torch.exp(self.log_gain[q])[None, :, None, None]
+
+    def synthesis(self, y_hat: Tensor, quality: int) -> Tensor:
+        """Image (not clamped) from rounded latents ``y_hat``."""
+        q = self._check_quality(quality)
+        return self.g_s(y_hat * torch.exp(self.log_inv_gain[q])[None, :, None, None])
+
+    def forward(self, x: Tensor, quality: int, noise: bool = True) -> dict:
+        """Training (``noise=True``: additive uniform noise stands in for rounding) or evaluation
+        (``noise=False``: rounding) pass. Returns x_hat, the latents' likelihoods and the rate in
+        bits per pixel estimated from them."""
+        y = self.analysis(x, quality)
+        if noise:
+            y_hat = y + torch.empty_like(y).uniform_(-0.5, 0.5)
+        else:
+            y_hat = torch.round(y)
+        likelihoods = self.priors[self._check_quality(quality)].likelihood(y_hat)
+        x_hat = self.synthesis(y_hat, quality)
+        pixels = x.shape[0] * x.shape[2] * x.shape[3]
+        bpp = torch.log(likelihoods).sum() / (-math.log(2) * pixels)
+        return {"x_hat": x_hat, "likelihoods": likelihoods, "bpp": bpp}
+
+    def rd_loss(self, x: Tensor, quality: int) -> dict:
+        """lambda * 255^2 * MSE + bpp for the quality's lambda (the training objective)."""
+        out = self(x, quality)
+        mse = F.mse_loss(out["x_hat"], x)
+        lmbda = self.lambdas[self._check_quality(quality)]
+        loss = lmbda * 255 ** 2 * mse + out["bpp"]
+        return {"loss": loss, "mse": mse, "bpp": out["bpp"],
+                "psnr": -10 * torch.log10(mse.detach().clamp_min(1e-10))}

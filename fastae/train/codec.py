@@ -1,0 +1,181 @@
+"""Training of the image codec: random crops of a photo folder, RD loss lambda * 255^2 * MSE + bpp.
+
+    train_codec("../shared/data/photos-train", out="runs/codec", steps=20000)
+
+One step draws a batch of random crops (with flips) and trains one quality, the qualities taken in
+turn, so a variable-rate model sees each rate equally often. Checkpoints (weights, optimizer, RNG,
+history) are written atomically every ``checkpoint_every`` steps; ``resume=True`` continues from
+them and gives the same model as a run that was never stopped.
+"""
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from safetensors.torch import load_file, save_file
+
+import fastae
+from fastae._io import atomic_path, write_text
+from fastae.models.codec import LAMBDAS, ImageCodec
+
+WEIGHTS, CONFIG, STATE, HISTORY = "model.safetensors", "config.json", "training_state.pt", "history.json"
+
+
+def load_photos(folder, downscale: int = 2, min_side: int = 64):
+    """Every image Pillow reads under ``folder``, RGB, shrunk by ``downscale`` (Lanczos): a list
+    of uint8 tensors [3, H, W]. Downscaling by 2 removes most camera noise and demosaicing artefacts."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"training data folder {folder} does not exist")
+    photos = []
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        try:
+            with Image.open(path) as img:
+                img = img.convert("RGB")
+                if downscale > 1:
+                    img = img.resize((img.width // downscale, img.height // downscale), Image.Resampling.LANCZOS)
+                arr = np.asarray(img)
+        except OSError:
+            continue
+        if min(arr.shape[:2]) >= min_side:
+            photos.append(torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous())
+    if not photos:
+        raise ValueError(f"no image of at least {min_side}x{min_side} pixels (after downscaling by {downscale}) "
+                         f"in {folder}")
+    return photos
+
+
+def random_crops(photos, n: int, size: int, generator: torch.Generator) -> torch.Tensor:
+    """``n`` random ``size``x``size`` crops, images drawn in proportion to their area, random
+    horizontal and vertical flips: float [n, 3, size, size] in [0, 1]."""
+    areas = torch.tensor([float(p.shape[1] * p.shape[2]) for p in photos])
+    picks = torch.multinomial(areas, n, replacement=True, generator=generator)
+    out = torch.empty(n, 3, size, size)
+    for i, k in enumerate(picks.tolist()):
+        img = photos[k]
+        h, w = img.shape[1:]
+        s = min(size, h, w)
+        top = int(torch.randint(0, h - s + 1, (1,), generator=generator))
+        left = int(torch.randint(0, w - s + 1, (1,), generator=generator))
+        crop = img[:, top:top + s, left:left + s].float() / 255
+        if s < size:  # small image: reflect-pad up to the crop size
+            crop = torch.nn.functional.pad(crop[None], (0, size - s, 0, size - s), mode="reflect")[0]
+        flips = torch.rand(2, generator=generator)
+        if flips[0] < 0.5:
+            crop = crop.flip(2)
+        if flips[1] < 0.5:
+            crop = crop.flip(1)
+        out[i] = crop
+    return out
+
+
+def _lr_at(step: int, steps: int, lr: float) -> float:
+    """Constant, then a tenth for the last 10% of the steps."""
+    return lr if step < int(0.9 * steps) else lr / 10
+
+
+def save_codec_checkpoint(out: Path, model: ImageCodec, step: int, optimizer=None, generator=None, history=None):
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    with atomic_path(out / WEIGHTS) as tmp:
+        save_file(state, str(tmp), metadata={"model": "image_codec"})
+    if optimizer is not None:
+        with atomic_path(out / STATE) as tmp:
+            torch.save({"step": step, "optimizer": optimizer.state_dict(), "generator": generator.get_state(),
+                        "torch_rng": torch.get_rng_state()}, tmp)
+    if history is not None:
+        write_text(out / HISTORY, json.dumps(history) + "\n")
+    write_text(out / CONFIG, json.dumps({"fastae": fastae.__version__, "model": "image_codec",
+                                         "config": model.config, "step": step}, indent=2) + "\n")
+
+
+def load_codec_checkpoint(folder, device="cpu") -> ImageCodec:
+    """The ImageCodec saved in ``folder`` by train_codec."""
+    folder = Path(folder)
+    config = json.loads((folder / CONFIG).read_text())
+    if config.get("model") != "image_codec":
+        raise ValueError(f"{folder} holds a {config.get('model')!r} checkpoint, not an image codec")
+    model = ImageCodec(**config["config"])
+    model.load_state_dict(load_file(str(folder / WEIGHTS)))
+    return model.to(device)
+
+
+def train_codec(data, out, steps: int = 20000, batch_size: int = 8, crop: int = 128, lr: float = 3e-4,
+                N: int = 128, M: int = 192, lambdas=LAMBDAS, downscale: int = 2, device="auto", seed: int = 0,
+                checkpoint_every: int = 250, resume: bool = False, amp: bool = True, progress: bool = True,
+                time_limit: float = None):
+    """Train an ImageCodec on random crops of the photos in ``data``; checkpoints in ``out``.
+
+    ``time_limit`` (seconds) stops early after a checkpoint (resume later with ``resume=True``).
+    Returns the history: a list of {"step", "quality", "loss", "bpp", "psnr"} averaged over
+    ``checkpoint_every`` steps per quality.
+    """
+    from tqdm.auto import tqdm
+
+    if steps < 1 or batch_size < 1 or crop < ImageCodec.stride or crop % ImageCodec.stride:
+        raise ValueError(f"train_codec: expected steps >= 1, batch_size >= 1 and crop a positive multiple of "
+                         f"{ImageCodec.stride}, got steps={steps}, batch_size={batch_size}, crop={crop}")
+    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    photos = load_photos(data, downscale)
+    generator = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    model = ImageCodec(N=N, M=M, lambdas=lambdas).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    start, history = 0, []
+    if resume and (out / STATE).exists():
+        saved = json.loads((out / CONFIG).read_text())
+        if saved["config"] != model.config:
+            raise ValueError(f"checkpoint {out} was written with config {saved['config']}, not {model.config}")
+        model.load_state_dict(load_file(str(out / WEIGHTS)))
+        state = torch.load(out / STATE, weights_only=False)
+        optimizer.load_state_dict(state["optimizer"])
+        generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        start = state["step"]
+        if (out / HISTORY).exists():
+            history = json.loads((out / HISTORY).read_text())
+    elif (out / WEIGHTS).exists() and not resume:
+        raise FileExistsError(f"{out} already holds a checkpoint; pass resume=True (--resume) to continue it "
+                              f"or choose another folder")
+    use_amp = amp and device.type == "cuda"
+    began = time.monotonic()
+    sums = {}
+    bar = tqdm(total=steps, initial=start, desc="train codec", disable=not progress, dynamic_ncols=True)
+    model.train()
+    for step in range(start, steps):
+        quality = step % model.qualities + 1
+        for group in optimizer.param_groups:
+            group["lr"] = _lr_at(step, steps, lr)
+        x = random_crops(photos, batch_size, crop, generator).to(device, non_blocking=True)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+            terms = model.rd_loss(x, quality)
+        loss = terms["loss"]
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"train_codec: loss is {loss.item()} at step {step} (quality {quality}); "
+                                     f"the last good checkpoint is in {out}")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        acc = sums.setdefault(quality, [0, 0.0, 0.0, 0.0])
+        acc[0] += 1
+        acc[1] += loss.item()
+        acc[2] += terms["bpp"].item()
+        acc[3] += terms["psnr"].item()
+        bar.update(1)
+        if quality == model.qualities:
+            bar.set_postfix(q=quality, bpp=f"{terms['bpp'].item():.3f}", psnr=f"{terms['psnr'].item():.2f}")
+        done = step + 1
+        if done % checkpoint_every == 0 or done == steps:
+            for q, (n, l, b, p) in sorted(sums.items()):
+                history.append({"step": done, "quality": q, "loss": l / n, "bpp": b / n, "psnr": p / n})
+            sums = {}
+            save_codec_checkpoint(out, model, done, optimizer, generator, history)
+            if time_limit is not None and time.monotonic() - began > time_limit and done < steps:
+                break
+    bar.close()
+    return history

@@ -1,0 +1,324 @@
+"""The image codec's pieces: rANS coder, integer tables, the .fae format, compress/decompress."""
+
+import struct
+import zlib
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import fastae
+from fastae.codec import rans
+from fastae.codec.format import CODER_RANS, MAGIC, CodecError, Header, pack, read_header, unpack
+from fastae.codec.image import export_codec, load_codec
+from fastae.codec.tables import from_symbols, pack_varints, quantize_pmf, tables_from_pmf, to_symbols, unpack_varints
+from fastae.models.codec import ImageCodec
+
+from tests._util import KODAK
+
+native = pytest.mark.skipif(not rans.native_available(), reason="fastae._C is not loaded")
+
+
+def _tables(scales=(0.3, 1.0, 3.0, 8.0), span=60):
+    support = np.arange(-span, span + 1)
+    pmf = np.stack([np.exp(-0.5 * (support / s) ** 2) for s in scales])
+    return tables_from_pmf(pmf, support)
+
+
+def _symbols(sizes, length, seed=0):
+    rng = np.random.default_rng(seed)
+    return np.stack([rng.integers(0, s, length) for s in sizes]).astype(np.int32)
+
+
+# ------------------------------------------------------------------------------------------- rANS
+
+
+@pytest.mark.parametrize("length", [0, 1, 7, 3000])
+def test_rans_round_trip_python(length):
+    cdfs, _, sizes = _tables()
+    symbols = _symbols(sizes, length)
+    index = np.arange(len(sizes), dtype=np.int32)
+    data = rans.encode(symbols, cdfs, index, native=False)
+    assert np.array_equal(rans.decode(data, cdfs, index, length, native=False).numpy(), symbols)
+
+
+@native
+@pytest.mark.parametrize("length", [0, 1, 7, 3000])
+def test_rans_native_writes_the_reference_bytes(length):
+    cdfs, _, sizes = _tables()
+    symbols = _symbols(sizes, length, seed=length)
+    index = np.array([3, 0, 2, 1], dtype=np.int32)[:len(sizes)]
+    symbols = np.stack([np.random.default_rng(r).integers(0, sizes[index[r]], length) for r in range(4)]).astype(np.int32)
+    ref = rans.encode(symbols, cdfs, index, native=False)
+    assert rans.encode(symbols, cdfs, index, native=True) == ref
+    assert np.array_equal(rans.decode(ref, cdfs, index, length, native=True).numpy(), symbols)
+
+
+def test_rans_rate_close_to_entropy():
+    """The coded size is within 1% (+ 4 bytes of state) of the entropy under the table."""
+    cdfs, _, sizes = _tables(scales=(2.0,))
+    freq = np.diff(cdfs[0])[:sizes[0]] / 65536
+    rng = np.random.default_rng(1)
+    symbols = rng.choice(sizes[0], size=(1, 20000), p=freq).astype(np.int32)
+    bits = -np.log2(freq[symbols]).sum()
+    data = rans.encode(symbols, cdfs[:1], np.zeros(1, np.int32))
+    assert len(data) * 8 <= bits * 1.01 + 32
+
+
+@pytest.mark.parametrize("use_native", [False, pytest.param(True, marks=native)])
+def test_rans_rejects_damaged_streams(use_native):
+    cdfs, _, sizes = _tables()
+    symbols = _symbols(sizes, 500)
+    index = np.arange(4, dtype=np.int32)
+    data = rans.encode(symbols, cdfs, index)
+    for bad in (data[:-1], data[:3], b"", data + b"\0"):
+        with pytest.raises(ValueError, match="rans_decode"):
+            rans.decode(bad, cdfs, index, 500, native=use_native)
+    with pytest.raises(ValueError, match="outside its table"):
+        rans.encode(np.full((4, 2), 10_000, np.int32), cdfs, index, native=use_native)
+
+
+@pytest.mark.parametrize("use_native", [False, pytest.param(True, marks=native)])
+def test_rans_flipped_bits_never_crash(use_native):
+    """Any single flipped bit either raises ValueError or decodes to some symbols (the CRC of the
+    file format catches the rest): never a crash or a hang."""
+    cdfs, _, sizes = _tables()
+    symbols = _symbols(sizes, 200)
+    index = np.arange(4, dtype=np.int32)
+    data = bytearray(rans.encode(symbols, cdfs, index))
+    caught = 0
+    for bit in range(0, len(data) * 8, 7):
+        bad = bytearray(data)
+        bad[bit // 8] ^= 1 << (bit % 8)
+        try:
+            out = rans.decode(bytes(bad), cdfs, index, 200, native=use_native)
+            assert out.shape == (4, 200)
+        except ValueError:
+            caught += 1
+    assert caught > 0
+
+
+# ------------------------------------------------------------------------------------------- tables
+
+
+def test_quantize_pmf_sums_to_precision_and_keeps_every_symbol():
+    freq = quantize_pmf(np.array([0.5, 0.25, 1e-12, 0.25]), escape=1e-9)
+    assert freq.sum() == 65536 and (freq >= 1).all() and len(freq) == 5
+    assert abs(freq[0] / 65536 - 0.5) < 1e-3
+
+
+def test_tables_cover_the_distribution():
+    cdfs, offsets, sizes = _tables(scales=(1.0, 5.0))
+    for c, scale in enumerate((1.0, 5.0)):
+        # values within ~4.9 sigma (tail 1e-6) are in the table; the escape is last.
+        assert offsets[c] <= -int(4.5 * scale) and offsets[c] + sizes[c] - 2 >= int(4.5 * scale)
+        assert cdfs[c, 0] == 0 and cdfs[c, sizes[c]] == 65536
+
+
+def test_symbols_and_escapes_round_trip():
+    _, offsets, sizes = _tables()
+    values = torch.tensor([[0, 1, -1, 500, -700], [3, -3, 0, 0, 1 << 40], [0] * 5, [7, 8, 9, -9, 2]])
+    symbols, escaped = to_symbols(values, torch.from_numpy(offsets), torch.from_numpy(sizes))
+    assert escaped.tolist() == [500, -700, 1 << 40]
+    stream = pack_varints(escaped)
+    back = from_symbols(symbols, unpack_varints(stream, 100), torch.from_numpy(offsets), torch.from_numpy(sizes))
+    assert torch.equal(back, values)
+
+
+def test_varints_reject_malformed_streams():
+    with pytest.raises(CodecError, match="ends inside"):
+        unpack_varints(b"\x80", 10)
+    with pytest.raises(CodecError, match="longer than"):
+        unpack_varints(b"\xff" * 11 + b"\x01", 10)
+    with pytest.raises(CodecError, match="more than 2"):
+        unpack_varints(b"\x02\x02\x02", 2)
+
+
+# ------------------------------------------------------------------------------------------- format
+
+
+def _header(**kw):
+    fields = dict(model_id="test-model", model_hash=bytes(range(8)), quality=3, coder=CODER_RANS, precision=16,
+                  height=512, width=768, channels=3, bit_depth=8, latent_shapes=((8, 32, 48),), stream_lengths=())
+    return Header(**(fields | kw))
+
+
+def test_format_round_trip():
+    streams = [b"abc", b"", b"\x00" * 300]
+    data = pack(_header(), streams)
+    header, back = unpack(data)
+    assert back == streams
+    assert header == _header(stream_lengths=(3, 0, 300))
+    assert data[:4] == MAGIC and data[4] == 1
+    assert struct.unpack("<I", data[-4:])[0] == zlib.crc32(data[:-4])
+
+
+def test_format_errors_say_what_is_wrong(tmp_path):
+    data = pack(_header(), [b"payload"])
+    with pytest.raises(CodecError, match="bad magic"):
+        unpack(b"PNG!" + data[4:])
+    with pytest.raises(CodecError, match="version 2"):
+        unpack(data[:4] + b"\x02" + data[5:])
+    with pytest.raises(CodecError, match="CRC mismatch"):
+        unpack(data[:-6] + bytes([data[-6] ^ 0x10]) + data[-5:])
+    with pytest.raises(CodecError, match="truncated"):
+        unpack(data[:-1])
+    with pytest.raises(CodecError, match="truncated"):
+        unpack(data[:12])
+    with pytest.raises(CodecError, match="unexpected bytes"):
+        unpack(data + b"x")
+    # A forged header announcing a 4 GB stream: rejected from the file size, nothing allocated.
+    pos = data.index(struct.pack("<I", 7))
+    forged = data[:pos] + struct.pack("<I", 0xFFFFFFFF) + data[pos + 4:]
+    with pytest.raises(CodecError, match="truncated"):
+        unpack(forged)
+    path = tmp_path / "x.fae"
+    path.write_bytes(data)
+    assert read_header(path).width == 768
+    with pytest.raises(TypeError):
+        unpack("not bytes")
+    with pytest.raises(ValueError, match="model id"):
+        pack(_header(model_id=""), [b""])
+
+
+# ------------------------------------------------------------------------------------------- codec
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """A small, untrained ImageCodec exported with its tables: tests the machinery, not the quality."""
+    torch.manual_seed(0)
+    model = ImageCodec(N=8, M=8, lambdas=(0.01, 0.1))
+    path = export_codec(model, tmp_path_factory.mktemp("codec") / "tiny.safetensors", model_id="tiny")
+    return load_codec(quality=2, weights=path)
+
+
+def _kodak(size=(40, 56)):
+    if not (KODAK / "kodim01.png").exists():
+        pytest.skip("../shared/data/kodak is not here")
+    with Image.open(KODAK / "kodim01.png") as img:
+        return np.asarray(img.convert("RGB"))[100:100 + size[0], 200:200 + size[1]].copy()
+
+
+def test_codec_round_trip_inputs(tiny, tmp_path):
+    rgb = _kodak()
+    data = tiny.compress(rgb)
+    out = tiny.decompress(data)
+    assert out.shape == rgb.shape and out.dtype == np.uint8
+    assert np.array_equal(out, tiny.reconstruct(rgb))
+    Image.fromarray(rgb).save(tmp_path / "a.png")
+    tensor = torch.from_numpy(rgb).permute(2, 0, 1)
+    for same in (Image.fromarray(rgb), tmp_path / "a.png", str(tmp_path / "a.png"), tensor, tensor.float() / 255):
+        assert tiny.compress(same) == data
+    assert torch.equal(tiny.decompress(data, output="tensor"), torch.from_numpy(out).permute(2, 0, 1))
+    assert tiny.compress(rgb) == data  # deterministic
+
+
+def test_codec_header_fields(tiny):
+    rgb = _kodak((37, 21))
+    header = read_header(tiny.compress(rgb))
+    assert (header.height, header.width, header.channels, header.bit_depth) == (37, 21, 3, 8)
+    assert header.model_id == "tiny" and header.model_hash == tiny.hash and header.quality == 2
+    assert header.latent_shapes == ((8, 3, 2),) and header.coder == CODER_RANS and header.precision == 16
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (1, 17), (17, 1), (16, 16), (33, 15)])
+def test_codec_any_size(tiny, shape):
+    rgb = np.random.default_rng(0).integers(0, 256, (*shape, 3), dtype=np.uint8)
+    out = tiny.decompress(tiny.compress(rgb))
+    assert out.shape == (*shape, 3)
+
+
+def test_codec_grey_alpha_and_16_bit(tiny, tmp_path):
+    rgb = _kodak()
+    grey = Image.fromarray(rgb).convert("L")
+    out = tiny.decompress(tiny.compress(grey))
+    assert out.shape == (*rgb.shape[:2], 1)
+    assert np.array_equal(out, tiny.reconstruct(grey))
+    assert read_header(tiny.compress(grey)).channels == 1
+    opaque = Image.fromarray(rgb).convert("RGBA")
+    assert tiny.compress(opaque) == tiny.compress(rgb)
+    rgba = np.dstack([rgb, np.full(rgb.shape[:2], 128, np.uint8)])
+    with pytest.raises(ValueError, match="transparency"):
+        tiny.compress(rgba)
+    deep = (np.asarray(grey).astype(np.uint16) * 257)
+    Image.fromarray(deep).save(tmp_path / "deep.png")
+    with Image.open(tmp_path / "deep.png") as img:
+        assert img.mode.startswith("I")
+    header = read_header(tiny.compress(tmp_path / "deep.png"))
+    assert (header.channels, header.bit_depth) == (1, 16)
+    assert tiny.compress(tmp_path / "deep.png") == tiny.compress(deep)
+    (tmp_path / "notes.txt").write_text("not an image")
+    with pytest.raises(ValueError, match="not an image"):
+        tiny.compress(tmp_path / "notes.txt")
+    with pytest.raises(TypeError, match="dtype"):
+        tiny.compress(rgb.astype(np.float32))
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        tiny.compress(torch.full((3, 4, 4), 2.0))
+
+
+def test_codec_rejects_other_models_and_damaged_files(tiny, tmp_path):
+    data = tiny.compress(_kodak())
+    torch.manual_seed(1)
+    other = load_codec(quality=1, weights=export_codec(ImageCodec(N=8, M=8, lambdas=(0.01, 0.1)),
+                                                       tmp_path / "other.safetensors", model_id="tiny"))
+    with pytest.raises(CodecError, match="model hash mismatch"):
+        other.decompress(data)
+    assert other.with_quality(2).quality == 2
+    rng = np.random.default_rng(0)
+    for trial in range(300):
+        bad = bytearray(data)
+        kind = trial % 3
+        if kind == 0:
+            pos = int(rng.integers(len(bad)))
+            bad[pos] ^= 1 << int(rng.integers(8))
+        elif kind == 1:
+            bad = bad[:int(rng.integers(len(bad)))]
+        else:
+            bad = bytearray(rng.integers(0, 256, int(rng.integers(0, 200)), dtype=np.uint8).tobytes())
+            if trial % 2:
+                bad[:4] = MAGIC
+        with pytest.raises(CodecError):
+            tiny.decompress(bytes(bad))
+
+
+def test_codec_error_is_exported():
+    assert fastae.CodecError is CodecError
+    assert issubclass(CodecError, ValueError)
+
+
+# ------------------------------------------------------------------------------------------- latents
+
+
+def test_latent_codec_round_trip_on_mnist_ae():
+    from fastae.codec import LatentCodec
+    from fastae.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model("mlp", input_shape=(1, 28, 28), hidden=[32], latent=8)
+    x = torch.rand(50, 1, 28, 28)
+    lc = LatentCodec(model, step=0.01)
+    data = lc.compress(x)
+    header = read_header(data)
+    assert header.model_id == "latent:mlp" and header.latent_shapes == ((50, 8),)
+    model.eval()
+    with torch.no_grad():
+        z = model.encode(x)
+    z_hat = lc.decompress(data, decode=False)
+    assert z_hat.shape == (50, 8)
+    assert (z_hat - z).abs().max() <= 0.005 + 1e-6  # half a step
+    assert torch.equal(z_hat, torch.round(z / 0.01) * 0.01)
+    with torch.no_grad():
+        assert torch.allclose(lc.decompress(data), model.decode(z_hat))
+    # fewer bits than the float32 codes, and deterministic
+    assert len(data) < z.numel() * 4 and lc.compress(x) == data
+    other = LatentCodec(build_model("mlp", input_shape=(1, 28, 28), hidden=[32], latent=8), step=0.01)
+    with pytest.raises(CodecError, match="model hash mismatch"):
+        other.decompress(data)
+    with pytest.raises(CodecError):
+        lc.decompress(data[:-3])
+    with pytest.raises(ValueError, match="larger step"):
+        LatentCodec(model, step=1e-6).compress(x)
+    with pytest.raises(ValueError, match="step"):
+        LatentCodec(model, step=0)

@@ -1,0 +1,108 @@
+"""fastae train codec | compress | decompress | eval, end to end on a tiny codec trained here."""
+
+import json
+import warnings
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from fastae import cli
+from fastae.codec import read_header
+from tests._util import KODAK, PHOTOS
+
+needs_data = pytest.mark.skipif(not (KODAK.exists() and PHOTOS.exists()), reason="../shared/data is not here")
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """`fastae train codec` with tiny settings: a few steps, so the CLI is tested, not the model."""
+    if not PHOTOS.exists():
+        pytest.skip("../shared/data/photos-train is not here")
+    out = tmp_path_factory.mktemp("codec-run")
+    args = ["train", "codec", "--data", str(PHOTOS), "--out", str(out), "--steps", "4", "--crop", "32",
+            "--batch-size", "2", "--channels", "8", "--latent", "8", "--lmbda", "0.01", "0.1", "--downscale", "8",
+            "--model-id", "tiny-cli"]
+    assert cli.main(args) == 0
+    return out / "codec.safetensors"
+
+
+@needs_data
+def test_train_codec_writes_a_codec_file(trained, capsys):
+    assert trained.exists()
+    from fastae.codec.image import load_codec
+
+    codec = load_codec(quality=2, weights=trained)
+    assert codec.model_id == "tiny-cli" and codec.model.qualities == 2
+    # A second run into the same folder without --resume refuses instead of overwriting.
+    args = ["train", "codec", "--data", str(PHOTOS), "--out", str(trained.parent), "--steps", "4", "--crop", "32",
+            "--channels", "8", "--latent", "8", "--lmbda", "0.01", "0.1", "--downscale", "8"]
+    assert cli.main(args) == 2
+    assert "already holds a checkpoint" in capsys.readouterr().err
+
+
+def _tree(root):
+    (root / "sub").mkdir(parents=True)
+    for i, name in enumerate(["kodim01.png", "sub/kodim02.png"]):
+        with Image.open(KODAK / name.split("/")[-1]) as img:
+            img.convert("RGB").crop((0, 0, 48 + 16 * i, 40)).save(root / name)
+    (root / "broken.png").write_bytes(b"not a png at all")
+    (root / "notes.txt").write_text("ignored")
+
+
+@needs_data
+def test_compress_decompress_folder(trained, tmp_path, capsys):
+    src, dst, back = tmp_path / "src", tmp_path / "dst", tmp_path / "back"
+    _tree(src)
+    base = ["--weights", str(trained), "--quiet"]
+    assert cli.main(["compress", str(src), str(dst), "--quality", "1", *base]) == 1  # broken.png failed
+    out = capsys.readouterr().out
+    assert "broken.png" in out and "compressed 2 files" in out
+    assert sorted(p.relative_to(dst).as_posix() for p in dst.rglob("*.fae")) == ["kodim01.fae", "sub/kodim02.fae"]
+    header = read_header(dst / "sub" / "kodim02.fae")
+    assert (header.height, header.width, header.quality) == (40, 64, 1)
+    before = (dst / "kodim01.fae").stat().st_mtime_ns
+    (src / "broken.png").unlink()
+    assert cli.main(["compress", str(src), str(dst), "--quality", "1", *base]) == 0
+    assert "2 skipped" in capsys.readouterr().out
+    assert (dst / "kodim01.fae").stat().st_mtime_ns == before
+    assert cli.main(["decompress", str(dst), str(back), *base]) == 0
+    with Image.open(back / "sub" / "kodim02.png") as img:
+        assert img.size == (64, 40) and img.mode == "RGB"
+    from fastae.codec.image import load_codec
+
+    codec = load_codec(quality=1, weights=trained)
+    with Image.open(back / "kodim01.png") as img:
+        assert np.array_equal(np.asarray(img), codec.reconstruct(src / "kodim01.png"))
+
+
+@needs_data
+def test_compress_rejects_bad_arguments(trained, tmp_path, capsys):
+    assert cli.main(["compress", str(tmp_path / "missing"), str(tmp_path / "d"), "--weights", str(trained),
+                     "--quality", "1"]) == 2
+    assert "missing" in capsys.readouterr().err
+    assert cli.main(["compress", str(tmp_path), str(tmp_path / "d"), "--weights", str(trained),
+                     "--quality", "9"]) == 2
+    assert "quality must be an integer in 1..2" in capsys.readouterr().err
+    assert cli.main(["compress", str(tmp_path), str(tmp_path / "d"), "--model", "nope"]) == 2
+    assert "unknown model 'nope'" in capsys.readouterr().err
+
+
+@needs_data
+def test_eval_writes_json_and_plot(trained, tmp_path, capsys):
+    data = tmp_path / "imgs"
+    data.mkdir()
+    with Image.open(KODAK / "kodim03.png") as img:
+        img.convert("RGB").crop((100, 100, 196, 196)).save(data / "a.png")
+    out = tmp_path / "rd.json"
+    with warnings.catch_warnings():  # an untrained model's curve may not allow a BD-rate: a warning, not a failure
+        warnings.simplefilter("ignore", RuntimeWarning)
+        assert cli.main(["eval", "--data", str(data), "--weights", str(trained), "--qualities", "1", "2",
+                         "--references", "webp", "--output", str(out), "--quiet"]) == 0
+    result = json.loads(out.read_text())
+    assert set(result["fastae"]) == {"1", "2"} and "webp" in result
+    row = result["fastae"]["1"]["per_image"]["a.png"]
+    assert row["bpp"] > 0 and row["psnr"] > 5
+    with Image.open(out.with_suffix(".png")) as img:
+        assert img.size[0] > 100
+    assert "BD-rate vs webp" in capsys.readouterr().out
