@@ -7,9 +7,11 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <type_traits>
 #include <vector>
 
 #include "activation.h"
+#include "vec_dispatch.h"
 
 namespace fastae {
 namespace {
@@ -39,6 +41,13 @@ void apply_forward(const T* pre, T* out, int64_t n) {
   });
 }
 
+// fp32: the Vectorized (Sleef) kernels of loss_kernels.h, built for this CPU's capability.
+template <int ACT>
+void apply_forward(const float* pre, float* out, int64_t n) {
+  const auto kernel = FASTAE_SEGMENT(act_forward_segment);
+  at::parallel_for(0, n, 16384, [&](int64_t begin, int64_t end) { kernel(ACT, pre + begin, out + begin, end - begin); });
+}
+
 // g = grad_out * act'(saved), and when db is wanted its column sums in fp32, in one pass.
 template <int ACT, typename T>
 void grad_preactivation(const T* grad_out, const T* saved, T* g, float* db, int64_t M, int64_t N) {
@@ -51,6 +60,10 @@ void grad_preactivation(const T* grad_out, const T* saved, T* g, float* db, int6
         const T* go = grad_out + r * N;
         const T* s = saved + r * N;
         T* gr = g + r * N;
+        if constexpr (std::is_same_v<T, float>) {
+          FASTAE_SEGMENT(act_grad_segment)(ACT, go, s, gr, acc, N);
+          continue;
+        }
         // Two loops rather than a test per element, so that both vectorize.
         if (acc) {
 #pragma omp simd

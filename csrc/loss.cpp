@@ -14,40 +14,9 @@
 #include "loss_kernels.h"
 #undef FASTAE_CAP_NS
 
+#include "vec_dispatch.h"
+
 namespace fastae {
-
-#if defined(__GNUC__) && defined(__x86_64__)
-#define FASTAE_DECLARE_SEGMENTS                                                                        \
-  double recon_loss_segment(int, const float*, const float*, const float*, int64_t, float, float*, float*, \
-                            int64_t*);                                                                   \
-  double gaussian_kl_segment(const float*, const float*, int64_t, float, float*, float*, float*);
-namespace avx2 {  // loss_avx2.cpp
-FASTAE_DECLARE_SEGMENTS
-}
-namespace avx512 {  // loss_avx512.cpp
-FASTAE_DECLARE_SEGMENTS
-}
-
-enum class Capability { kBaseline, kAvx2, kAvx512 };
-
-static Capability capability() {
-  static const Capability cap = [] {
-    __builtin_cpu_init();  // the CPU model may not be read yet during static initialisation
-    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
-        __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl"))
-      return Capability::kAvx512;
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return Capability::kAvx2;
-    return Capability::kBaseline;
-  }();
-  return cap;
-}
-#define FASTAE_SEGMENT(name)                                                  \
-  (capability() == Capability::kAvx512 ? avx512::name                        \
-   : capability() == Capability::kAvx2 ? avx2::name                           \
-                                       : baseline::name)
-#else
-#define FASTAE_SEGMENT(name) baseline::name
-#endif
 
 namespace {
 

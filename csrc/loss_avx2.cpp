@@ -7,6 +7,8 @@
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 
+#include "activation.h"  // its inline functions must be compiled for the baseline too
+
 #pragma GCC push_options
 #pragma GCC target("avx2,fma")
 // The pragma lets the code below use AVX2 and FMA but does not define the macros by which

@@ -9,6 +9,8 @@
 
 #include <cstdint>
 
+#include "activation.h"
+
 namespace fastae {
 namespace FASTAE_CAP_NS {
 
@@ -110,6 +112,90 @@ double gaussian_kl_segment(const float* mu, const float* lv, int64_t n, float sc
   for (int64_t k = 0; k < V; ++k) sum += lanes[k];
   return sum;
 }
+
+// ---- activations of linear_act (csrc/linear_act.cpp), same formulas as activation.h ----
+
+template <int ACT>
+inline Vec act_forward_vec(const Vec& x) {
+  const Vec zero(0.0f), one(1.0f), half(0.5f);
+  if constexpr (ACT == kRelu) return Vec::blendv(x, zero, x < zero);  // NaN passes, as torch.relu
+  else if constexpr (ACT == kLeakyRelu) return Vec::blendv(x, x * Vec(kLeakySlope), x < zero);
+  else if constexpr (ACT == kGelu) return half * x * (one + (x * Vec(kSqrt1_2)).erf());
+  else if constexpr (ACT == kGeluTanh)
+    return half * x * (one + (Vec(kSqrt2_Pi) * (x + Vec(kGeluTanhC) * x * x * x)).tanh());
+  else if constexpr (ACT == kSigmoid) return one / (one + x.neg().exp());
+  else if constexpr (ACT == kTanh) return x.tanh();
+  else if constexpr (ACT == kSilu) return x / (one + x.neg().exp());
+  else return x;
+}
+
+// d act / d pre from the saved value (the output where grad_from_output(ACT), else the pre-activation).
+template <int ACT>
+inline Vec act_grad_vec(const Vec& s) {
+  const Vec zero(0.0f), one(1.0f), half(0.5f);
+  if constexpr (ACT == kRelu) return Vec::blendv(zero, one, s > zero);
+  else if constexpr (ACT == kLeakyRelu) return Vec::blendv(Vec(kLeakySlope), one, s > zero);
+  else if constexpr (ACT == kSigmoid) return s * (one - s);
+  else if constexpr (ACT == kTanh) return one - s * s;
+  else if constexpr (ACT == kGelu) {
+    const Vec cdf = half * (one + (s * Vec(kSqrt1_2)).erf());
+    const Vec pdf = Vec(kInvSqrt2Pi) * (s * s * Vec(-0.5f)).exp();
+    return cdf + s * pdf;
+  } else if constexpr (ACT == kGeluTanh) {
+    const Vec s2 = s * s;
+    const Vec t = (Vec(kSqrt2_Pi) * s * (one + Vec(kGeluTanhC) * s2)).tanh();
+    return half * (one + t) + half * s * (one - t * t) * Vec(kSqrt2_Pi) * (one + Vec(3.0f * kGeluTanhC) * s2);
+  } else if constexpr (ACT == kSilu) {
+    const Vec sg = one / (one + s.neg().exp());
+    return sg * (one + s * (one - sg));
+  } else return one;
+}
+
+template <int ACT>
+void act_forward_impl(const float* pre, float* out, int64_t n) {
+  constexpr int64_t V = Vec::size();
+  int64_t i = 0;
+  for (; i + V <= n; i += V) act_forward_vec<ACT>(Vec::loadu(pre + i)).store(out + i);
+  if (i < n) act_forward_vec<ACT>(Vec::loadu(pre + i, n - i)).store(out + i, n - i);
+}
+
+template <int ACT>
+void act_grad_impl(const float* go, const float* saved, float* g, float* acc, int64_t n) {
+  constexpr int64_t V = Vec::size();
+  for (int64_t i = 0; i < n; i += V) {
+    const int64_t m = n - i < V ? n - i : V;
+    const Vec v = Vec::loadu(go + i, m) * act_grad_vec<ACT>(Vec::loadu(saved + i, m));
+    v.store(g + i, m);
+    if (acc) (Vec::loadu(acc + i, m) + v).store(acc + i, m);
+  }
+}
+
+#define FASTAE_ACT_CASES(call)                              \
+  switch (act) {                                            \
+    case kRelu: call(kRelu); break;                         \
+    case kLeakyRelu: call(kLeakyRelu); break;               \
+    case kGelu: call(kGelu); break;                         \
+    case kGeluTanh: call(kGeluTanh); break;                 \
+    case kSigmoid: call(kSigmoid); break;                   \
+    case kTanh: call(kTanh); break;                         \
+    case kSilu: call(kSilu); break;                         \
+    default: call(kNone); break;                            \
+  }
+
+// out[0:n] = act(pre[0:n]) (in place allowed).
+void act_forward_segment(int act, const float* pre, float* out, int64_t n) {
+#define FASTAE_CALL(A) act_forward_impl<A>(pre, out, n)
+  FASTAE_ACT_CASES(FASTAE_CALL)
+#undef FASTAE_CALL
+}
+
+// g[0:n] = go * act'(saved), and acc[0:n] += g when acc is not null.
+void act_grad_segment(int act, const float* go, const float* saved, float* g, float* acc, int64_t n) {
+#define FASTAE_CALL(A) act_grad_impl<A>(go, saved, g, acc, n)
+  FASTAE_ACT_CASES(FASTAE_CALL)
+#undef FASTAE_CALL
+}
+#undef FASTAE_ACT_CASES
 
 }  // namespace FASTAE_CAP_NS
 }  // namespace fastae

@@ -322,3 +322,17 @@ def test_latent_codec_round_trip_on_mnist_ae():
         LatentCodec(model, step=1e-6).compress(x)
     with pytest.raises(ValueError, match="step"):
         LatentCodec(model, step=0)
+
+
+def test_codec_batched_encode_decode_match_single_images(tiny):
+    rgb = _kodak((32, 48))
+    batch = torch.stack([torch.from_numpy(rgb).permute(2, 0, 1), torch.from_numpy(rgb[::-1].copy()).permute(2, 0, 1)])
+    latents = tiny.encode(batch)
+    assert latents.values.shape == (2, 8, 2, 3) and latents.values.dtype == torch.int32
+    single = tiny.encode(batch[1:])
+    assert torch.equal(latents.values[1:], single.values)
+    images = tiny.decode(latents)
+    assert images.shape == (2, 3, 32, 48) and images.dtype == torch.uint8
+    assert np.array_equal(images[0].permute(1, 2, 0).numpy(), tiny.reconstruct(rgb))
+    with pytest.raises(ValueError, match=r"\[B, 3, H, W\]"):
+        tiny.encode(batch[0])

@@ -124,7 +124,13 @@ def train_codec(data, out, steps: int = 20000, batch_size: int = 8, crop: int = 
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     model = ImageCodec(N=N, M=M, lambdas=lambdas).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    # The entropy models and the per-quality gains learn 10x faster than the transforms: each sees
+    # only its quality's steps, and with the transforms' rate a factorized prior initialised wide
+    # (scale 10) lowers the rate very slowly (measured: 3.3 -> 3.1 bpp in 1250 steps at 3e-4).
+    fast = [p for n, p in model.named_parameters() if n.startswith(("priors.", "log_gain", "log_inv_gain"))]
+    slow = [p for n, p in model.named_parameters() if not n.startswith(("priors.", "log_gain", "log_inv_gain"))]
+    optimizer = torch.optim.Adam([{"params": slow, "lr": lr, "scale": 1.0},
+                                  {"params": fast, "lr": lr * 10, "scale": 10.0}], lr=lr)
     start, history = 0, []
     if resume and (out / STATE).exists():
         saved = json.loads((out / CONFIG).read_text())
@@ -149,7 +155,7 @@ def train_codec(data, out, steps: int = 20000, batch_size: int = 8, crop: int = 
     for step in range(start, steps):
         quality = step % model.qualities + 1
         for group in optimizer.param_groups:
-            group["lr"] = _lr_at(step, steps, lr)
+            group["lr"] = _lr_at(step, steps, lr) * group["scale"]
         x = random_crops(photos, batch_size, crop, generator).to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
             terms = model.rd_loss(x, quality)
