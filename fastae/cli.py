@@ -1,4 +1,4 @@
-"""The ``fastae`` command line: ``fastae info | train | anomaly | compress | decompress | eval``."""
+"""The ``fastae`` command line: ``fastae info | train | anomaly | compress | decompress | eval | bench``."""
 
 import argparse
 import sys
@@ -22,8 +22,11 @@ def _describe_build(info):
     if not info.get("torch"):
         return info["load_error"]
     kind = f"CUDA {info['cuda']} (archs {info['cuda_arch_list'] or 'torch default'})" if info["cuda"] else "CPU only"
+    if info.get("nvcc"):
+        kind += f", nvcc {info['nvcc']}"
     state = "loaded" if info["loaded"] else f"NOT loaded: {info['load_error']}"
-    return f"built against torch {info['torch']}, {kind}, C++11 ABI {int(info['cxx11_abi'])}; {state}"
+    return (f"{info.get('version', info['fastae'])} built against torch {info['torch']}, {kind}, "
+            f"{info.get('compiler', 'compiler not recorded')}, C++11 ABI {int(info['cxx11_abi'])}; {state}")
 
 
 def cmd_info(args):
@@ -44,6 +47,9 @@ def cmd_info(args):
 
     print("self-check against the torch oracle (max error relative to the largest value):")
     failed = 0
+    if info.get("torch") and not info["loaded"]:  # installed, but built for another torch/CUDA
+        failed += 1
+        print("  fastae._C   FAIL (installed but not loaded; see above)")
     for op, name, dtype, case, err, tol in self_check():
         ok = err <= tol
         failed += not ok
@@ -325,6 +331,10 @@ def main(argv=None):
     evaluate.add_argument("--output", default="rd.json", help="per-image JSON (the plot goes beside it as .png)")
     evaluate.add_argument("--plot", help="RD plot path (default: --output with .png)")
     evaluate.set_defaults(func=cmd_eval)
+
+    from fastae import benchmark
+
+    benchmark.add_parser(sub)
 
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
