@@ -176,12 +176,13 @@ class ImageCodec(nn.Module):
         """Training (``noise=True``: additive uniform noise stands in for rounding) or evaluation
         (``noise=False``: rounding) pass. Returns x_hat, the latents' likelihoods and the rate in
         bits per pixel estimated from them."""
-        y = self.analysis(x, quality)
+        y = self.analysis(x, quality).float()  # fp32 latents (and rounding noise) under AMP too
         if noise:
             y_hat = y + torch.empty_like(y).uniform_(-0.5, 0.5)
         else:
             y_hat = torch.round(y)
-        likelihoods = self.priors[self._check_quality(quality)].likelihood(y_hat)
+        with torch.autocast(y_hat.device.type, enabled=False):  # the rate needs fp32 logits, even under AMP
+            likelihoods = self.priors[self._check_quality(quality)].likelihood(y_hat.float())
         x_hat = self.synthesis(y_hat, quality)
         pixels = x.shape[0] * x.shape[2] * x.shape[3]
         bpp = torch.log(likelihoods).sum() / (-math.log(2) * pixels)
@@ -190,7 +191,7 @@ class ImageCodec(nn.Module):
     def rd_loss(self, x: Tensor, quality: int) -> dict:
         """lambda * 255^2 * MSE + bpp for the quality's lambda (the training objective)."""
         out = self(x, quality)
-        mse = F.mse_loss(out["x_hat"], x)
+        mse = F.mse_loss(out["x_hat"].float(), x.float())
         lmbda = self.lambdas[self._check_quality(quality)]
         loss = lmbda * 255 ** 2 * mse + out["bpp"]
         return {"loss": loss, "mse": mse, "bpp": out["bpp"],
