@@ -1,10 +1,22 @@
 """Loads the native extension fastae._C, or records why it could not be loaded.
 
 fastae works without it: the backends that need it report themselves unavailable with the
-reason, and the triton and torch backends keep working.
+reason, and the triton and torch backends keep working. An extension built for another torch
+(major.minor) or another CUDA major is not loaded at all (loading it could crash the process):
+a BuildMismatchWarning says so and names the wheel to install.
 """
 
+import warnings
+
 import torch
+
+from fastae import __version__ as _PUBLIC_VERSION
+from fastae._buildtools import build_mismatch
+
+
+class BuildMismatchWarning(RuntimeWarning):
+    """fastae._C is installed but was built for another torch or CUDA, so it is not loaded."""
+
 
 _LOAD_ERROR = None
 try:
@@ -14,23 +26,32 @@ except ImportError:
     _LOAD_ERROR = "fastae._C was not built (install fastae with `pip install --no-build-isolation -e .`)"
 
 
-def _major_minor(version):
-    return ".".join(version.split("+")[0].split(".")[:2])
+_INSTALLED = object()
+
+
+def check_build(info=None, torch_version=None, torch_cuda=_INSTALLED):
+    """None when the extension described by ``info`` (default: this install's BUILD_INFO) may be
+    loaded beside the installed torch (or a torch ``torch_version`` with CUDA ``torch_cuda``,
+    None for a CPU torch), else the reason it must not be, naming the wheel to install."""
+    info = BUILD_INFO if info is None else info
+    torch_version = str(torch.__version__ if torch_version is None else torch_version)
+    torch_cuda = torch.version.cuda if torch_cuda is _INSTALLED else torch_cuda
+    return build_mismatch(info, torch_version, torch_cuda, _PUBLIC_VERSION)
 
 
 def _load():
     if BUILD_INFO is None:
         return None
-    built, have = _major_minor(BUILD_INFO["torch"]), _major_minor(torch.__version__)
-    if built != have:
-        return (
-            f"fastae._C was built for torch {BUILD_INFO['torch']} but torch {torch.__version__} is installed; "
-            f"rebuild fastae against this torch (pip install --no-build-isolation --force-reinstall .)"
-        )
+    mismatch = check_build()
+    if mismatch:
+        warnings.warn(mismatch, BuildMismatchWarning, stacklevel=2)
+        return mismatch
     try:
         from fastae import _C  # noqa: F401  (importing registers the fastae_C ops)
     except (ImportError, OSError) as e:
-        return f"fastae._C failed to load: {e}"
+        error = f"fastae._C failed to load: {e}"
+        warnings.warn(error, BuildMismatchWarning, stacklevel=2)
+        return error
     return None
 
 
@@ -47,9 +68,11 @@ def has_kernel(op, dispatch_key):
 
 
 def build_info():
-    """How fastae._C was built: a dict with the fastae, torch and CUDA versions it was built
-    against (cuda is None for a CPU-only build), the CUDA arch list, the C++ ABI flag, and
-    ``loaded`` / ``load_error`` saying whether it is in use here."""
+    """How fastae._C was built: a dict with the fastae version (``fastae``: public; ``version``:
+    the wheel's, with its ``+cpu.torch2.13`` / ``+cu130.torch2.13`` label), the torch, CUDA and
+    nvcc versions it was built against (cuda and nvcc are None for a CPU-only build), the CUDA
+    arch list, the compiler, the C++ ABI flag, and ``loaded`` / ``load_error`` saying whether it
+    is in use here. Only ``loaded`` and ``load_error`` when it was never built."""
     info = dict(BUILD_INFO or {})
     info.update(loaded=LOADED, load_error=LOAD_ERROR)
     return info
