@@ -816,7 +816,8 @@ def _codec_setup(codec, impl, op, batch, height, width, images):
 _CODER_CHANNELS, _CODER_LENGTH = 160, 48 * 32  # one Kodak-sized latent
 
 
-def _coder_data():
+def coder_data():
+    """The entropy coder benchmark's input: 160 Laplacian-like tables and one Kodak-sized latent of symbols."""
     import numpy as np
 
     from fastae.codec.tables import tables_from_pmf
@@ -852,7 +853,7 @@ def _coder_setup(op, impl):
     def setup():
         from fastae.codec import rans
 
-        symbols, cdfs, index = _coder_data()
+        symbols, cdfs, index = coder_data()
         stream = rans.encode(symbols, cdfs, index)
         bits = len(stream) * 8 / symbols.size
         if op == "encode":
