@@ -304,13 +304,9 @@ def _decompress_task(codec, in_path, out_path):
         raise TypeError(f"codec.decompress returned dtype {array.dtype}, expected uint8")
     if array.ndim == 3 and array.shape[2] == 1:
         array = array[:, :, 0]
-    if array.ndim == 2:
-        mode = "L"
-    elif array.ndim == 3 and array.shape[2] == 3:
-        mode = "RGB"
-    else:
+    if not (array.ndim == 2 or array.ndim == 3 and array.shape[2] == 3):
         raise ValueError(f"codec.decompress returned shape {array.shape}, expected HxWx1 or HxWx3")
-    image = Image.fromarray(np.ascontiguousarray(array), mode=mode)
+    image = Image.fromarray(np.ascontiguousarray(array))  # uint8: "L" for HxW, "RGB" for HxWx3
     with atomic_path(out_path) as tmp:
         image.save(tmp, format="PNG")
     return len(data), os.path.getsize(out_path), array.shape[0] * array.shape[1]
