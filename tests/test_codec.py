@@ -1,6 +1,7 @@
 """The image codec's pieces: rANS coder, integer tables, the .fae format, compress/decompress."""
 
 import struct
+from pathlib import Path
 import zlib
 
 import numpy as np
@@ -9,6 +10,7 @@ import torch
 from PIL import Image
 
 import fastae
+import fastae.codec.image
 from fastae.codec import rans
 from fastae.codec.format import CODER_RANS, MAGIC, CodecError, Header, pack, read_header, unpack
 from fastae.codec.image import export_codec, load_codec
@@ -336,3 +338,34 @@ def test_codec_batched_encode_decode_match_single_images(tiny):
     assert np.array_equal(images[0].permute(1, 2, 0).numpy(), tiny.reconstruct(rgb))
     with pytest.raises(ValueError, match=r"\[B, 3, H, W\]"):
         tiny.encode(batch[0])
+
+
+# ------------------------------------------------------------------------------------------- shipped model
+
+shipped = pytest.mark.skipif(not (Path(fastae.codec.image.WEIGHTS_DIR) / "fastae-factorized-v1.safetensors").exists(),
+                             reason="no shipped codec weights")
+
+
+@shipped
+def test_shipped_codec_round_trip_on_kodak():
+    """Every quality of the shipped model on a real photo crop: rate rises and PSNR rises with
+    quality, within the ranges measured on Kodak (README), and decode equals the encoder's
+    reconstruction exactly."""
+    from fastae.codec.eval import psnr
+
+    rgb = _kodak((256, 256))
+    rates, quality = [], []
+    for q in range(1, 9):
+        codec = fastae.load_codec(quality=q)
+        data = codec.compress(rgb)
+        out = codec.decompress(data)
+        assert out.shape == rgb.shape and out.dtype == np.uint8
+        assert np.array_equal(out, codec.reconstruct(rgb))
+        rates.append(len(data) * 8 / (256 * 256))
+        quality.append(psnr(rgb, out))
+    assert all(a < b for a, b in zip(rates, rates[1:])), rates
+    assert all(a < b + 0.1 for a, b in zip(quality, quality[1:])), quality
+    assert 0.05 < rates[0] < 1.0 and 0.5 < rates[-1] < 4.0, rates
+    assert 20 < quality[0] < 40 and quality[-1] > quality[0] + 2, quality
+    header = read_header(data)
+    assert header.model_id == "fastae-factorized-v1" and header.quality == 8
