@@ -224,7 +224,7 @@ def to_rgb_array(image):
 
 @dataclass
 class Latents:
-    """Rounded latents of a batch: ``symbols`` int32 [B, M, h, w] (on the codec's device), the
+    """Rounded latents of a batch: ``values`` int32 [B, M, h, w] (on the codec's device), the
     quality and the original image size (every image of a batch has the same size)."""
     values: torch.Tensor
     quality: int
