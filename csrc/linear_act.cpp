@@ -57,6 +57,7 @@ template <int ACT, typename T>
 void grad_preactivation(const T* grad_out, const T* saved, T* g, float* db, int64_t M, int64_t N) {
   const int64_t chunks = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), M));
   std::vector<float> partial(db ? chunks * N : 0, 0.0f);
+  [[maybe_unused]] const auto vec_kernel = FASTAE_SEGMENT(act_grad_segment);  // fp32 rows
   at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
     for (int64_t c = c0; c < c1; ++c) {
       float* acc = db ? partial.data() + c * N : nullptr;
@@ -65,11 +66,8 @@ void grad_preactivation(const T* grad_out, const T* saved, T* g, float* db, int6
         const T* s = saved + r * N;
         T* gr = g + r * N;
         if constexpr (std::is_same_v<T, float>) {
-          FASTAE_SEGMENT(act_grad_segment)(ACT, go, s, gr, acc, N);
-          continue;
-        }
-        // Two loops rather than a test per element, so that both vectorize.
-        if (acc) {
+          vec_kernel(ACT, go, s, gr, acc, N);
+        } else if (acc) {  // half/bf16: two loops rather than a test per element, so that both vectorize
 #pragma omp simd
           for (int64_t j = 0; j < N; ++j) {
             const float v = static_cast<float>(go[j]) * act_grad(ACT, static_cast<float>(s[j]));

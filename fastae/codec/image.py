@@ -139,6 +139,11 @@ def load_codec(quality: int = 4, model: str = DEFAULT_MODEL, device="cpu", weigh
 # ---------------------------------------------------------------------------------------------- inputs
 
 
+def _to_8bit(a: np.ndarray) -> np.ndarray:
+    """16-bit values 0..65535 to the nearest 8-bit value (v / 257, rounded)."""
+    return ((a.astype(np.int64) + 128) // 257).astype(np.uint8)
+
+
 def _array_from_pil(img: Image.Image):
     """(H x W x 3 uint8 array, channels, bit depth) following the channel policy of the module docstring."""
     bit_depth = 8
@@ -150,7 +155,7 @@ def _array_from_pil(img: Image.Image):
         arr = np.asarray(img).astype(np.int64)
         if arr.min() < 0 or arr.max() > 65535:
             raise ValueError(f"image of mode {mode!r} has values outside 0..65535; fastae codes 8 or 16-bit images")
-        arr = ((arr + 128) // 257).astype(np.uint8)
+        arr = _to_8bit(arr)
         return np.repeat(arr[:, :, None], 3, axis=2), 1, 16
     if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
         alpha = np.asarray(img.getchannel("A"))
@@ -180,7 +185,7 @@ def _array_from_numpy(a: np.ndarray, what="array"):
         raise ValueError(f"expected an image of at least 1 x 1 pixels, got shape {a.shape}")
     bit_depth = 8
     if a.dtype == np.uint16:
-        a, bit_depth = ((a.astype(np.int64) + 128) // 257).astype(np.uint8), 16
+        a, bit_depth = _to_8bit(a), 16
     elif a.dtype != np.uint8:
         raise TypeError(f"expected a uint8 or uint16 {what}, got dtype {a.dtype}")
     channels = a.shape[2]

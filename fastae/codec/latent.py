@@ -25,6 +25,11 @@ from fastae.codec.tables import quantize_pmf
 MAX_SYMBOLS = 1 << 12  # distinct quantized values a file may use
 
 
+def _cdf(freq: np.ndarray) -> np.ndarray:
+    """The one-table cdf [1, K+1] of frequencies ``freq`` [K]."""
+    return np.concatenate([[0], np.cumsum(freq)]).astype(np.int32)[None]
+
+
 class LatentCodec:
     """Compress batches through ``model.encode`` into .fae bytes, and back through ``model.decode``."""
 
@@ -62,7 +67,7 @@ class LatentCodec:
         counts = torch.bincount((q - lo).flatten(), minlength=hi - lo + 1).numpy()
         freq = quantize_pmf(counts / counts.sum(), 0.0)[:-1]  # no escape: the table covers every value
         freq[np.argmax(freq)] += 1  # give the dropped escape's slot back
-        cdf = np.concatenate([[0], np.cumsum(freq)]).astype(np.int32)[None]
+        cdf = _cdf(freq)
         stream = rans.encode((q - lo).reshape(1, -1).to(torch.int32), cdf, np.zeros(1, np.int32))
         params = struct.pack("<dqI", self.step, lo, len(freq)) + freq.astype("<u2").tobytes()
         header = Header(self.model_id, self.hash, 1, CODER_RANS, rans.PRECISION, b, d, 1, 8, ((b, d),), ())
@@ -84,7 +89,7 @@ class LatentCodec:
         freq = np.frombuffer(streams[0][20:], dtype="<u2").astype(np.int64)
         if freq.sum() != 1 << rans.PRECISION:
             raise CodecError("corrupt .fae file: the frequency table does not add up")
-        cdf = np.concatenate([[0], np.cumsum(freq)]).astype(np.int32)[None]
+        cdf = _cdf(freq)
         try:
             symbols = rans.decode(streams[1], cdf, np.zeros(1, np.int32), b * d)
         except ValueError as e:
