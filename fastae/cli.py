@@ -89,7 +89,7 @@ def cmd_train_codec(args):
     history = train_codec(args.data, out, steps=args.steps, batch_size=args.batch_size or 8, crop=args.crop,
                           lr=args.lr or 3e-4, N=args.channels, M=args.latent or 160, lambdas=lambdas,
                           downscale=args.downscale, device=args.device, seed=args.seed, resume=args.resume,
-                          time_limit=args.time_limit)
+                          time_limit=args.time_limit, kind=args.kind, init=args.init)
     weights = export_codec(load_codec_checkpoint(out), out / "codec.safetensors", model_id=args.model_id)
     last = {}
     for row in history:
@@ -285,7 +285,10 @@ def main(argv=None):
     codec.add_argument("--channels", type=int, default=96, help="transform channels N")
     codec.add_argument("--downscale", type=int, default=2, help="shrink the photos by this factor first")
     codec.add_argument("--time-limit", type=float, help="seconds; stop after a checkpoint (continue with --resume)")
-    codec.add_argument("--model-id", default="fastae-factorized-custom", help="model id written into .fae files")
+    codec.add_argument("--kind", choices=["factorized", "hyperprior"], default="factorized",
+                       help="entropy model: per-channel factorized, or a mean-scale hyperprior (crop a multiple of 64)")
+    codec.add_argument("--init", help="start from the transforms of this checkpoint folder or codec file")
+    codec.add_argument("--model-id", default="fastae-codec-custom", help="model id written into .fae files")
     train.set_defaults(func=cmd_train)
 
     anomaly = sub.add_parser("anomaly", help="score samples by reconstruction error with a trained model")

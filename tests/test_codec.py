@@ -15,7 +15,7 @@ from fastae.codec import rans
 from fastae.codec.format import CODER_RANS, MAGIC, CodecError, Header, pack, read_header, unpack
 from fastae.codec.image import export_codec, load_codec
 from fastae.codec.tables import from_symbols, pack_varints, quantize_pmf, tables_from_pmf, to_symbols, unpack_varints
-from fastae.models.codec import ImageCodec
+from fastae.models.codec import CODEC_MODELS, HyperpriorCodec, ImageCodec
 
 from tests._util import KODAK
 
@@ -187,11 +187,11 @@ def test_format_errors_say_what_is_wrong(tmp_path):
 # ------------------------------------------------------------------------------------------- codec
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    """A small, untrained ImageCodec exported with its tables: tests the machinery, not the quality."""
+@pytest.fixture(scope="module", params=sorted(CODEC_MODELS))
+def tiny(request, tmp_path_factory):
+    """A small, untrained codec of each kind exported with its tables: tests the machinery, not the quality."""
     torch.manual_seed(0)
-    model = ImageCodec(N=8, M=8, lambdas=(0.01, 0.1))
+    model = CODEC_MODELS[request.param](N=8, M=8, lambdas=(0.01, 0.1))
     path = export_codec(model, tmp_path_factory.mktemp("codec") / "tiny.safetensors", model_id="tiny")
     return load_codec(quality=2, weights=path)
 
@@ -222,7 +222,11 @@ def test_codec_header_fields(tiny):
     header = read_header(tiny.compress(rgb))
     assert (header.height, header.width, header.channels, header.bit_depth) == (37, 21, 3, 8)
     assert header.model_id == "tiny" and header.model_hash == tiny.hash and header.quality == 2
-    assert header.latent_shapes == ((8, 3, 2),) and header.coder == CODER_RANS and header.precision == 16
+    if tiny.model.kind == "hyperprior":  # padded to 64 x 64: y at 1/16, z at 1/64
+        assert header.latent_shapes == ((8, 4, 4), (8, 1, 1))
+    else:
+        assert header.latent_shapes == ((8, 3, 2),)
+    assert header.coder == CODER_RANS and header.precision == 16
 
 
 @pytest.mark.parametrize("shape", [(1, 1), (1, 17), (17, 1), (16, 16), (33, 15)])
@@ -330,9 +334,14 @@ def test_codec_batched_encode_decode_match_single_images(tiny):
     rgb = _kodak((32, 48))
     batch = torch.stack([torch.from_numpy(rgb).permute(2, 0, 1), torch.from_numpy(rgb[::-1].copy()).permute(2, 0, 1)])
     latents = tiny.encode(batch)
-    assert latents.values.shape == (2, 8, 2, 3) and latents.values.dtype == torch.int32
+    assert latents.values.shape == ((2, 8, 4, 4) if tiny.model.kind == "hyperprior" else (2, 8, 2, 3))
+    assert latents.values.dtype == torch.int32
     single = tiny.encode(batch[1:])
     assert torch.equal(latents.values[1:], single.values)
+    if tiny.model.kind == "hyperprior":
+        assert latents.side.shape == (2, 8, 1, 1) and torch.equal(latents.side[1:], single.side)
+        with pytest.raises(ValueError, match="side"):
+            tiny.decode(type(latents)(latents.values, 2, 32, 48))
     images = tiny.decode(latents)
     assert images.shape == (2, 3, 32, 48) and images.dtype == torch.uint8
     assert np.array_equal(images[0].permute(1, 2, 0).numpy(), tiny.reconstruct(rgb))
@@ -369,3 +378,76 @@ def test_shipped_codec_round_trip_on_kodak():
     assert 20 < quality[0] < 40 and quality[-1] > quality[0] + 2, quality
     header = read_header(data)
     assert header.model_id == "fastae-factorized-v1" and header.quality == 8
+
+
+# ------------------------------------------------------------------------------------------- hyperprior
+
+
+def test_gaussian_likelihood_matches_normal_cdf_and_sums_to_one():
+    from fastae.models.codec import SCALE_BOUND, gaussian_likelihood
+
+    torch.manual_seed(0)
+    y = torch.randn(1000, dtype=torch.float64) * 5
+    means = torch.randn(1000, dtype=torch.float64)
+    scales = torch.rand(1000, dtype=torch.float64) * 10 + SCALE_BOUND
+    normal = torch.distributions.Normal(means, scales)
+    expected = normal.cdf(y + 0.5) - normal.cdf(y - 0.5)
+    got = gaussian_likelihood(y, means, scales)
+    assert torch.allclose(got, expected.clamp_min(1e-9), rtol=1e-6, atol=1e-12)
+    k = torch.arange(-200, 201, dtype=torch.float64)[:, None]
+    total = gaussian_likelihood(k, torch.tensor([0.3, -1.7]), torch.tensor([0.05, 20.0])).sum(0)
+    assert torch.allclose(total, torch.ones(2, dtype=torch.float64), atol=1e-6)  # 0.05 is lifted to the bound
+
+
+def test_gaussian_tables_follow_the_discretized_gaussian():
+    from fastae.codec.image import derive_tables
+    from fastae.models.codec import scale_table
+
+    torch.manual_seed(0)
+    tables = derive_tables(HyperpriorCodec(N=8, M=8, lambdas=(0.01, 0.1)))
+    cdfs, offsets, sizes = (tables[f"tables.gaussian.{k}"] for k in ("cdfs", "offsets", "sizes"))
+    scales = tables["tables.gaussian.scales"]
+    assert torch.equal(scales, scale_table()) and scales.dtype == torch.float64 and len(cdfs) == len(scales)
+    assert (offsets <= 0).all() and (sizes[1:] >= sizes[:-1]).all()  # wider Gaussians, wider tables
+    for t in (0, 20, 63):
+        freq = (cdfs[t, 1:sizes[t]] - cdfs[t, :sizes[t] - 1]).double() / 2 ** 16  # without the escape
+        k = torch.arange(int(offsets[t]), int(offsets[t]) + len(freq), dtype=torch.float64)
+        pmf = torch.special.ndtr((k + 0.5) / scales[t]) - torch.special.ndtr((k - 0.5) / scales[t])
+        assert (freq - pmf).abs().max() < 2e-4, t
+        assert pmf.sum() > 1 - 1e-5  # the tails left to the escape are tiny
+
+
+def test_hyperprior_forward_rate_and_entropy_parameters():
+    torch.manual_seed(0)
+    model = HyperpriorCodec(N=8, M=12, lambdas=(0.01, 0.1))
+    x = torch.rand(2, 3, 64, 128)
+    out = model(x, 1)
+    assert out["x_hat"].shape == x.shape
+    assert out["likelihoods"].shape == (2, 12, 4, 8) and out["z_likelihoods"].shape == (2, 8, 1, 2)
+    bits = -(out["likelihoods"].log().sum() + out["z_likelihoods"].log().sum()) / np.log(2)
+    assert torch.allclose(out["bpp"], bits / (2 * 64 * 128))
+    terms = model.rd_loss(x, 2)
+    terms["loss"].backward()
+    assert all(p.grad is not None for name, p in model.named_parameters()
+               if name.startswith(("g_a.", "g_s.", "h_a.", "h_s.", "priors.1.")))
+    with pytest.raises(ValueError, match="kind"):
+        fastae.models.codec.build_codec({"kind": "context", "N": 8, "M": 8})
+
+
+def test_hyperprior_tables_chosen_in_float64(tmp_path):
+    """The decoder picks each latent's table from h_s run in float64: the smallest table scale at
+    or above the predicted scale, and the same choice the float32 network makes away from a boundary."""
+    torch.manual_seed(0)
+    model = HyperpriorCodec(N=8, M=8, lambdas=(0.01, 0.1))
+    codec = load_codec(quality=1, weights=export_codec(model, tmp_path / "hp.safetensors", model_id="hp"))
+    side = torch.randint(-3, 4, (1, 8, 2, 3), dtype=torch.int32)
+    means, index = codec._gaussian(side)
+    with torch.no_grad():
+        means32, scales32 = model.entropy_parameters(side.float())
+    table = codec._loaded.gaussian[3]
+    assert torch.allclose(means, means32, atol=1e-5)
+    s = scales32.double().clamp_min(table[0])
+    chosen = table[index.long()]
+    assert ((chosen >= s * (1 - 1e-5)) | (index == len(table) - 1)).all()
+    below = table[(index.long() - 1).clamp_min(0)]
+    assert ((below < s * (1 + 1e-5)) | (index == 0)).all()

@@ -41,6 +41,24 @@ def test_train_codec_writes_a_codec_file(trained, capsys):
     assert "already holds a checkpoint" in capsys.readouterr().err
 
 
+@needs_data
+def test_train_hyperprior_codec_from_a_factorized_one(trained, tmp_path):
+    from fastae.codec.image import load_codec
+
+    out = tmp_path / "hp"
+    args = ["train", "codec", "--data", str(PHOTOS), "--out", str(out), "--steps", "2", "--crop", "64",
+            "--batch-size", "1", "--channels", "8", "--latent", "8", "--lmbda", "0.01", "0.1", "--downscale", "8",
+            "--kind", "hyperprior", "--init", str(trained.parent), "--model-id", "tiny-hp"]
+    assert cli.main(args) == 0
+    codec = load_codec(quality=1, weights=out / "codec.safetensors")
+    assert codec.model.kind == "hyperprior" and codec.model_id == "tiny-hp"
+    with Image.open(KODAK / "kodim03.png") as img:
+        rgb = np.asarray(img.convert("RGB"))[:70, :90].copy()
+    data = codec.compress(rgb)
+    assert len(read_header(data).latent_shapes) == 2
+    assert np.array_equal(codec.decompress(data), codec.reconstruct(rgb))
+
+
 def _tree(root):
     (root / "sub").mkdir(parents=True)
     for i, name in enumerate(["kodim01.png", "sub/kodim02.png"]):

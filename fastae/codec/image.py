@@ -14,12 +14,20 @@ Channel policy: grey images are coded through the RGB model and decoded back to 
 channel that is fully opaque is dropped, any other alpha is rejected (ValueError: fastae does not
 code transparency; flatten it first, e.g. ``img.convert("RGB")``). 16-bit images are reduced to
 8 bits (the header records the original depth; the decoded image is 8-bit).
+
+Hyperprior models: the Gaussian of each latent is chosen by ``h_s`` from the decoded
+hyper-latents, and encoder and decoder must pick the same integer table. ``h_s`` therefore runs in
+float64 on both sides (on the codec's device): a float32 difference between two devices would
+land a scale on the other side of a table boundary every few hundred thousand latents (a
+corrupt image), a float64 one about once in 10^9 images.
 """
 
+import copy
 import functools
 import hashlib
 import math
 from dataclasses import dataclass
+from typing import Optional
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +40,7 @@ from fastae._io import atomic_path
 from fastae.codec import rans
 from fastae.codec.format import CODER_RANS, CodecError, Header, pack, unpack
 from fastae.codec.tables import check_tables, from_symbols, pack_varints, tables_from_pmf, to_symbols, unpack_varints
-from fastae.models.codec import ImageCodec
+from fastae.models.codec import ImageCodec, build_codec, scale_table
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 DEFAULT_MODEL = "fastae-factorized-v1"
@@ -53,17 +61,29 @@ def model_hash(tensors: dict) -> bytes:
     return h.digest()[:8]
 
 
+def _put_tables(out: dict, name: str, pmf: np.ndarray, support: torch.Tensor):
+    cdfs, offsets, sizes = tables_from_pmf(pmf, support.numpy())
+    out[f"tables.{name}.cdfs"] = torch.from_numpy(cdfs)
+    out[f"tables.{name}.offsets"] = torch.from_numpy(offsets)
+    out[f"tables.{name}.sizes"] = torch.from_numpy(sizes)
+
+
 @torch.no_grad()
 def derive_tables(model: ImageCodec) -> dict:
-    """The integer tables of every quality's entropy model: {"tables.q{q}.cdfs" / ".offsets" / ".sizes"}."""
+    """The integer tables of the model's entropy models: every quality's factorized model
+    {"tables.q{q}.cdfs" / ".offsets" / ".sizes"} (of the latents, or of a hyperprior's
+    hyper-latents) and, for a hyperprior, one table per scale of the Gaussian ("tables.gaussian.*",
+    with its float64 ".scales")."""
     support = torch.arange(-_SUPPORT, _SUPPORT + 1)
     out = {}
     for q, prior in enumerate(model.priors, start=1):
-        pmf = prior.pmf(support.to(next(prior.parameters()).device)).cpu().numpy()
-        cdfs, offsets, sizes = tables_from_pmf(pmf, support.numpy())
-        out[f"tables.q{q}.cdfs"] = torch.from_numpy(cdfs)
-        out[f"tables.q{q}.offsets"] = torch.from_numpy(offsets)
-        out[f"tables.q{q}.sizes"] = torch.from_numpy(sizes)
+        _put_tables(out, f"q{q}", prior.pmf(support.to(next(prior.parameters()).device)).cpu().numpy(), support)
+    if model.kind == "hyperprior":
+        scales = scale_table()
+        k = support.double()[None, :]
+        pmf = torch.special.ndtr((k + 0.5) / scales[:, None]) - torch.special.ndtr((k - 0.5) / scales[:, None])
+        _put_tables(out, "gaussian", pmf.numpy(), support)
+        out["tables.gaussian.scales"] = scales
     return out
 
 
@@ -86,6 +106,8 @@ class _Loaded:
     model_id: str
     hash: bytes
     tables: dict  # quality -> (cdfs, offsets, sizes, index)
+    gaussian: Optional[tuple] = None  # hyperprior: (cdfs, offsets, sizes, scales float64)
+    h_s64: Optional[torch.nn.Module] = None  # hyperprior: h_s in float64 (see the module docstring)
 
 
 def _read_model_file(path, device) -> _Loaded:
@@ -101,16 +123,25 @@ def _read_model_file(path, device) -> _Loaded:
     if "model_id" not in meta or "config" not in meta:
         raise ValueError(f"{path} is not a fastae codec file (its metadata lacks model_id/config)")
     tensors = load_file(str(path))
-    model = ImageCodec(**json.loads(meta["config"]))
+    model = build_codec(json.loads(meta["config"]))
     model.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
     tables = {}
     for q in range(1, model.qualities + 1):
         cdfs, offsets, sizes = (tensors[f"tables.q{q}.{k}"] for k in ("cdfs", "offsets", "sizes"))
         check_tables(cdfs, offsets, sizes)
         tables[q] = (cdfs, offsets, sizes, torch.arange(cdfs.shape[0], dtype=torch.int32))
+    gaussian = h_s64 = None
+    if model.kind == "hyperprior":
+        gaussian = tuple(tensors[f"tables.gaussian.{k}"] for k in ("cdfs", "offsets", "sizes", "scales"))
+        check_tables(*gaussian[:3])
+        scales = gaussian[3]
+        if scales.dtype != torch.float64 or scales.shape != (gaussian[0].shape[0],) or not (scales > 0).all() \
+                or not (scales[1:] > scales[:-1]).all():
+            raise ValueError(f"{path}: the Gaussian tables' scales must be increasing positive float64, one per table")
+        h_s64 = copy.deepcopy(model.h_s).to(device, torch.float64).eval()
     # channels_last: oneDNN's convolutions run ~1.3x faster on it than on NCHW (measured on CPU).
     model = model.to(device, memory_format=torch.channels_last).eval()
-    return _Loaded(model, meta["model_id"], model_hash(tensors), tables)
+    return _Loaded(model, meta["model_id"], model_hash(tensors), tables, gaussian, h_s64)
 
 
 @functools.lru_cache(maxsize=8)
@@ -230,11 +261,14 @@ def to_rgb_array(image):
 @dataclass
 class Latents:
     """Rounded latents of a batch: ``values`` int32 [B, M, h, w] (on the codec's device), the
-    quality and the original image size (every image of a batch has the same size)."""
+    quality and the original image size (every image of a batch has the same size). For a
+    hyperprior model ``values`` are the latents minus their predicted means, rounded, and ``side``
+    the rounded hyper-latents int32 [B, N, h/4, w/4] the means are predicted from."""
     values: torch.Tensor
     quality: int
     height: int
     width: int
+    side: Optional[torch.Tensor] = None
 
 
 class Codec:
@@ -260,13 +294,32 @@ class Codec:
 
     def _pad(self, x):
         h, w = x.shape[-2:]
-        s = ImageCodec.stride
+        s = self.model.stride
         ph, pw = (-h) % s, (-w) % s
         return F.pad(x, (0, pw, 0, ph), mode="replicate") if ph or pw else x
+
+    def latent_shapes(self, height: int, width: int) -> tuple:
+        """Shapes of the coded latents of an image of ``height`` x ``width`` (y, then z for a hyperprior)."""
+        s, ls = self.model.stride, self.model.latent_stride
+        h, w = math.ceil(height / s) * s // ls, math.ceil(width / s) * s // ls
+        if self.model.kind == "hyperprior":
+            r = s // ls
+            return (self.model.M, h, w), (self.model.N, h // r, w // r)
+        return ((self.model.M, h, w),)
+
+    def _gaussian(self, side: torch.Tensor):
+        """(means float32, table indexes int32) of the latents given the hyper-latents ``side``."""
+        means, scales = self._loaded.h_s64(side.to(self.device, torch.float64)).chunk(2, dim=1)
+        table_scales = self._loaded.gaussian[3].to(scales.device)
+        index = torch.searchsorted(table_scales, scales.contiguous()).clamp_max(len(table_scales) - 1)
+        return means.float(), index.to(torch.int32)
 
     @torch.inference_mode()
     def encode(self, batch, quality: int = None) -> Latents:
         """Rounded latents of ``batch``: [B, 3, H, W] uint8, or float in [0, 1]."""
+        return self._encode(batch, quality)[0]
+
+    def _encode(self, batch, quality):
         quality = self.quality if quality is None else quality
         if not isinstance(batch, torch.Tensor) or batch.dim() != 4 or batch.shape[1] != self.model.channels:
             raise ValueError(f"encode: expected a [B, {self.model.channels}, H, W] tensor, got "
@@ -275,13 +328,21 @@ class Codec:
         x = x.float() / 255 if x.dtype == torch.uint8 else x.float()
         h, w = x.shape[-2:]
         y = self.model.analysis(self._pad(x).contiguous(memory_format=torch.channels_last), quality)
-        return Latents(torch.round(y).to(torch.int32), quality, h, w)
+        if self.model.kind != "hyperprior":
+            return Latents(torch.round(y).to(torch.int32), quality, h, w), None
+        side = torch.round(self.model.h_a(y)).to(torch.int32)
+        means, index = self._gaussian(side)
+        return Latents(torch.round(y - means).to(torch.int32), quality, h, w, side), index
 
     @torch.inference_mode()
     def decode(self, latents: Latents, dtype=torch.uint8) -> torch.Tensor:
         """Images [B, 3, H, W] from ``latents``: uint8 (default) or float in [0, 1]."""
-        y = latents.values.to(self.device, torch.float32).contiguous(memory_format=torch.channels_last)
-        x = self.model.synthesis(y, latents.quality)
+        y = latents.values.to(self.device, torch.float32)
+        if self.model.kind == "hyperprior":
+            if latents.side is None:
+                raise ValueError("decode: a hyperprior codec needs the latents' side (hyper-latents)")
+            y = y + self._gaussian(latents.side)[0]
+        x = self.model.synthesis(y.contiguous(memory_format=torch.channels_last), latents.quality)
         x = x[:, :, :latents.height, :latents.width].clamp(0, 1)
         return (x * 255).round().to(torch.uint8) if dtype == torch.uint8 else x.to(dtype)
 
@@ -294,15 +355,16 @@ class Codec:
 
     def _compress_array(self, rgb, channels, bit_depth):
         x = torch.from_numpy(rgb).permute(2, 0, 1)[None]
-        latents = self.encode(x)
-        values = latents.values[0].cpu()
-        m, h, w = values.shape
-        cdfs, offsets, sizes, index = self._loaded.tables[self.quality]
-        symbols, escaped = to_symbols(values.reshape(m, h * w), offsets, sizes)
-        stream = rans.encode(symbols, cdfs, index)
+        with torch.inference_mode():
+            latents, index = self._encode(x, self.quality)
+        if latents.side is None:  # factorized: one table per channel
+            streams = _code(latents.values[0].cpu(), self._loaded.tables[self.quality])
+        else:  # hyperprior: the hyper-latents per channel, then each latent with the table of its scale
+            streams = _code(latents.values[0].cpu().reshape(-1, 1), self._loaded.gaussian, index[0].cpu().reshape(-1))
+            streams += _code(latents.side[0].cpu(), self._loaded.tables[self.quality])
         header = Header(self.model_id, self.hash, self.quality, CODER_RANS, rans.PRECISION, latents.height,
-                        latents.width, channels, bit_depth, ((m, h, w),), ())
-        return pack(header, [stream, pack_varints(escaped)])
+                        latents.width, channels, bit_depth, self.latent_shapes(latents.height, latents.width), ())
+        return pack(header, streams)
 
     def reconstruct(self, image) -> np.ndarray:
         """What ``decompress(compress(image))`` returns, computed on the encoder's side."""
@@ -326,23 +388,50 @@ class Codec:
             raise CodecError(f"bad header: quality {header.quality} is not one of this model's 1..{self.model.qualities}")
         if header.height * header.width > max_pixels:
             raise CodecError(f"image of {header.height} x {header.width} pixels is larger than max_pixels={max_pixels}")
-        s = ImageCodec.stride
-        expected = ((self.model.M, math.ceil(header.height / s), math.ceil(header.width / s)),)
-        if header.latent_shapes != expected or len(streams) != 2:
+        expected = self.latent_shapes(header.height, header.width)
+        if header.latent_shapes != expected or len(streams) != 2 * len(expected):
             raise CodecError(f"corrupt .fae file: latent shapes {header.latent_shapes} and {len(streams)} streams, "
-                             f"expected {expected} and 2 for a {header.height} x {header.width} image")
-        m, h, w = expected[0]
-        cdfs, offsets, sizes, index = self._loaded.tables[header.quality]
-        try:
-            symbols = rans.decode(streams[0], cdfs, index, h * w, header.precision)
-        except ValueError as e:
-            raise CodecError(f"corrupt .fae file: {e}") from None
-        escaped = unpack_varints(streams[1], limit=m * h * w)
-        values = from_symbols(symbols, escaped, offsets, sizes).reshape(1, m, h, w)
-        if values.abs().max() > 1 << 20:
-            raise CodecError("corrupt .fae file: a latent value is out of range")
-        out = self.decode(Latents(values.to(torch.int32), header.quality, header.height, header.width))[0]
-        return _finish(out, header.channels, output)
+                             f"expected {expected} and {2 * len(expected)} for a {header.height} x {header.width} "
+                             f"image")
+        tables = self._loaded.tables[header.quality]
+        if len(expected) == 1:
+            values, side = _decode(streams[0], streams[1], expected[0], tables), None
+        else:
+            (m, h, w), z_shape = expected
+            side = _decode(streams[2], streams[3], z_shape, tables)[None]
+            with torch.inference_mode():
+                index = self._gaussian(side)[1].cpu().reshape(-1)
+            values = _decode(streams[0], streams[1], (m * h * w, 1), self._loaded.gaussian, index).reshape(m, h, w)
+        latents = Latents(values[None], header.quality, header.height, header.width, side)
+        return _finish(self.decode(latents)[0], header.channels, output)
+
+
+def _code(values: torch.Tensor, tables: tuple, index: torch.Tensor = None) -> list:
+    """[rANS stream, escape stream] of integer ``values`` [rows, ...]; row r is coded with table
+    ``index[r]`` (default: table r)."""
+    cdfs, offsets, sizes = tables[:3]
+    if index is None:
+        index = torch.arange(cdfs.shape[0], dtype=torch.int32)
+    values = values.reshape(values.shape[0], -1)
+    symbols, escaped = to_symbols(values, offsets[index], sizes[index])
+    return [rans.encode(symbols, cdfs, index), pack_varints(escaped)]
+
+
+def _decode(stream: bytes, escapes: bytes, shape: tuple, tables: tuple, index: torch.Tensor = None) -> torch.Tensor:
+    """Inverse of _code: int32 values of ``shape`` (rows first); CodecError for a corrupt stream."""
+    cdfs, offsets, sizes = tables[:3]
+    if index is None:
+        index = torch.arange(cdfs.shape[0], dtype=torch.int32)
+    rows, length = shape[0], math.prod(shape[1:])
+    try:
+        symbols = rans.decode(stream, cdfs, index, length, rans.PRECISION)
+    except ValueError as e:
+        raise CodecError(f"corrupt .fae file: {e}") from None
+    escaped = unpack_varints(escapes, limit=rows * length)
+    values = from_symbols(symbols, escaped, offsets[index], sizes[index])
+    if values.numel() and values.abs().max() > 1 << 20:
+        raise CodecError("corrupt .fae file: a latent value is out of range")
+    return values.to(torch.int32).reshape(shape)
 
 
 def _finish(out: torch.Tensor, channels: int, output: str):

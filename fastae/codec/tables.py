@@ -25,8 +25,14 @@ def quantize_pmf(pmf: np.ndarray, escape: float, precision: int = PRECISION) -> 
     total = 1 << precision
     if len(p) > total:
         raise ValueError(f"a table of {len(p)} symbols does not fit {precision}-bit frequencies")
-    freq = np.floor(p * (total - len(p))).astype(np.int64) + 1
-    freq[np.argmax(freq)] += total - freq.sum()
+    # Every symbol gets 1, the rest of the total in proportion to p; the counts that flooring leaves
+    # over (fewer than one per symbol) go to the largest fractional parts, so that no symbol of a
+    # wide table is inflated by the remainder of all the others.
+    share = p * (total - len(p))
+    freq = np.floor(share).astype(np.int64) + 1
+    left = total - int(freq.sum())
+    if left:
+        freq[np.argsort(freq - 1 - share, kind="stable")[:left]] += 1
     return freq
 
 

@@ -1,4 +1,5 @@
-"""ImageCodec: a learned, variable-rate image codec (Ballé et al. 2018 factorized prior, with per-quality gains).
+"""ImageCodec: a learned, variable-rate image codec (Ballé et al. 2018 factorized prior, with per-quality gains),
+and HyperpriorCodec, the same transforms with a mean-scale hyperprior (Minnen et al. 2018).
 
     codec = ImageCodec()                          # N=128 transform channels, M=192 latent channels, 8 qualities
     out = codec(x, quality=4)                     # training: {"x_hat", "likelihoods", "bpp"} with noise for rounding
@@ -10,6 +11,12 @@ One network serves every quality (Cui et al. 2021, "asymmetric gained" variable 
 decoded symbols by a learned inverse gain before ``g_s``; each quality has its own factorized
 entropy model. Training mixes the qualities, each with its own rate-distortion weight, so one
 set of transforms (and one file of weights) is shared by all eight.
+
+HyperpriorCodec codes the latents with a Gaussian whose mean and scale come from a second,
+small autoencoder (``h_a``/``h_s``) over the latents; its own latent ``z`` (1/64 of the image
+size) is coded with the factorized model. The side information costs a few percent of the bits
+and saves far more where the image has structure (CompressAI: +0.8 to +1.5 dB over the factorized
+prior at the same rate).
 
 Why GDN: it is the transform nonlinearity the factorized and hyperprior baselines use; it
 gaussianizes the latents better than ReLU at the same width (Ballé et al. 2016) so a small
@@ -137,15 +144,20 @@ class ImageCodec(nn.Module):
     ``quality`` is 1..``qualities`` (higher = more bits, better image); the shipped model has 8.
     """
 
+    kind = "factorized"
     stride = 16  # total downsampling of the analysis transform; inputs are padded to a multiple of it
+    latent_stride = 16  # downsampling of the latents y
 
     def __init__(self, N: int = 128, M: int = 192, lambdas=LAMBDAS, channels: int = 3):
         super().__init__()
         lambdas = [float(v) for v in lambdas]
         if not lambdas or any(not v > 0 for v in lambdas) or lambdas != sorted(lambdas):
-            raise ValueError(f"ImageCodec: lambdas must be positive and increasing (one per quality), got {lambdas}")
+            raise ValueError(f"{type(self).__name__}: lambdas must be positive and increasing (one per quality), "
+                             f"got {lambdas}")
         qualities = len(lambdas)
         self.config = {"N": N, "M": M, "lambdas": lambdas, "channels": channels}
+        if self.kind != "factorized":
+            self.config["kind"] = self.kind
         self.N, self.M, self.lambdas, self.qualities, self.channels = N, M, lambdas, qualities, channels
         self.g_a = nn.Sequential(_conv(channels, N), GDN(N), _conv(N, N), GDN(N), _conv(N, N), GDN(N), _conv(N, M))
         self.g_s = nn.Sequential(_deconv(M, N), GDN(N, inverse=True), _deconv(N, N), GDN(N, inverse=True),
@@ -196,3 +208,88 @@ class ImageCodec(nn.Module):
         loss = lmbda * 255 ** 2 * mse + out["bpp"]
         return {"loss": loss, "mse": mse, "bpp": out["bpp"],
                 "psnr": -10 * torch.log10(mse.detach().clamp_min(1e-10))}
+
+
+# Gaussian conditional: scales are bounded below (a narrower Gaussian than this puts nearly all its
+# mass on one integer anyway) and coded with the table of the nearest larger scale of SCALES.
+SCALE_BOUND = 0.11
+SCALE_LEVELS = 64
+SCALE_MAX = 256.0
+
+
+def scale_table(levels: int = SCALE_LEVELS, lo: float = SCALE_BOUND, hi: float = SCALE_MAX) -> Tensor:
+    """The ``levels`` scales (float64, geometric from ``lo`` to ``hi``) that have an integer table each."""
+    return torch.exp(torch.linspace(math.log(lo), math.log(hi), levels, dtype=torch.float64))
+
+
+def gaussian_likelihood(y: Tensor, means: Tensor, scales: Tensor) -> Tensor:
+    """Probability of ``[y-1/2, y+1/2]`` under N(means, scales) (evaluated on the lower tail for precision)."""
+    values = (y - means).abs()
+    scales = lower_bound(scales, SCALE_BOUND)
+    upper = torch.special.ndtr((0.5 - values) / scales)
+    lower = torch.special.ndtr((-0.5 - values) / scales)
+    return lower_bound(upper - lower, LIKELIHOOD_BOUND)
+
+
+def _round_ste(x: Tensor) -> Tensor:
+    """Rounding whose gradient is the identity."""
+    return x + (torch.round(x) - x).detach()
+
+
+class HyperpriorCodec(ImageCodec):
+    """ImageCodec with a mean-scale hyperprior; ``x`` H and W multiples of 64.
+
+    ``priors`` are the per-quality factorized models of the hyper-latent ``z`` (N channels); the
+    latents ``y`` are Gaussian given ``z``, with means and scales from ``h_s(z)``.
+    """
+
+    kind = "hyperprior"
+    stride = 64
+
+    def __init__(self, N: int = 128, M: int = 192, lambdas=LAMBDAS, channels: int = 3):
+        super().__init__(N=N, M=M, lambdas=lambdas, channels=channels)
+        self.priors = nn.ModuleList(FactorizedPrior(N) for _ in range(self.qualities))
+        self.h_a = nn.Sequential(nn.Conv2d(M, N, 3, padding=1), nn.LeakyReLU(inplace=True), _conv(N, N),
+                                 nn.LeakyReLU(inplace=True), _conv(N, N))
+        mid = M * 3 // 2
+        self.h_s = nn.Sequential(_deconv(N, M), nn.LeakyReLU(inplace=True), _deconv(M, mid),
+                                 nn.LeakyReLU(inplace=True), nn.Conv2d(mid, 2 * M, 3, padding=1))
+
+    def entropy_parameters(self, z_hat: Tensor):
+        """(means, scales) of the latents given the rounded hyper-latents ``z_hat``."""
+        means, scales = self.h_s(z_hat).chunk(2, dim=1)
+        return means, scales
+
+    def forward(self, x: Tensor, quality: int, noise: bool = True) -> dict:
+        """As ImageCodec.forward. In training the rates are estimated on noisy latents while the
+        synthesis sees the rounded ones (straight-through), as at inference (Minnen & Singh 2020)."""
+        q = self._check_quality(quality)
+        y = self.analysis(x, quality).float()
+        z = self.h_a(y).float()
+        z_hat = z + torch.empty_like(z).uniform_(-0.5, 0.5) if noise else torch.round(z)
+        means, scales = (t.float() for t in self.entropy_parameters(z_hat))
+        if noise:
+            y_rate = y + torch.empty_like(y).uniform_(-0.5, 0.5)
+            y_hat = _round_ste(y - means) + means
+        else:
+            y_rate = y_hat = torch.round(y - means) + means
+        with torch.autocast(y.device.type, enabled=False):
+            y_likelihoods = gaussian_likelihood(y_rate, means, scales)
+            z_likelihoods = self.priors[q].likelihood(z_hat)
+        x_hat = self.synthesis(y_hat, quality)
+        pixels = x.shape[0] * x.shape[2] * x.shape[3]
+        bits = torch.log(y_likelihoods).sum() + torch.log(z_likelihoods).sum()
+        return {"x_hat": x_hat, "likelihoods": y_likelihoods, "z_likelihoods": z_likelihoods,
+                "bpp": bits / (-math.log(2) * pixels)}
+
+
+CODEC_MODELS = {cls.kind: cls for cls in (ImageCodec, HyperpriorCodec)}
+
+
+def build_codec(config: dict) -> ImageCodec:
+    """The codec model of a saved ``config`` (``kind`` "factorized" when absent)."""
+    config = dict(config)
+    kind = config.pop("kind", "factorized")
+    if kind not in CODEC_MODELS:
+        raise ValueError(f"unknown codec model kind {kind!r}; expected one of {list(CODEC_MODELS)}")
+    return CODEC_MODELS[kind](**config)

@@ -1,0 +1,97 @@
+"""fastae.train.codec: resume equals one run, hyperprior training, warm start from another checkpoint."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from fastae.codec.image import export_codec, load_codec
+from fastae.models.codec import HyperpriorCodec, ImageCodec
+from fastae.train.codec import load_codec_checkpoint, random_crops, train_codec
+
+TINY = dict(N=8, M=8, lambdas=(0.01, 0.1), batch_size=2, downscale=1, progress=False, checkpoint_every=2)
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+    """Smooth synthetic photos (gradients plus a few shapes): compressible, unlike noise."""
+    root = tmp_path_factory.mktemp("photos")
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:96, 0:128] / 96.0
+    for i in range(3):
+        rgb = np.stack([np.sin(xx * (i + 2) + c) * 0.4 + 0.5 + 0.1 * yy for c in range(3)], axis=2)
+        top, left = rng.integers(0, 60, 2)
+        rgb[top:top + 30, left:left + 40] = rng.random(3)
+        Image.fromarray((rgb.clip(0, 1) * 255).astype(np.uint8)).save(root / f"p{i}.png")
+    (root / "readme.txt").write_text("not an image: skipped")
+    return root
+
+
+def _same_weights(a, b):
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+@pytest.mark.parametrize("kind", ["factorized", "hyperprior"])
+def test_resume_equals_one_run(photos, tmp_path, kind):
+    crop = 64
+    one = train_codec(photos, tmp_path / "one", steps=6, crop=crop, kind=kind, amp=False, **TINY)
+    train_codec(photos, tmp_path / "two", steps=6, crop=crop, kind=kind, amp=False, time_limit=0, **TINY)
+    assert load_codec_checkpoint(tmp_path / "two").state_dict() is not None
+    assert len(load_file(str(tmp_path / "two" / "model.safetensors"))) > 0
+    two = train_codec(photos, tmp_path / "two", steps=6, crop=crop, kind=kind, amp=False, resume=True, **TINY)
+    assert one == two  # same losses, step by step
+    a, b = load_codec_checkpoint(tmp_path / "one"), load_codec_checkpoint(tmp_path / "two")
+    assert type(a).kind == kind and _same_weights(a, b)
+
+
+def test_hyperprior_crop_must_be_a_multiple_of_64(photos, tmp_path):
+    with pytest.raises(ValueError, match="multiple of 64"):
+        train_codec(photos, tmp_path, steps=1, crop=32, kind="hyperprior", **TINY)
+    with pytest.raises(ValueError, match="kind"):
+        train_codec(photos, tmp_path, steps=1, crop=32, kind="context", **TINY)
+
+
+def test_warm_start_copies_the_transforms_not_the_entropy_models(photos, tmp_path):
+    train_codec(photos, tmp_path / "fact", steps=2, crop=64, amp=False, **TINY)
+    factorized = load_codec_checkpoint(tmp_path / "fact")
+    config = {k: v for k, v in TINY.items() if k not in ("N", "M")}
+    with pytest.raises(ValueError, match="analysis and synthesis transforms"):  # N=16: no layer of g_a has the same shape
+        train_codec(photos, tmp_path / "hp-n16", steps=1, crop=64, N=16, M=8, kind="hyperprior",
+                    init=tmp_path / "fact", **config)
+
+    from fastae.train.codec import _warm_start
+
+    torch.manual_seed(1)
+    hp = HyperpriorCodec(N=8, M=8, lambdas=(0.01, 0.1))
+    fresh_prior = {k: v.clone() for k, v in hp.state_dict().items() if k.startswith("priors.")}
+    names = _warm_start(hp, tmp_path / "fact")
+    assert "g_a.0.weight" in names and "log_gain" in names and not any(n.startswith("priors.") for n in names)
+    own = hp.state_dict()
+    assert all(torch.equal(own[k], factorized.state_dict()[k]) for k in names)
+    assert all(torch.equal(own[k], v) for k, v in fresh_prior.items())
+    # An exported codec file ("model."-prefixed names) works as well.
+    path = export_codec(factorized, tmp_path / "fact.safetensors", model_id="f")
+    assert _warm_start(HyperpriorCodec(N=8, M=8, lambdas=(0.01, 0.1)), path) == names
+    with pytest.raises(FileNotFoundError):
+        _warm_start(hp, tmp_path / "missing")
+
+
+def test_hyperprior_training_lowers_the_loss_and_exports(photos, tmp_path):
+    generator = torch.Generator().manual_seed(5)
+    from fastae.train.codec import load_photos
+
+    batch = random_crops(load_photos(photos, downscale=1), 4, 64, generator)
+    train_codec(photos, tmp_path, steps=1, crop=64, kind="hyperprior", amp=False, **TINY)
+    before = load_codec_checkpoint(tmp_path)
+    train_codec(photos, tmp_path, steps=40, crop=64, kind="hyperprior", amp=False, resume=True, lr=1e-3, **TINY)
+    after = load_codec_checkpoint(tmp_path)
+    torch.manual_seed(0)
+    loss = [m.eval().rd_loss(batch, 2)["loss"].item() for m in (before, after)]
+    assert loss[1] < 0.8 * loss[0], loss
+    codec = load_codec(quality=2, weights=export_codec(after, tmp_path / "hp.safetensors", model_id="hp"))
+    rgb = (batch[0].permute(1, 2, 0) * 255).round().to(torch.uint8).numpy()
+    data = codec.compress(rgb)
+    assert np.array_equal(codec.decompress(data), codec.reconstruct(rgb))
+    assert isinstance(codec.model, HyperpriorCodec) and isinstance(codec.model, ImageCodec)
