@@ -337,11 +337,17 @@ class Codec:
     @torch.inference_mode()
     def decode(self, latents: Latents, dtype=torch.uint8) -> torch.Tensor:
         """Images [B, 3, H, W] from ``latents``: uint8 (default) or float in [0, 1]."""
-        y = latents.values.to(self.device, torch.float32)
+        means = None
         if self.model.kind == "hyperprior":
             if latents.side is None:
                 raise ValueError("decode: a hyperprior codec needs the latents' side (hyper-latents)")
-            y = y + self._gaussian(latents.side)[0]
+            means = self._gaussian(latents.side)[0]
+        return self._synthesize(latents, means, dtype)
+
+    def _synthesize(self, latents: Latents, means, dtype):
+        y = latents.values.to(self.device, torch.float32)
+        if means is not None:
+            y = y + means
         x = self.model.synthesis(y.contiguous(memory_format=torch.channels_last), latents.quality)
         x = x[:, :, :latents.height, :latents.width].clamp(0, 1)
         return (x * 255).round().to(torch.uint8) if dtype == torch.uint8 else x.to(dtype)
@@ -354,7 +360,7 @@ class Codec:
         return self._compress_array(rgb, channels, bit_depth)
 
     def _compress_array(self, rgb, channels, bit_depth):
-        x = torch.from_numpy(rgb).permute(2, 0, 1)[None]
+        x = torch.from_numpy(np.require(rgb, requirements="W")).permute(2, 0, 1)[None]
         with torch.inference_mode():
             latents, index = self._encode(x, self.quality)
         if latents.side is None:  # factorized: one table per channel
@@ -369,7 +375,7 @@ class Codec:
     def reconstruct(self, image) -> np.ndarray:
         """What ``decompress(compress(image))`` returns, computed on the encoder's side."""
         rgb, channels, _ = to_rgb_array(image)
-        x = torch.from_numpy(rgb).permute(2, 0, 1)[None]
+        x = torch.from_numpy(np.require(rgb, requirements="W")).permute(2, 0, 1)[None]
         return _finish(self.decode(self.encode(x))[0], channels, "numpy")
 
     def decompress(self, data, output: str = "numpy", max_pixels: int = MAX_PIXELS):
@@ -400,10 +406,13 @@ class Codec:
             (m, h, w), z_shape = expected
             side = _decode(streams[2], streams[3], z_shape, tables)[None]
             with torch.inference_mode():
-                index = self._gaussian(side)[1].cpu().reshape(-1)
-            values = _decode(streams[0], streams[1], (m * h * w, 1), self._loaded.gaussian, index).reshape(m, h, w)
+                means, index = self._gaussian(side)
+            values = _decode(streams[0], streams[1], (m * h * w, 1), self._loaded.gaussian,
+                             index.cpu().reshape(-1)).reshape(m, h, w)
         latents = Latents(values[None], header.quality, header.height, header.width, side)
-        return _finish(self.decode(latents)[0], header.channels, output)
+        with torch.inference_mode():
+            out = self._synthesize(latents, means if side is not None else None, torch.uint8)
+        return _finish(out[0], header.channels, output)
 
 
 def _code(values: torch.Tensor, tables: tuple, index: torch.Tensor = None) -> list:
