@@ -13,7 +13,7 @@ from fastae import codec, nn, ops  # noqa: E402
 from fastae.codec import CodecError  # noqa: E402
 
 
-def load_codec(quality: int = 4, model: str = "fastae-factorized-v1", device="cpu", weights=None):
+def load_codec(quality: int = 4, model: str = codec.DEFAULT_MODEL, device="cpu", weights=None):
     """The pretrained image codec shipped in the package, at ``quality`` 1..8; see fastae.codec."""
     from fastae.codec.image import load_codec as _load
 

@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 
 import fastae
+from fastae.codec import DEFAULT_MODEL
 from fastae.ops import _backend
 
 
@@ -304,7 +305,7 @@ def main(argv=None):
     def codec_options(p, quality=True):
         if quality:
             p.add_argument("--quality", type=int, default=4, help="1 (smallest) .. 8 (best)")
-        p.add_argument("--model", default="fastae-factorized-v1", help="a codec shipped in the package")
+        p.add_argument("--model", default=DEFAULT_MODEL, help=f"a codec shipped in the package (default {DEFAULT_MODEL})")
         p.add_argument("--weights", help="a codec file written by `fastae train codec` instead of --model")
         p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
         p.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -351,7 +351,7 @@ def test_codec_batched_encode_decode_match_single_images(tiny):
 
 # ------------------------------------------------------------------------------------------- shipped model
 
-shipped = pytest.mark.skipif(not (Path(fastae.codec.image.WEIGHTS_DIR) / "fastae-factorized-v1.safetensors").exists(),
+shipped = pytest.mark.skipif(not (Path(fastae.codec.image.WEIGHTS_DIR) / f"{fastae.codec.DEFAULT_MODEL}.safetensors").exists(),
                              reason="no shipped codec weights")
 
 
@@ -377,7 +377,7 @@ def test_shipped_codec_round_trip_on_kodak():
     assert 0.05 < rates[0] < 1.0 and 0.5 < rates[-1] < 4.0, rates
     assert 20 < quality[0] < 40 and quality[-1] > quality[0] + 2, quality
     header = read_header(data)
-    assert header.model_id == "fastae-factorized-v1" and header.quality == 8
+    assert header.model_id == fastae.codec.DEFAULT_MODEL and header.quality == 8
 
 
 # ------------------------------------------------------------------------------------------- hyperprior

@@ -11,6 +11,8 @@ See fastae/codec/format.py for the file format and fastae/codec/image.py for the
 
 from fastae.codec.format import CodecError, Header, read_header
 
+DEFAULT_MODEL = "fastae-factorized-v1"  # the shipped model load_codec and the CLI use unless told otherwise
+
 _LAZY = {"load_codec": "fastae.codec.image", "export_codec": "fastae.codec.image", "Codec": "fastae.codec.image",
          "Latents": "fastae.codec.image", "LatentCodec": "fastae.codec.latent"}
 
@@ -23,4 +25,4 @@ def __getattr__(name):  # the codec pulls in Pillow and the model zoo: load it w
     raise AttributeError(f"module 'fastae.codec' has no attribute {name!r}")
 
 
-__all__ = ["CodecError", "Header", "read_header", *_LAZY]
+__all__ = ["DEFAULT_MODEL", "CodecError", "Header", "read_header", *_LAZY]

@@ -37,13 +37,12 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from fastae._io import atomic_path
-from fastae.codec import rans
+from fastae.codec import DEFAULT_MODEL, rans
 from fastae.codec.format import CODER_RANS, CodecError, Header, pack, unpack
 from fastae.codec.tables import check_tables, from_symbols, pack_varints, tables_from_pmf, to_symbols, unpack_varints
 from fastae.models.codec import ImageCodec, build_codec, scale_table
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
-DEFAULT_MODEL = "fastae-factorized-v1"
 MAX_PIXELS = Image.MAX_IMAGE_PIXELS  # Pillow's decompression-bomb limit; decoding refuses larger images
 _SUPPORT = 1 << 11  # tables are derived over the integers -2048..2048
 
