@@ -685,50 +685,6 @@ def _folder_images(folder, n, height, width):
     return torch.stack(out)
 
 
-def _entropy_code(codec, values, height, width, quality):
-    """One image's .fae bytes from its rounded latents [M, h, w] (what Codec.compress does after encode)."""
-    from fastae.codec import rans
-    from fastae.codec.format import CODER_RANS, Header, pack
-    from fastae.codec.tables import pack_varints, to_symbols
-
-    m, h, w = values.shape
-    cdfs, offsets, sizes, index = codec._loaded.tables[quality]
-    symbols, escaped = to_symbols(values.reshape(m, h * w), offsets, sizes)
-    stream = rans.encode(symbols, cdfs, index)
-    header = Header(codec.model_id, codec.hash, quality, CODER_RANS, rans.PRECISION, height, width, 3, 8,
-                    ((m, h, w),), ())
-    return pack(header, [stream, pack_varints(escaped)])
-
-
-def compress_batch(codec, batch):
-    """.fae bytes of every image of a uint8 [B, 3, H, W] batch: one batched encode, then entropy
-    coding image by image; each file is what ``codec.compress`` writes for that image."""
-    latents = codec.encode(batch)
-    values = latents.values.cpu()
-    return [_entropy_code(codec, values[i], latents.height, latents.width, latents.quality)
-            for i in range(values.shape[0])]
-
-
-def decompress_batch(codec, files):
-    """uint8 [B, 3, H, W] images (on the CPU) of .fae files of one size and quality: entropy
-    decoding file by file, then one batched decode."""
-    from fastae.codec import rans
-    from fastae.codec.format import unpack
-    from fastae.codec.image import Latents
-    from fastae.codec.tables import from_symbols, unpack_varints
-
-    values = []
-    for data in files:
-        header, streams = unpack(data)
-        m, h, w = header.latent_shapes[0]
-        cdfs, offsets, sizes, index = codec._loaded.tables[header.quality]
-        symbols = rans.decode(streams[0], cdfs, index, h * w, header.precision)
-        escaped = unpack_varints(streams[1], limit=m * h * w)
-        values.append(from_symbols(symbols, escaped, offsets, sizes).reshape(m, h, w))
-    latents = Latents(torch.stack(values).to(torch.int32), header.quality, header.height, header.width)
-    return codec.decode(latents).cpu()
-
-
 def _load_bench_codec(device, weights, notes):
     """The codec to measure: ``weights`` if given, else the shipped default model; None (with a
     note) when there is none."""
@@ -789,19 +745,19 @@ def _codec_setup(codec, impl, op, batch, height, width, images):
                 rgb = np.ascontiguousarray(x[0].permute(1, 2, 0).numpy())
                 step = lambda: codec.compress(rgb)  # noqa: E731  (the public API, image by image)
             else:
-                first = compress_batch(codec, x[:1])[0]
+                first = codec.compress_batch(x[:1])[0]
                 if first != codec.compress(np.ascontiguousarray(x[0].permute(1, 2, 0).numpy())):
-                    return Prepared({impl: "benchmark's batched compress no longer matches Codec.compress"})
-                step = lambda: compress_batch(codec, x)  # noqa: E731
+                    return Prepared({impl: "Codec.compress_batch does not match Codec.compress"})
+                step = lambda: codec.compress_batch(x)  # noqa: E731
         elif op == "decompress":
-            files = compress_batch(codec, x)
+            files = codec.compress_batch(x)
             if batch == 1:
                 step = lambda: codec.decompress(files[0])  # noqa: E731
             else:
-                mine = decompress_batch(codec, files[:1])[0].permute(1, 2, 0).numpy()
+                mine = codec.decompress_batch(files[:1])[0].cpu().permute(1, 2, 0).numpy()
                 if not np.array_equal(mine, codec.decompress(files[0])):
-                    return Prepared({impl: "benchmark's batched decompress no longer matches Codec.decompress"})
-                step = lambda: decompress_batch(codec, files)  # noqa: E731
+                    return Prepared({impl: "Codec.decompress_batch does not match Codec.decompress"})
+                step = lambda: codec.decompress_batch(files).cpu()  # noqa: E731
         elif op == "encode":
             xd = x.to(codec.device)
             step = lambda: codec.encode(xd)  # noqa: E731

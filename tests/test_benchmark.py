@@ -160,18 +160,20 @@ def test_codec_suite_without_a_shipped_model_still_measures_the_entropy_coder(tm
     assert 0 < rows[0]["extra"]["bits_per_symbol"] < 16
 
 
-def test_codec_suite_with_a_codec_file(tmp_path):
+@pytest.mark.parametrize("kind", ["factorized", "hyperprior"])
+def test_codec_suite_with_a_codec_file(tmp_path, kind):
     from fastae.codec.image import export_codec
-    from fastae.models.codec import ImageCodec
+    from fastae.models.codec import CODEC_MODELS
 
-    weights = export_codec(ImageCodec(N=8, M=8, lambdas=(0.01, 0.1)), tmp_path / "tiny.safetensors", model_id="tiny")
+    model = CODEC_MODELS[kind](N=8, M=8, lambdas=(0.01, 0.1))
+    weights = export_codec(model, tmp_path / "tiny.safetensors", model_id="tiny")
     out = tmp_path / "codec.json"
     assert _bench(["--quick", "--device", "cpu", "--suite", "codec", "--codec-weights", str(weights),
                    "--cases", "compress batch 2", "--min-time", "0.01", "--no-progress", "--no-peaks",
                    "--output", str(out)]) == 0
     rows = json.loads(out.read_text())["rows"]
     assert [r["case"] for r in rows] == ["codec compress batch 2 256x384 q2", "codec decompress batch 2 256x384 q2"]
-    for r in rows:  # the batched helpers reproduce Codec.compress / decompress, or the row says so
+    for r in rows:  # the batched methods reproduce Codec.compress / decompress, or the row says so
         assert r["error"] is None and r["impl"] == "fastae-cpu"
         assert r["rates"]["images/s"] == pytest.approx(2 / (r["median_ms"] / 1e3))
         assert r["rates"]["MB/s"] == pytest.approx(r["rates"]["images/s"] * 256 * 384 * 3 / 1e6)

@@ -349,6 +349,22 @@ def test_codec_batched_encode_decode_match_single_images(tiny):
         tiny.encode(batch[0])
 
 
+def test_codec_compress_batch_writes_the_files_of_compress(tiny):
+    a, b = _kodak((32, 48)), _kodak((32, 48))[::-1].copy()
+    batch = torch.stack([torch.from_numpy(a).permute(2, 0, 1), torch.from_numpy(b).permute(2, 0, 1)])
+    files = tiny.compress_batch(batch)
+    assert files == [tiny.compress(a), tiny.compress(b)]
+    images = tiny.decompress_batch(files)
+    assert images.shape == (2, 3, 32, 48) and images.dtype == torch.uint8
+    assert np.array_equal(images[1].permute(1, 2, 0).numpy(), tiny.decompress(files[1]))
+    with pytest.raises(ValueError, match="one size and quality"):
+        tiny.decompress_batch([files[0], tiny.compress(_kodak((16, 48)))])
+    with pytest.raises(ValueError, match="no files"):
+        tiny.decompress_batch([])
+    with pytest.raises(CodecError):
+        tiny.decompress_batch([files[0], files[1][:-1]])
+
+
 # ------------------------------------------------------------------------------------------- shipped model
 
 shipped = pytest.mark.skipif(not (Path(fastae.codec.image.WEIGHTS_DIR) / f"{fastae.codec.DEFAULT_MODEL}.safetensors").exists(),

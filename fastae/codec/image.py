@@ -362,12 +362,25 @@ class Codec:
         x = torch.from_numpy(np.require(rgb, requirements="W")).permute(2, 0, 1)[None]
         with torch.inference_mode():
             latents, index = self._encode(x, self.quality)
+        return self._pack(latents, index, 0, channels, bit_depth)
+
+    def compress_batch(self, batch) -> list:
+        """The .fae bytes of every image of ``batch`` ([B, 3, H, W] uint8, or float in [0, 1]):
+        one batched ``encode`` on the codec's device, then entropy coding image by image. Each
+        file is the one ``compress`` writes for that image."""
+        with torch.inference_mode():
+            latents, index = self._encode(batch, self.quality)
+        return [self._pack(latents, index, i, 3, 8) for i in range(latents.values.shape[0])]
+
+    def _pack(self, latents: Latents, index, i: int, channels: int, bit_depth: int) -> bytes:
+        """The .fae bytes of image ``i`` of ``latents`` (``index``: a hyperprior's table indexes)."""
+        values = latents.values[i].cpu()
         if latents.side is None:  # factorized: one table per channel
-            streams = _code(latents.values[0].cpu(), self._loaded.tables[self.quality])
-        else:  # hyperprior: the hyper-latents per channel, then each latent with the table of its scale
-            streams = _code(latents.values[0].cpu().reshape(-1, 1), self._loaded.gaussian, index[0].cpu().reshape(-1))
-            streams += _code(latents.side[0].cpu(), self._loaded.tables[self.quality])
-        header = Header(self.model_id, self.hash, self.quality, CODER_RANS, rans.PRECISION, latents.height,
+            streams = _code(values, self._loaded.tables[latents.quality])
+        else:  # hyperprior: each latent with the table of its scale, then the hyper-latents per channel
+            streams = _code(values.reshape(-1, 1), self._loaded.gaussian, index[i].cpu().reshape(-1))
+            streams += _code(latents.side[i].cpu(), self._loaded.tables[latents.quality])
+        header = Header(self.model_id, self.hash, latents.quality, CODER_RANS, rans.PRECISION, latents.height,
                         latents.width, channels, bit_depth, self.latent_shapes(latents.height, latents.width), ())
         return pack(header, streams)
 
@@ -382,6 +395,32 @@ class Codec:
         ``output="tensor"`` a C x H x W uint8 tensor. CodecError for any damaged or foreign file."""
         if output not in ("numpy", "tensor"):
             raise ValueError(f"decompress: output must be 'numpy' or 'tensor', got {output!r}")
+        header, latents, means = self._read(data, max_pixels)
+        with torch.inference_mode():
+            out = self._synthesize(latents, means, torch.uint8)
+        return _finish(out[0], header.channels, output)
+
+    def decompress_batch(self, files, max_pixels: int = MAX_PIXELS) -> torch.Tensor:
+        """uint8 [B, 3, H, W] images (on the codec's device) of .fae files of one size and
+        quality: entropy decoding file by file, then one batched synthesis. Grey files come back
+        with three equal channels (``decompress`` returns them as one)."""
+        read = [self._read(data, max_pixels) for data in files]
+        if not read:
+            raise ValueError("decompress_batch: no files")
+        first = read[0][1]
+        for k, (_, latents, _) in enumerate(read):
+            if (latents.quality, latents.height, latents.width) != (first.quality, first.height, first.width):
+                raise ValueError(f"decompress_batch: file {k} is {latents.height} x {latents.width} at quality "
+                                 f"{latents.quality}, file 0 {first.height} x {first.width} at quality "
+                                 f"{first.quality}; a batch needs one size and quality")
+        values = torch.cat([latents.values for _, latents, _ in read])
+        means = None if read[0][2] is None else torch.cat([m for _, _, m in read])
+        with torch.inference_mode():
+            return self._synthesize(Latents(values, first.quality, first.height, first.width), means, torch.uint8)
+
+    def _read(self, data, max_pixels):
+        """(header, Latents of one image, the latents' means or None) of a .fae file; CodecError
+        for any damaged or foreign file."""
         header, streams = unpack(data)
         if header.model_id != self.model_id or header.model_hash != self.hash:
             raise CodecError(f"model hash mismatch: the file was made with model {header.model_id!r} "
@@ -399,8 +438,9 @@ class Codec:
                              f"expected {expected} and {2 * len(expected)} for a {header.height} x {header.width} "
                              f"image")
         tables = self._loaded.tables[header.quality]
+        means = side = None
         if len(expected) == 1:
-            values, side = _decode(streams[0], streams[1], expected[0], tables), None
+            values = _decode(streams[0], streams[1], expected[0], tables)
         else:
             (m, h, w), z_shape = expected
             side = _decode(streams[2], streams[3], z_shape, tables)[None]
@@ -408,10 +448,7 @@ class Codec:
                 means, index = self._gaussian(side)
             values = _decode(streams[0], streams[1], (m * h * w, 1), self._loaded.gaussian,
                              index.cpu().reshape(-1)).reshape(m, h, w)
-        latents = Latents(values[None], header.quality, header.height, header.width, side)
-        with torch.inference_mode():
-            out = self._synthesize(latents, means if side is not None else None, torch.uint8)
-        return _finish(out[0], header.channels, output)
+        return header, Latents(values[None], header.quality, header.height, header.width, side), means
 
 
 def _code(values: torch.Tensor, tables: tuple, index: torch.Tensor = None) -> list:
