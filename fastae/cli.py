@@ -223,6 +223,14 @@ def cmd_eval(args):
     import datetime
     import platform
 
+    compared = []
+    for path in args.compare or []:
+        earlier = json.loads(Path(path).read_text())
+        name = earlier.get("meta", {}).get("model", Path(path).stem)
+        if name == base.model_id:
+            name = f"{name} ({Path(path).name})"
+        rd.add_comparison(result, earlier, name)
+        compared.append(name)
     result["meta"] = {"command": " ".join(["fastae", *args.argv]), "model": base.model_id,
                       "model_hash": base.hash.hex(), "images": len(images), "data": str(args.data),
                       "device": str(base.device), "cpu": platform.processor() or platform.machine(),
@@ -233,11 +241,11 @@ def cmd_eval(args):
     plot = out.with_suffix(".png") if args.plot is None else Path(args.plot)
     rd.plot_rd(result, plot)
     print(f"{len(images)} images, qualities {args.qualities}")
-    for name in ["fastae", *args.references]:
+    for name in ["fastae", *args.references, *compared]:
         at = result["psnr_at"].get(name, {})
         print(f"  {name:6s} PSNR at 0.25/0.5/1.0 bpp: " +
               " / ".join("n/a" if at.get(k) is None else f"{at[k]:.2f}" for k in ("0.25", "0.5", "1.0")))
-    for ref in args.references:
+    for ref in [*args.references, *compared]:
         value = result["bd_rate"].get(ref)
         print(f"  BD-rate vs {ref}: " + ("n/a" if value is None else f"{value:+.1f}%"))
     print(f"wrote {out} and {plot}")
@@ -334,6 +342,8 @@ def main(argv=None):
     evaluate.add_argument("--limit", type=int, help="only the first N images")
     evaluate.add_argument("--output", default="rd.json", help="per-image JSON (the plot goes beside it as .png)")
     evaluate.add_argument("--plot", help="RD plot path (default: --output with .png)")
+    evaluate.add_argument("--compare", nargs="+", metavar="JSON",
+                          help="earlier `fastae eval` results (other models, same images): plotted, with BD-rate against each")
     evaluate.set_defaults(func=cmd_eval)
 
     from fastae import benchmark

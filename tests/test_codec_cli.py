@@ -124,3 +124,30 @@ def test_eval_writes_json_and_plot(trained, tmp_path, capsys):
     with Image.open(out.with_suffix(".png")) as img:
         assert img.size[0] > 100
     assert "BD-rate vs webp" in capsys.readouterr().out
+    # --compare: the earlier result's curve is plotted beside, with BD-rate against it (itself: 0%).
+    again = tmp_path / "rd2.json"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        assert cli.main(["eval", "--data", str(data), "--weights", str(trained), "--qualities", "1", "2",
+                         "--references", "--output", str(again), "--compare", str(out), "--quiet"]) == 0
+    both = json.loads(again.read_text())
+    name = "tiny-cli (rd.json)"
+    assert both[name] == result["fastae"] and set(both["bd_rate"]) == {name}
+    assert both["bd_rate"][name] is None or abs(both["bd_rate"][name]) < 1e-6
+    assert f"BD-rate vs {name}" in capsys.readouterr().out
+
+
+def test_add_comparison_bd_rate_against_a_shifted_curve():
+    from fastae.codec import eval as rd
+
+    def curve(psnrs):
+        return {str(q): {"mean": {"bpp": r, "psnr": p, "ms_ssim": None}} for q, (r, p) in
+                enumerate(zip([0.2, 0.4, 0.8, 1.6], psnrs), start=1)}
+
+    result = {"fastae": curve([28.0, 31.0, 34.0, 37.0])}
+    rd.add_comparison(result, {"fastae": curve([27.0, 30.0, 33.0, 36.0])}, "older")
+    assert result["bd_psnr"]["older"] == pytest.approx(1.0, abs=1e-6)  # 1 dB better everywhere
+    assert result["bd_rate"]["older"] < -10  # so fewer bits at equal PSNR
+    assert result["psnr_at"]["older"]["0.5"] == pytest.approx(30.0 + 3 * np.log2(0.5 / 0.4), abs=0.2)
+    with pytest.raises(ValueError, match="already"):
+        rd.add_comparison(result, {"fastae": curve([1, 2, 3, 4])}, "older")

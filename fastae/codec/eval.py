@@ -467,6 +467,24 @@ def evaluate(codec: Callable[[Any], Any], images: Mapping[str, Any], qualities: 
     return result
 
 
+def add_comparison(result: Dict[str, Any], earlier: Mapping[str, Any], name: str) -> Dict[str, Any]:
+    """Put the fastae curve of an ``earlier`` evaluate() result (another model, same images) into
+    ``result`` as codec ``name``: plotted by :func:`plot_rd`, with fastae's BD-rate and BD-PSNR
+    against it and its PSNR at the reference rates. Returns ``result``."""
+    if "fastae" not in earlier:
+        raise ValueError("add_comparison: the earlier result has no 'fastae' curve")
+    if name in result:
+        raise ValueError(f"add_comparison: {name!r} is already a curve of this result")
+    result[name] = earlier["fastae"]
+    anchor, test = _curve_points(earlier["fastae"]), _curve_points(result["fastae"])
+    result.setdefault("bd_rate", {})[name] = _safe(bd_rate, *anchor, *test, what=f"BD-rate vs {name}")
+    result.setdefault("bd_psnr", {})[name] = _safe(bd_psnr, *anchor, *test, what=f"BD-PSNR vs {name}")
+    rates, psnrs = anchor
+    result.setdefault("psnr_at", {})[name] = {
+        str(t): (_finite_or_none(psnr_at_rate(rates, psnrs, t)) if len(rates) >= 2 else None) for t in PSNR_AT_BPP}
+    return result
+
+
 # ---------------------------------------------------------------------------------------------
 # Plot
 # ---------------------------------------------------------------------------------------------
