@@ -371,13 +371,23 @@ shipped = pytest.mark.skipif(not (Path(fastae.codec.image.WEIGHTS_DIR) / f"{fast
                              reason="no shipped codec weights")
 
 
+# bpp and PSNR of each quality 1..8 on the 256x256 crop of kodim01 below, measured when the model
+# was shipped (2-core CPU, torch 2.13.0+cpu, 2026-11-24). A retrained model gets a new id and a new row.
+SHIPPED_ON_KODIM01_CROP = {
+    "fastae-hyperprior-v1": ([0.341, 0.529, 0.861, 1.066, 1.277, 1.496, 1.723, 1.948],
+                             [24.78, 26.31, 28.37, 29.36, 30.09, 30.55, 30.81, 30.98]),
+}
+
+
 @shipped
 def test_shipped_codec_round_trip_on_kodak():
-    """Every quality of the shipped model on a real photo crop: rate rises and PSNR rises with
-    quality, within the ranges measured on Kodak (README), and decode equals the encoder's
-    reconstruction exactly."""
+    """Every quality of the shipped model on a real photo crop: rate and PSNR rise with quality and
+    stay within 5% / 0.3 dB of what the model gave when it was shipped (float differences between
+    machines move them far less), and decode equals the encoder's reconstruction exactly."""
     from fastae.codec.eval import psnr
 
+    assert fastae.codec.DEFAULT_MODEL in SHIPPED_ON_KODIM01_CROP, "measure the new model and add its row"
+    want_rates, want_psnr = SHIPPED_ON_KODIM01_CROP[fastae.codec.DEFAULT_MODEL]
     rgb = _kodak((256, 256))
     rates, quality = [], []
     for q in range(1, 9):
@@ -389,9 +399,9 @@ def test_shipped_codec_round_trip_on_kodak():
         rates.append(len(data) * 8 / (256 * 256))
         quality.append(psnr(rgb, out))
     assert all(a < b for a, b in zip(rates, rates[1:])), rates
-    assert all(a < b + 0.1 for a, b in zip(quality, quality[1:])), quality
-    assert 0.05 < rates[0] < 1.0 and 0.5 < rates[-1] < 4.0, rates
-    assert 20 < quality[0] < 40 and quality[-1] > quality[0] + 2, quality
+    assert all(a < b for a, b in zip(quality, quality[1:])), quality
+    assert np.allclose(rates, want_rates, rtol=0.05), rates
+    assert np.allclose(quality, want_psnr, rtol=0, atol=0.3), quality
     header = read_header(data)
     assert header.model_id == fastae.codec.DEFAULT_MODEL and header.quality == 8
 

@@ -7,7 +7,8 @@ batched ``encode`` / ``decode``.
 
 Inputs: a path, a PIL image, an H x W x 3 (or H x W, H x W x 1) uint8/uint16 array, or a
 3 x H x W (or 1 x H x W, H x W) tensor, uint8 or float in [0, 1]. Any size from 1 x 1: the image
-is padded (edge replicated) to a multiple of 16 and cropped back after decoding.
+is padded (edge replicated) to a multiple of the model's stride (64 for a hyperprior model, 16
+for a factorized one) and cropped back after decoding.
 
 Channel policy: grey images are coded through the RGB model and decoded back to one channel
 (``decompress`` returns H x W x 1); palette and CMYK images are converted to RGB; an alpha
@@ -21,6 +22,8 @@ image decodes wrongly. ``h_s`` therefore runs in float64 on both sides (on the c
 the scales' 64 tables are 13% apart, so a device-dependent rounding error of relative size e
 moves a latent to the neighbouring table with a probability of about e / 0.12 — for float32's
 ~1e-6 a few latents in every Kodak image (250k latents), for float64's ~1e-15 practically never.
+Measured on the 24 Kodak images at quality 8 with fastae-hyperprior-v1: float32 ``h_s`` picks
+another table than float64 for 26 of 5,898,240 latents.
 """
 
 import copy
