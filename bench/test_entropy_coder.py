@@ -4,6 +4,9 @@ from the same integer frequencies), in symbols per second.
 
     pytest bench/test_entropy_coder.py --benchmark-only --benchmark-group-by=group
 
+fastae's coder is also measured in the layout a hyperprior model codes its latents with
+("per-latent": the same symbols as 245,760 rows of one symbol, each with its own table index).
+
 Both coders use the same 16-bit frequency tables and write the same number of bits (within a few
 bytes); the extra_info column gives M symbols/s and bits per symbol.
 """
@@ -31,15 +34,19 @@ def _record(benchmark, n, nbytes):
 
 @pytest.mark.skipif(not rans.native_available(), reason="fastae._C is not loaded")
 @pytest.mark.parametrize("impl", ["fastae-rans"])
+@pytest.mark.parametrize("layout", ["per-channel", "per-latent"])
 @pytest.mark.parametrize("direction", ["encode", "decode"])
-def test_fastae_rans(benchmark, data, impl, direction):
+def test_fastae_rans(benchmark, data, impl, layout, direction):
     symbols, cdfs, _, index = data
+    length = LENGTH
+    if layout == "per-latent":
+        symbols, index, length = symbols.reshape(-1, 1), np.repeat(index, LENGTH).astype(np.int32), 1
     benchmark.group = f"entropy coder {direction}"
     stream = rans.encode(symbols, cdfs, index)
     if direction == "encode":
         benchmark(rans.encode, symbols, cdfs, index)
     else:
-        out = benchmark(rans.decode, stream, cdfs, index, LENGTH)
+        out = benchmark(rans.decode, stream, cdfs, index, length)
         assert np.array_equal(out.numpy(), symbols)
     _record(benchmark, symbols.size, len(stream))
 

@@ -1,0 +1,51 @@
+"""How much of a codec's distortion comes from quantization, and how much from its transforms.
+
+For each quality, the mean PSNR over a folder of images of the synthesis fed the unquantized
+latents, g_s(g_a(x)), beside the synthesis fed the rounded ones (what the codec decodes, before
+the 8-bit rounding). When the two meet, a finer quantization buys little: the transforms set the
+ceiling.
+
+    python bench/codec_ceiling.py --data ../shared/data/kodak [--weights FILE] [--qualities 1 4 8]
+"""
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+import fastae
+from fastae.codec.folder import IMAGE_EXTENSIONS
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", required=True, help="a folder of images, e.g. ../shared/data/kodak")
+    parser.add_argument("--weights", help="a codec file (default: the shipped model)")
+    parser.add_argument("--qualities", type=int, nargs="+", default=[1, 4, 8])
+    args = parser.parse_args(argv)
+    model = fastae.load_codec(quality=1, weights=args.weights).model
+    paths = sorted(p for p in Path(args.data).rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
+    if not paths:
+        parser.error(f"no images in {args.data}")
+    psnr = {q: ([], []) for q in args.qualities}
+    for path in paths:
+        with Image.open(path) as img:
+            x = torch.from_numpy(np.asarray(img.convert("RGB")).copy()).permute(2, 0, 1)[None].float() / 255
+        h, w = x.shape[-2:]
+        pad = (0, -w % model.stride, 0, -h % model.stride)
+        xp = torch.nn.functional.pad(x, pad, mode="replicate")
+        with torch.no_grad():
+            for q in args.qualities:
+                y = model.analysis(xp, q)
+                for i, latents in enumerate((y, torch.round(y))):
+                    x_hat = model.synthesis(latents, q)[..., :h, :w].clamp(0, 1)
+                    psnr[q][i].append(-10 * float(torch.log10(((x_hat - x) ** 2).mean())))
+    for q, (free, rounded) in psnr.items():
+        print(f"quality {q}: unquantized latents {np.mean(free):.2f} dB, rounded latents {np.mean(rounded):.2f} dB "
+              f"(mean over {len(free)} images)")
+
+
+if __name__ == "__main__":
+    main()
