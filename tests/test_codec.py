@@ -477,3 +477,52 @@ def test_hyperprior_tables_chosen_in_float64(tmp_path):
     assert ((chosen >= s * (1 - 1e-5)) | (index == len(table) - 1)).all()
     below = table[(index.long() - 1).clamp_min(0)]
     assert ((below < s * (1 + 1e-5)) | (index == 0)).all()
+
+
+def test_codec_forged_streams_with_a_valid_crc_never_crash(tiny):
+    """Damaged streams behind a recomputed CRC (what the CRC cannot catch): decoding raises
+    CodecError or returns an image of the header's size, never another exception."""
+    import zlib
+
+    rgb = _kodak()
+    data = tiny.compress(rgb)
+    body = len(data) - 4
+    header_len = body - sum(read_header(data).stream_lengths)
+    rng = np.random.default_rng(0)
+    outcomes = {"error": 0, "image": 0}
+    for _ in range(100):
+        bad = bytearray(data[:body])
+        for _ in range(int(rng.integers(1, 4))):
+            pos = int(rng.integers(header_len, body))
+            bad[pos] = int(rng.integers(256))
+        bad += zlib.crc32(bad).to_bytes(4, "little")
+        try:
+            out = tiny.decompress(bytes(bad))
+        except CodecError:
+            outcomes["error"] += 1
+        else:
+            assert out.shape == rgb.shape and out.dtype == np.uint8
+            outcomes["image"] += 1
+    assert sum(outcomes.values()) == 100
+
+
+def test_codec_arbitrary_latents_round_trip_through_a_file(tiny):
+    """Latents no encoder would produce (wide, random, hyper-latents up to +-3000): the file
+    written for them decodes to exactly what ``decode`` gives for them, a uint8 image of the
+    header's size, whatever tables and escapes they need."""
+    from fastae.codec.image import Latents
+
+    h, w = 70, 90
+    m, lh, lw = tiny.latent_shapes(h, w)[0]
+    gen = torch.Generator().manual_seed(0)
+    values = (torch.randn(1, m, lh, lw, generator=gen) * 200).round().to(torch.int32)
+    side = None
+    if tiny.model.kind == "hyperprior":
+        side = torch.randint(-3000, 3001, (1, *tiny.latent_shapes(h, w)[1]), generator=gen, dtype=torch.int32)
+    latents = Latents(values, 2, h, w, side)
+    index = tiny._gaussian(side)[1] if side is not None else None
+    data = tiny._pack(latents, index, 0, 3, 8)
+    assert read_header(data).latent_shapes == tiny.latent_shapes(h, w)
+    out = tiny.decompress(data, output="tensor")
+    assert out.shape == (3, h, w) and out.dtype == torch.uint8
+    assert torch.equal(out, tiny.decode(latents)[0])
