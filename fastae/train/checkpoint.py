@@ -14,18 +14,28 @@ from fastae._io import atomic_path, write_text
 WEIGHTS, CONFIG, STATE = "model.safetensors", "config.json", "training_state.pt"
 
 
+def write_weights(out, model, name: str):
+    """``model``'s state dict as ``out``/model.safetensors (atomically; metadata: the model name)."""
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    with atomic_path(Path(out) / WEIGHTS) as tmp:
+        save_file(state, str(tmp), metadata={"model": name})
+
+
+def write_config(out, name: str, config: dict, **progress):
+    """``out``/config.json: the fastae version, the model name and config, how far training got."""
+    body = {"fastae": fastae.__version__, "model": name, "config": config, **progress}
+    write_text(Path(out) / CONFIG, json.dumps(body, indent=2) + "\n")
+
+
 def save_checkpoint(out, model, epoch, optimizers=None, history=None, extra=None):
     """Write the checkpoint files of ``model`` after ``epoch`` epochs into the folder ``out``."""
     out = Path(out)
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    with atomic_path(out / WEIGHTS) as tmp:
-        save_file(state, str(tmp), metadata={"model": model.name})
+    write_weights(out, model, model.name)
     if optimizers is not None:
         with atomic_path(out / STATE) as tmp:
             torch.save({"epoch": epoch, "optimizers": {k: o.state_dict() for k, o in optimizers.items()},
                         "rng": torch.get_rng_state(), "history": history}, tmp)
-    config = {"fastae": fastae.__version__, "model": model.name, "config": model.config, "epoch": epoch}
-    write_text(out / CONFIG, json.dumps(config | (extra or {}), indent=2) + "\n")
+    write_config(out, model.name, model.config, epoch=epoch, **(extra or {}))
 
 
 def read_config(folder):

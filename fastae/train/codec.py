@@ -19,13 +19,13 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
-import fastae
 from fastae._io import atomic_path, write_text
 from fastae.models.codec import CODEC_MODELS, LAMBDAS, ImageCodec, build_codec
+from fastae.train.checkpoint import CONFIG, STATE, WEIGHTS, write_config, write_weights
 
-WEIGHTS, CONFIG, STATE, HISTORY = "model.safetensors", "config.json", "training_state.pt", "history.json"
+HISTORY = "history.json"
 
 
 def load_photos(folder, downscale: int = 2, min_side: int = 64):
@@ -89,17 +89,14 @@ def _lr_at(step: int, steps: int, lr: float) -> float:
 
 
 def save_codec_checkpoint(out: Path, model: ImageCodec, step: int, optimizer=None, generator=None, history=None):
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    with atomic_path(out / WEIGHTS) as tmp:
-        save_file(state, str(tmp), metadata={"model": "image_codec"})
+    write_weights(out, model, "image_codec")
     if optimizer is not None:
         with atomic_path(out / STATE) as tmp:
             torch.save({"step": step, "optimizer": optimizer.state_dict(), "generator": generator.get_state(),
                         "torch_rng": torch.get_rng_state()}, tmp)
     if history is not None:
         write_text(out / HISTORY, json.dumps(history) + "\n")
-    write_text(out / CONFIG, json.dumps({"fastae": fastae.__version__, "model": "image_codec",
-                                         "config": model.config, "step": step}, indent=2) + "\n")
+    write_config(out, "image_codec", model.config, step=step)
 
 
 def load_codec_checkpoint(folder, device="cpu") -> ImageCodec:
