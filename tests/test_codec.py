@@ -2,6 +2,7 @@
 
 import struct
 from pathlib import Path
+import re
 import zlib
 
 import numpy as np
@@ -269,8 +270,12 @@ def test_codec_rejects_other_models_and_damaged_files(tiny, tmp_path):
     torch.manual_seed(1)
     other = load_codec(quality=1, weights=export_codec(ImageCodec(N=8, M=8, lambdas=(0.01, 0.1)),
                                                        tmp_path / "other.safetensors", model_id="tiny"))
-    with pytest.raises(CodecError, match="model hash mismatch"):
+    with pytest.raises(CodecError, match="model hash mismatch.*same name with other weights"):
         other.decompress(data)
+    renamed = load_codec(quality=1, weights=export_codec(ImageCodec(N=8, M=8, lambdas=(0.01, 0.1)),
+                                                         tmp_path / "renamed.safetensors", model_id="custom-x"))
+    with pytest.raises(CodecError, match="'tiny' is not shipped in this package: .*weights=FILE"):
+        renamed.decompress(data)
     assert other.with_quality(2).quality == 2
     rng = np.random.default_rng(0)
     for trial in range(300):
@@ -380,7 +385,7 @@ SHIPPED_ON_KODIM01_CROP = {
 
 
 @shipped
-def test_shipped_codec_round_trip_on_kodak():
+def test_shipped_codec_round_trip_on_kodak(tmp_path):
     """Every quality of the shipped model on a real photo crop: rate and PSNR rise with quality and
     stay within 5% / 0.3 dB of what the model gave when it was shipped (float differences between
     machines move them far less), and decode equals the encoder's reconstruction exactly."""
@@ -404,6 +409,10 @@ def test_shipped_codec_round_trip_on_kodak():
     assert np.allclose(quality, want_psnr, rtol=0, atol=0.3), quality
     header = read_header(data)
     assert header.model_id == fastae.codec.DEFAULT_MODEL and header.quality == 8
+    other = load_codec(quality=1, weights=export_codec(ImageCodec(N=8, M=8, lambdas=(0.01, 0.1)),
+                                                       tmp_path / "other.safetensors", model_id="other"))
+    with pytest.raises(CodecError, match=re.escape(f"decode it with load_codec(model='{header.model_id}')")):
+        other.decompress(data)
 
 
 # ------------------------------------------------------------------------------------------- hyperprior
@@ -482,8 +491,6 @@ def test_hyperprior_tables_chosen_in_float64(tmp_path):
 def test_codec_forged_streams_with_a_valid_crc_never_crash(tiny):
     """Damaged streams behind a recomputed CRC (what the CRC cannot catch): decoding raises
     CodecError or returns an image of the header's size, never another exception."""
-    import zlib
-
     rgb = _kodak()
     data = tiny.compress(rgb)
     body = len(data) - 4

@@ -427,9 +427,16 @@ class Codec:
         for any damaged or foreign file."""
         header, streams = unpack(data)
         if header.model_id != self.model_id or header.model_hash != self.hash:
+            if header.model_id == self.model_id:
+                hint = "the same name with other weights"
+            elif header.model_id in shipped_models():
+                hint = f"decode it with load_codec(model={header.model_id!r}) or --model {header.model_id}"
+            else:
+                hint = (f"{header.model_id!r} is not shipped in this package: decode it with that model's weights "
+                        f"file, load_codec(weights=FILE) or --weights FILE")
             raise CodecError(f"model hash mismatch: the file was made with model {header.model_id!r} "
                              f"(hash {header.model_hash.hex()}), this codec is {self.model_id!r} "
-                             f"(hash {self.hash.hex()})")
+                             f"(hash {self.hash.hex()}); {hint}")
         if header.precision != rans.PRECISION:
             raise CodecError(f"bad header: coder precision {header.precision}, this model's tables have {rans.PRECISION}")
         if header.quality > self.model.qualities:
