@@ -37,6 +37,7 @@ def cmd_info(args):
           f"{torch.cuda.device_count()} CUDA device(s){': ' + torch.cuda.get_device_name() if torch.cuda.is_available() else ''})")
     print(f"triton     {_triton_version()}")
     print(f"fastae._C  {_describe_build(info)}")
+    print(f"codec      {_describe_codecs()}")
     print("backends:")
     for name, (ok, reason) in fastae.ops.available_backends().items():
         print(f"  {name:<7}{'yes' if ok else 'no':<5}{reason}")
@@ -58,6 +59,17 @@ def cmd_info(args):
               f"{'ok' if ok else f'FAIL (tolerance {tol:.0e})'}")
     print(f"self-check: {'all passed' if not failed else f'{failed} FAILED'}")
     return 1 if failed else 0
+
+
+def _describe_codecs() -> str:
+    """The codec models shipped in the package (from their files; nothing is loaded)."""
+    from fastae.codec.image import WEIGHTS_DIR, shipped_models
+
+    models = shipped_models()
+    if not models:
+        return "no shipped model (fastae/codec/weights/ is empty); load_codec(weights=FILE) still works"
+    return ", ".join(f"{m}{' (default)' if m == DEFAULT_MODEL else ''} "
+                     f"{(WEIGHTS_DIR / (m + '.safetensors')).stat().st_size / 1e6:.1f} MB" for m in models)
 
 
 # CLI option -> model config key, for the options that shape a model.
