@@ -428,7 +428,7 @@ class Codec:
         header, streams = unpack(data)
         if header.model_id != self.model_id or header.model_hash != self.hash:
             if header.model_id == self.model_id:
-                hint = "the same name with other weights"
+                hint = "a model of the same name with other weights made it: decode it with those weights"
             elif header.model_id in shipped_models():
                 hint = f"decode it with load_codec(model={header.model_id!r}) or --model {header.model_id}"
             else:
