@@ -381,6 +381,8 @@ shipped = pytest.mark.skipif(not (Path(fastae.codec.image.WEIGHTS_DIR) / f"{fast
 SHIPPED_ON_KODIM01_CROP = {
     "fastae-hyperprior-v1": ([0.341, 0.529, 0.861, 1.066, 1.277, 1.496, 1.723, 1.948],
                              [24.78, 26.31, 28.37, 29.36, 30.09, 30.55, 30.81, 30.98]),
+    "fastae-hyperprior-v2": ([0.332, 0.520, 0.830, 1.028, 1.231, 1.448, 1.669, 1.893],
+                             [24.82, 26.38, 28.47, 29.50, 30.16, 30.65, 30.92, 31.11]),
 }
 
 
