@@ -9,14 +9,13 @@ ceiling.
 """
 
 import argparse
-from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 
 import fastae
-from fastae.codec.folder import IMAGE_EXTENSIONS
+from fastae.codec.folder import image_files
 
 
 def main(argv=None):
@@ -25,8 +24,9 @@ def main(argv=None):
     parser.add_argument("--weights", help="a codec file (default: the shipped model)")
     parser.add_argument("--qualities", type=int, nargs="+", default=[1, 4, 8])
     args = parser.parse_args(argv)
-    model = fastae.load_codec(quality=1, weights=args.weights).model
-    paths = sorted(p for p in Path(args.data).rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
+    codec = fastae.load_codec(quality=1, weights=args.weights)
+    model = codec.model
+    paths = image_files(args.data)
     if not paths:
         parser.error(f"no images in {args.data}")
     psnr = {q: ([], []) for q in args.qualities}
@@ -34,8 +34,7 @@ def main(argv=None):
         with Image.open(path) as img:
             x = torch.from_numpy(np.asarray(img.convert("RGB")).copy()).permute(2, 0, 1)[None].float() / 255
         h, w = x.shape[-2:]
-        pad = (0, -w % model.stride, 0, -h % model.stride)
-        xp = torch.nn.functional.pad(x, pad, mode="replicate")
+        xp = codec._pad(x)  # edge-replicated to the model's stride, as compress does
         with torch.no_grad():
             for q in args.qualities:
                 y = model.analysis(xp, q)

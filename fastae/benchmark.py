@@ -667,9 +667,9 @@ def _folder_images(folder, n, height, width):
     import numpy as np
     from PIL import Image
 
-    from fastae.codec.folder import IMAGE_EXTENSIONS
+    from fastae.codec.folder import image_files
 
-    paths = sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
+    paths = image_files(folder)
     if not paths:
         raise FileNotFoundError(f"--images {folder}: no images found")
     out = []

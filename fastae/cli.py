@@ -220,11 +220,11 @@ def cmd_eval(args):
     from fastae._io import write_text
     from fastae.codec import eval as rd
     from fastae.codec.image import to_rgb_array
-    from fastae.codec.folder import IMAGE_EXTENSIONS
+    from fastae.codec.folder import image_files
 
     factory = _codec_factory(args)
     base = factory()
-    paths = sorted(p for p in Path(args.data).rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
+    paths = image_files(args.data)
     if not Path(args.data).is_dir() or not paths:
         raise FileNotFoundError(f"--data {args.data}: no images found")
     if args.limit:

@@ -55,7 +55,7 @@ from pathlib import Path
 
 from fastae._io import atomic_path
 
-__all__ = ["IMAGE_EXTENSIONS", "Summary", "compress_folder", "decompress_folder"]
+__all__ = ["IMAGE_EXTENSIONS", "Summary", "compress_folder", "decompress_folder", "image_files"]
 
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".gif"})
 FAE_SUFFIX = ".fae"
@@ -119,6 +119,11 @@ def _mb(n):
 
 # ---------------------------------------------------------------------------------------------
 # Public entry points
+
+
+def image_files(folder) -> list:
+    """The files under ``folder`` (recursively, sorted) whose suffix is one of IMAGE_EXTENSIONS."""
+    return sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
 
 
 def compress_folder(src, dst, make_codec, workers=1, force=False, progress=True, extensions=None):
