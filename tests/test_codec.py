@@ -377,12 +377,8 @@ shipped = pytest.mark.skipif(not (Path(fastae.codec.image.WEIGHTS_DIR) / f"{fast
 
 
 # bpp and PSNR of each quality 1..8 on the 256x256 crop of kodim01 below, measured when the model
-# was shipped (2-core CPU, torch 2.13.0+cpu, 2026-11-24). A retrained model gets a new id and a new row.
+# was shipped (2-core CPU, torch 2.13.0+cpu, 2026-11-24). A retrained model gets a new id and its own row.
 SHIPPED_ON_KODIM01_CROP = {
-    "fastae-hyperprior-v1": ([0.341, 0.529, 0.861, 1.066, 1.277, 1.496, 1.723, 1.948],
-                             [24.78, 26.31, 28.37, 29.36, 30.09, 30.55, 30.81, 30.98]),
-    "fastae-hyperprior-v2": ([0.332, 0.520, 0.830, 1.028, 1.231, 1.448, 1.669, 1.893],
-                             [24.82, 26.38, 28.47, 29.50, 30.16, 30.65, 30.92, 31.11]),
     "fastae-hyperprior-v3": ([0.326, 0.523, 0.819, 1.015, 1.218, 1.438, 1.660, 1.889],
                              [24.88, 26.45, 28.54, 29.55, 30.23, 30.71, 31.00, 31.18]),
 }
@@ -500,7 +496,6 @@ def test_codec_forged_streams_with_a_valid_crc_never_crash(tiny):
     body = len(data) - 4
     header_len = body - sum(read_header(data).stream_lengths)
     rng = np.random.default_rng(0)
-    outcomes = {"error": 0, "image": 0}
     for _ in range(100):
         bad = bytearray(data[:body])
         for _ in range(int(rng.integers(1, 4))):
@@ -510,11 +505,8 @@ def test_codec_forged_streams_with_a_valid_crc_never_crash(tiny):
         try:
             out = tiny.decompress(bytes(bad))
         except CodecError:
-            outcomes["error"] += 1
-        else:
-            assert out.shape == rgb.shape and out.dtype == np.uint8
-            outcomes["image"] += 1
-    assert sum(outcomes.values()) == 100
+            continue
+        assert out.shape == rgb.shape and out.dtype == np.uint8
 
 
 def test_codec_arbitrary_latents_round_trip_through_a_file(tiny):
