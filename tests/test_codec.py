@@ -469,23 +469,98 @@ def test_hyperprior_forward_rate_and_entropy_parameters():
         fastae.models.codec.build_codec({"kind": "context", "N": 8, "M": 8})
 
 
+def _strip_thresholds(path, out):
+    """A copy of the codec file ``path`` without its Gaussian thresholds: a file written before they existed."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata()
+    tensors = load_file(str(path))
+    del tensors["tables.gaussian.thresholds"]
+    save_file(tensors, str(out), metadata=meta)
+    return out
+
+
 def test_hyperprior_tables_chosen_in_float64(tmp_path):
-    """The decoder picks each latent's table from h_s run in float64: the smallest table scale at
-    or above the predicted scale, and the same choice the float32 network makes away from a boundary."""
+    """The decoder picks each latent's table from h_s run in float64, by the file's thresholds
+    (files without thresholds: the smallest table scale at or above the predicted scale), and
+    the float32 network makes the same choice away from a threshold."""
     torch.manual_seed(0)
     model = HyperpriorCodec(N=8, M=8, lambdas=(0.01, 0.1))
-    codec = load_codec(quality=1, weights=export_codec(model, tmp_path / "hp.safetensors", model_id="hp"))
+    path = export_codec(model, tmp_path / "hp.safetensors", model_id="hp")
     side = torch.randint(-3, 4, (1, 8, 2, 3), dtype=torch.int32)
-    means, index = codec._gaussian(side)
     with torch.no_grad():
         means32, scales32 = model.entropy_parameters(side.float())
-    table = codec._loaded.gaussian[3]
-    assert torch.allclose(means, means32, atol=1e-5)
-    s = scales32.double().clamp_min(table[0])
-    chosen = table[index.long()]
-    assert ((chosen >= s * (1 - 1e-5)) | (index == len(table) - 1)).all()
-    below = table[(index.long() - 1).clamp_min(0)]
-    assert ((below < s * (1 + 1e-5)) | (index == 0)).all()
+    s = scales32.double()
+    for weights, rule in ((path, "thresholds"), (_strip_thresholds(path, tmp_path / "old.safetensors"), "next larger")):
+        codec = load_codec(quality=1, weights=weights)
+        means, index = codec._gaussian(side)
+        assert torch.allclose(means, means32, atol=1e-5)
+        table = codec._loaded.gaussian[3]
+        bounds = codec._loaded.gaussian[4] if rule == "thresholds" else table[:-1]
+        if rule == "next larger":
+            assert torch.equal(codec._loaded.gaussian[4], table[:-1])
+        i = index.long()
+        above = bounds[(i - 1).clamp_min(0)]
+        below = bounds[i.clamp_max(len(bounds) - 1)]
+        assert ((above < s * (1 + 1e-5)) | (i == 0)).all(), rule
+        assert ((s * (1 - 1e-5) <= below) | (i == len(table) - 1)).all(), rule
+
+
+def test_gaussian_thresholds_pick_the_table_that_codes_in_fewest_bits():
+    """Brute force over all 64 integer tables: for predicted scales across the whole range, the
+    table the thresholds choose has the least expected code length under the discretized Gaussian
+    of that scale (symbol bits from the table's frequencies, escapes as escape symbol + varint bytes)."""
+    from fastae.codec.image import derive_tables
+
+    torch.manual_seed(0)
+    tables = derive_tables(HyperpriorCodec(N=8, M=8, lambdas=(0.01, 0.1)))
+    cdfs, offsets, sizes, scales, thresholds = (tables[f"tables.gaussian.{k}"]
+                                                for k in ("cdfs", "offsets", "sizes", "scales", "thresholds"))
+    assert thresholds.dtype == torch.float64 and thresholds.shape == (len(scales) - 1,)
+    assert ((scales[:-1] <= thresholds) & (thresholds <= scales[1:])).all()
+    support = torch.arange(-2048, 2049, dtype=torch.float64)
+
+    def expected_bits(t, s):
+        lo, size = int(offsets[t]), int(sizes[t])
+        freq = (cdfs[t, 1:size + 1] - cdfs[t, :size]).double()
+        inside = (support >= lo) & (support < lo + size - 1)
+        bits = torch.full_like(support, float(16 - torch.log2(freq[-1])))  # the escape symbol
+        bits[inside] = 16 - torch.log2(freq[(support[inside] - lo).long()])
+        escaped = support[~inside].long().tolist()
+        bits[~inside] += torch.tensor([8.0 * len(pack_varints(torch.tensor([v]))) for v in escaped],
+                                      dtype=torch.float64)
+        pmf = torch.special.ndtr((support + 0.5) / s) - torch.special.ndtr((support - 0.5) / s)
+        return float((pmf * bits).sum())
+
+    gen = torch.Generator().manual_seed(1)
+    picks = torch.exp(torch.empty(40, dtype=torch.float64).uniform_(float(scales[0].log()), float(scales[-1].log()),
+                                                                     generator=gen))
+    chosen = torch.searchsorted(thresholds, picks)
+    for s, t in zip(picks.tolist(), chosen.tolist()):
+        if (thresholds - s).abs().min() < 1e-3 * s:
+            continue  # at a threshold the two tables cost the same
+        costs = [expected_bits(k, s) for k in range(max(t - 3, 0), min(t + 4, len(scales)))]
+        assert expected_bits(t, s) <= min(costs) + 1e-12, (s, t)
+        assert abs(scales[t].log() - np.log(s)) < scales[1].log() - scales[0].log()  # a neighbour of s
+
+
+def test_codec_rejects_malformed_thresholds(tmp_path):
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    torch.manual_seed(0)
+    path = export_codec(HyperpriorCodec(N=8, M=8, lambdas=(0.01, 0.1)), tmp_path / "hp.safetensors", model_id="hp")
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata()
+    good = load_file(str(path))["tables.gaussian.thresholds"]
+    for bad in (good.float(), good[:-1], good.flip(0), torch.full_like(good, float("nan"))):
+        tensors = load_file(str(path))
+        tensors["tables.gaussian.thresholds"] = bad.contiguous()
+        save_file(tensors, str(tmp_path / "bad.safetensors"), metadata=meta)
+        with pytest.raises(ValueError, match="thresholds must be non-decreasing finite float64"):
+            fastae.codec.image._read_model_file(tmp_path / "bad.safetensors", "cpu")
 
 
 def test_codec_forged_streams_with_a_valid_crc_never_crash(tiny):

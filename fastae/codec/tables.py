@@ -63,6 +63,26 @@ def tables_from_pmf(pmf: np.ndarray, support: np.ndarray, tail: float = TAIL, pr
     return cdfs.astype(np.int32), np.array(offsets, dtype=np.int32), sizes
 
 
+def code_lengths(cdfs: np.ndarray, offsets: np.ndarray, sizes: np.ndarray, support: np.ndarray,
+                 precision: int = PRECISION) -> np.ndarray:
+    """Bits [T, K] that coding each integer of ``support`` [K] with each table costs: its symbol's
+    ``-log2(frequency / 2**precision)``, and for a value outside the table the escape symbol's plus
+    the 8 bits of each byte of its varint in the escape stream."""
+    cdfs, offsets, sizes = (np.asarray(a, dtype=np.int64) for a in (cdfs, offsets, sizes))
+    support = np.asarray(support, dtype=np.int64)
+    idx = support[None, :] - offsets[:, None]
+    escape = sizes[:, None] - 1
+    outside = (idx < 0) | (idx >= escape)
+    sym = np.where(outside, escape, idx)
+    rows = np.arange(len(cdfs))[:, None]
+    freq = cdfs[rows, sym + 1] - cdfs[rows, sym]
+    bits = precision - np.log2(np.maximum(freq, 1))
+    zigzag = np.where(support >= 0, 2 * support, -2 * support - 1)  # as pack_varints writes them
+    bit_length = np.ceil(np.log2(zigzag + 1.0))  # exact for these magnitudes (powers of two are exact)
+    varint_bytes = np.maximum(1, np.ceil(bit_length / 7))
+    return bits + np.where(outside, 8 * varint_bytes[None, :], 0)
+
+
 def check_tables(cdfs: torch.Tensor, offsets: torch.Tensor, sizes: torch.Tensor, precision: int = PRECISION):
     """ValueError unless the tables are well formed (they come from a weights file)."""
     total = 1 << precision
