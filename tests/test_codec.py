@@ -469,15 +469,19 @@ def test_hyperprior_forward_rate_and_entropy_parameters():
         fastae.models.codec.build_codec({"kind": "context", "N": 8, "M": 8})
 
 
-def _strip_thresholds(path, out):
-    """A copy of the codec file ``path`` without its Gaussian thresholds: a file written before they existed."""
+def _with_thresholds(path, out, thresholds):
+    """A copy of the codec file ``path`` with other Gaussian thresholds; None: without them, as a
+    file written before they existed."""
     from safetensors import safe_open
     from safetensors.torch import load_file, save_file
 
     with safe_open(str(path), "pt") as f:
         meta = f.metadata()
     tensors = load_file(str(path))
-    del tensors["tables.gaussian.thresholds"]
+    if thresholds is None:
+        del tensors["tables.gaussian.thresholds"]
+    else:
+        tensors["tables.gaussian.thresholds"] = thresholds.contiguous()
     save_file(tensors, str(out), metadata=meta)
     return out
 
@@ -493,7 +497,7 @@ def test_hyperprior_tables_chosen_in_float64(tmp_path):
     with torch.no_grad():
         means32, scales32 = model.entropy_parameters(side.float())
     s = scales32.double()
-    for weights, rule in ((path, "thresholds"), (_strip_thresholds(path, tmp_path / "old.safetensors"), "next larger")):
+    for weights, rule in ((path, "thresholds"), (_with_thresholds(path, tmp_path / "old.safetensors", None), "next larger")):
         codec = load_codec(quality=1, weights=weights)
         means, index = codec._gaussian(side)
         assert torch.allclose(means, means32, atol=1e-5)
@@ -547,18 +551,13 @@ def test_gaussian_thresholds_pick_the_table_that_codes_in_fewest_bits():
 
 
 def test_codec_rejects_malformed_thresholds(tmp_path):
-    from safetensors import safe_open
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file
 
     torch.manual_seed(0)
     path = export_codec(HyperpriorCodec(N=8, M=8, lambdas=(0.01, 0.1)), tmp_path / "hp.safetensors", model_id="hp")
-    with safe_open(str(path), "pt") as f:
-        meta = f.metadata()
     good = load_file(str(path))["tables.gaussian.thresholds"]
     for bad in (good.float(), good[:-1], good.flip(0), torch.full_like(good, float("nan"))):
-        tensors = load_file(str(path))
-        tensors["tables.gaussian.thresholds"] = bad.contiguous()
-        save_file(tensors, str(tmp_path / "bad.safetensors"), metadata=meta)
+        _with_thresholds(path, tmp_path / "bad.safetensors", bad)
         with pytest.raises(ValueError, match="thresholds must be non-decreasing finite float64"):
             fastae.codec.image._read_model_file(tmp_path / "bad.safetensors", "cpu")
 
