@@ -102,7 +102,8 @@ def cmd_train_codec(args):
     history = train_codec(args.data, out, steps=args.steps, batch_size=args.batch_size or 8, crop=args.crop,
                           lr=args.lr or 3e-4, N=args.channels, M=args.latent or 160, lambdas=lambdas,
                           downscale=args.downscale, device=args.device, seed=args.seed, resume=args.resume,
-                          time_limit=args.time_limit, kind=args.kind, init=args.init)
+                          time_limit=args.time_limit, kind=args.kind, init=args.init,
+                          compile=args.compile)
     weights = export_codec(load_codec_checkpoint(out), out / "codec.safetensors", model_id=args.model_id)
     last = {}
     for row in history:
@@ -308,6 +309,8 @@ def main(argv=None):
     codec.add_argument("--time-limit", type=float, help="seconds; stop after a checkpoint (continue with --resume)")
     codec.add_argument("--kind", choices=["factorized", "hyperprior"], default="factorized",
                        help="entropy model: per-channel factorized, or a mean-scale hyperprior (crop a multiple of 64)")
+    codec.add_argument("--compile", action="store_true",
+                       help="torch.compile the training step (compiles for a few minutes, then faster steps)")
     codec.add_argument("--init", help="start from the transforms of this checkpoint folder or codec file")
     codec.add_argument("--model-id", default="fastae-codec-custom", help="model id written into .fae files")
     train.set_defaults(func=cmd_train)

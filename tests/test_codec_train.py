@@ -46,6 +46,25 @@ def test_resume_equals_one_run(photos, tmp_path, kind):
     assert type(a).kind == kind and _same_weights(a, b)
 
 
+def test_compiled_training_matches_eager(photos, tmp_path):
+    """torch.compile changes only floating-point rounding: the same losses step by step (both
+    qualities, so two graphs) and nearly the same weights as the eager run."""
+    from torch._dynamo.utils import counters
+
+    eager = train_codec(photos, tmp_path / "eager", steps=4, crop=64, kind="hyperprior", amp=False, **TINY)
+    counters.clear()
+    compiled = train_codec(photos, tmp_path / "compiled", steps=4, crop=64, kind="hyperprior", amp=False,
+                           compile=True, **TINY)
+    assert counters["stats"]["unique_graphs"] >= 2  # it did compile, a graph per quality
+    assert [(r["step"], r["quality"]) for r in compiled] == [(r["step"], r["quality"]) for r in eager]
+    for a, b in zip(eager, compiled):
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-4) and b["bpp"] == pytest.approx(a["bpp"], rel=1e-4)
+    a, b = load_codec_checkpoint(tmp_path / "eager").state_dict(), load_codec_checkpoint(tmp_path / "compiled").state_dict()
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=1e-3, atol=1e-5, msg=k)
+
+
 def test_hyperprior_crop_must_be_a_multiple_of_64(photos, tmp_path):
     with pytest.raises(ValueError, match="multiple of 64"):
         train_codec(photos, tmp_path, steps=1, crop=32, kind="hyperprior", **TINY)
