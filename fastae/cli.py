@@ -307,8 +307,9 @@ def main(argv=None):
     codec.add_argument("--channels", type=int, default=96, help="transform channels N")
     codec.add_argument("--downscale", type=int, default=2, help="shrink the photos by this factor first")
     codec.add_argument("--time-limit", type=float, help="seconds; stop after a checkpoint (continue with --resume)")
-    codec.add_argument("--kind", choices=["factorized", "hyperprior"], default="factorized",
-                       help="entropy model: per-channel factorized, or a mean-scale hyperprior (crop a multiple of 64)")
+    codec.add_argument("--kind", choices=["factorized", "hyperprior", "checkerboard"], default="factorized",
+                       help="entropy model: per-channel factorized, a mean-scale hyperprior, or the hyperprior with a "
+                            "checkerboard context (the last two: crop a multiple of 64)")
     codec.add_argument("--compile", action="store_true",
                        help="torch.compile the training step (compiles for a few minutes, then faster steps)")
     codec.add_argument("--init", help="start from the transforms of this checkpoint folder or codec file")

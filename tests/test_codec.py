@@ -16,7 +16,7 @@ from fastae.codec import rans
 from fastae.codec.format import CODER_RANS, MAGIC, CodecError, Header, pack, read_header, unpack
 from fastae.codec.image import export_codec, load_codec
 from fastae.codec.tables import from_symbols, pack_varints, quantize_pmf, tables_from_pmf, to_symbols, unpack_varints
-from fastae.models.codec import CODEC_MODELS, HyperpriorCodec, ImageCodec
+from fastae.models.codec import CODEC_MODELS, CheckerboardCodec, HyperpriorCodec, ImageCodec, checkerboard
 
 from tests._util import KODAK
 
@@ -193,6 +193,8 @@ def tiny(request, tmp_path_factory):
     """A small, untrained codec of each kind exported with its tables: tests the machinery, not the quality."""
     torch.manual_seed(0)
     model = CODEC_MODELS[request.param](N=8, M=8, lambdas=(0.01, 0.1))
+    if hasattr(model, "ctx"):  # its context starts switched off (zero correction): switch it on
+        torch.nn.init.normal_(model.ctx.params[-1].weight, std=0.3)
     path = export_codec(model, tmp_path_factory.mktemp("codec") / "tiny.safetensors", model_id="tiny")
     return load_codec(quality=2, weights=path)
 
@@ -223,7 +225,7 @@ def test_codec_header_fields(tiny):
     header = read_header(tiny.compress(rgb))
     assert (header.height, header.width, header.channels, header.bit_depth) == (37, 21, 3, 8)
     assert header.model_id == "tiny" and header.model_hash == tiny.hash and header.quality == 2
-    if tiny.model.kind == "hyperprior":  # padded to 64 x 64: y at 1/16, z at 1/64
+    if isinstance(tiny.model, HyperpriorCodec):  # padded to 64 x 64: y at 1/16, z at 1/64
         assert header.latent_shapes == ((8, 4, 4), (8, 1, 1))
     else:
         assert header.latent_shapes == ((8, 3, 2),)
@@ -339,11 +341,11 @@ def test_codec_batched_encode_decode_match_single_images(tiny):
     rgb = _kodak((32, 48))
     batch = torch.stack([torch.from_numpy(rgb).permute(2, 0, 1), torch.from_numpy(rgb[::-1].copy()).permute(2, 0, 1)])
     latents = tiny.encode(batch)
-    assert latents.values.shape == ((2, 8, 4, 4) if tiny.model.kind == "hyperprior" else (2, 8, 2, 3))
+    assert latents.values.shape == ((2, 8, 4, 4) if isinstance(tiny.model, HyperpriorCodec) else (2, 8, 2, 3))
     assert latents.values.dtype == torch.int32
     single = tiny.encode(batch[1:])
     assert torch.equal(latents.values[1:], single.values)
-    if tiny.model.kind == "hyperprior":
+    if isinstance(tiny.model, HyperpriorCodec):
         assert latents.side.shape == (2, 8, 1, 1) and torch.equal(latents.side[1:], single.side)
         with pytest.raises(ValueError, match="side"):
             tiny.decode(type(latents)(latents.values, 2, 32, 48))
@@ -469,6 +471,48 @@ def test_hyperprior_forward_rate_and_entropy_parameters():
         fastae.models.codec.build_codec({"kind": "context", "N": 8, "M": 8})
 
 
+def test_checkerboard_context_reads_only_decoded_anchors():
+    """What the decoder can compute: the anchors' means and scales depend on z alone, the others'
+    on z and the anchors within two latents; no latent's depends on a non-anchor."""
+    torch.manual_seed(0)
+    model = CheckerboardCodec(N=8, M=6, lambdas=(0.01, 0.1))
+    torch.nn.init.normal_(model.ctx.params[-1].weight, std=0.3)
+    z_hat = torch.randn(1, 8, 2, 2).round()
+    y = torch.randn(1, 6, 8, 8) * 3
+    mask = checkerboard(8, 8)
+    assert mask[0, 0, 0, 0] and not mask[0, 0, 0, 1] and mask[0, 0, 1, 1] and mask.sum() == 32
+    with torch.no_grad():
+        base = torch.cat(model.entropy_parameters(z_hat, y), 1)
+        for (i, j) in ((3, 4), (3, 3)):  # a non-anchor, then an anchor
+            moved = y.clone()
+            moved[0, :, i, j] += 5.0
+            diff = (torch.cat(model.entropy_parameters(z_hat, moved), 1) - base).abs().amax(1)[0]
+            if mask[0, 0, i, j]:
+                near = torch.zeros(8, 8, dtype=torch.bool)
+                near[max(i - 2, 0):i + 3, max(j - 2, 0):j + 3] = True
+                assert (diff[near & ~mask[0, 0]] > 0).any()
+                assert (diff[~near | mask[0, 0]] == 0).all()
+            else:
+                assert (diff == 0).all()
+
+
+def test_checkerboard_warm_started_from_a_hyperprior_codes_as_it():
+    """Its context's correction starts at zero: the same rate and image as the hyperprior it starts
+    from, and the same files but for the anchors/others split of the streams."""
+    torch.manual_seed(0)
+    hp = HyperpriorCodec(N=8, M=8, lambdas=(0.01, 0.1))
+    cb = CheckerboardCodec(N=8, M=8, lambdas=(0.01, 0.1))
+    assert set(cb.load_state_dict(hp.state_dict(), strict=False).missing_keys) == \
+        {k for k in cb.state_dict() if k.startswith("ctx.")}
+    x = torch.rand(2, 3, 64, 128)
+    with torch.no_grad():
+        a, b = hp(x, 2, noise=False), cb(x, 2, noise=False)
+    assert torch.equal(a["x_hat"], b["x_hat"]) and torch.allclose(a["bpp"], b["bpp"], rtol=1e-6)
+    terms = cb.rd_loss(x, 1)
+    terms["loss"].backward()
+    assert cb.ctx.params[-1].weight.grad.abs().sum() > 0  # the correction learns from the first step
+
+
 def _with_thresholds(path, out, thresholds):
     """A copy of the codec file ``path`` with other Gaussian thresholds; None: without them, as a
     file written before they existed."""
@@ -499,8 +543,9 @@ def test_hyperprior_tables_chosen_in_float64(tmp_path):
     s = scales32.double()
     for weights, rule in ((path, "thresholds"), (_with_thresholds(path, tmp_path / "old.safetensors", None), "next larger")):
         codec = load_codec(quality=1, weights=weights)
-        means, index = codec._gaussian(side)
-        assert torch.allclose(means, means32, atol=1e-5)
+        means, scales, _ = codec._entropy(side)
+        index = codec._index(scales)
+        assert means.dtype == scales.dtype == torch.float64 and torch.allclose(means.float(), means32, atol=1e-5)
         table = codec._loaded.gaussian[3]
         bounds = codec._loaded.gaussian[4] if rule == "thresholds" else table[:-1]
         if rule == "next larger":
@@ -594,10 +639,10 @@ def test_codec_arbitrary_latents_round_trip_through_a_file(tiny):
     gen = torch.Generator().manual_seed(0)
     values = (torch.randn(1, m, lh, lw, generator=gen) * 200).round().to(torch.int32)
     side = None
-    if tiny.model.kind == "hyperprior":
+    if isinstance(tiny.model, HyperpriorCodec):
         side = torch.randint(-3000, 3001, (1, *tiny.latent_shapes(h, w)[1]), generator=gen, dtype=torch.int32)
     latents = Latents(values, 2, h, w, side)
-    index = tiny._gaussian(side)[1] if side is not None else None
+    index = tiny._index(tiny._entropy(side, lambda m, s: values)[1]) if side is not None else None
     data = tiny._pack(latents, index, 0, 3, 8)
     assert read_header(data).latent_shapes == tiny.latent_shapes(h, w)
     out = tiny.decompress(data, output="tensor")

@@ -33,7 +33,7 @@ def _same_weights(a, b):
     return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
-@pytest.mark.parametrize("kind", ["factorized", "hyperprior"])
+@pytest.mark.parametrize("kind", ["factorized", "hyperprior", "checkerboard"])
 def test_resume_equals_one_run(photos, tmp_path, kind):
     crop = 64
     one = train_codec(photos, tmp_path / "one", steps=6, crop=crop, kind=kind, amp=False, **TINY)

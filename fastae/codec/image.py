@@ -45,7 +45,7 @@ from fastae.codec import DEFAULT_MODEL, rans
 from fastae.codec.format import CODER_RANS, CodecError, Header, pack, unpack
 from fastae.codec.tables import (check_tables, code_lengths, from_symbols, pack_varints, tables_from_pmf, to_symbols,
                                  unpack_varints)
-from fastae.models.codec import ImageCodec, build_codec, scale_table
+from fastae.models.codec import HyperpriorCodec, ImageCodec, build_codec, checkerboard, scale_table
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 MAX_PIXELS = Image.MAX_IMAGE_PIXELS  # Pillow's decompression-bomb limit; decoding refuses larger images
@@ -82,7 +82,7 @@ def derive_tables(model: ImageCodec) -> dict:
     out = {}
     for q, prior in enumerate(model.priors, start=1):
         _put_tables(out, f"q{q}", prior.pmf(support.to(next(prior.parameters()).device)).cpu().numpy(), support)
-    if model.kind == "hyperprior":
+    if isinstance(model, HyperpriorCodec):
         out.update({k: v.clone() for k, v in _gaussian_tables().items()})
     return out
 
@@ -158,6 +158,7 @@ class _Loaded:
     tables: dict  # quality -> (cdfs, offsets, sizes, index)
     gaussian: Optional[tuple] = None  # hyperprior: (cdfs, offsets, sizes, scales float64, thresholds float64)
     h_s64: Optional[torch.nn.Module] = None  # hyperprior: h_s in float64 (see the module docstring)
+    ctx64: Optional[torch.nn.Module] = None  # checkerboard: its context in float64
 
 
 def _read_model_file(path, device) -> _Loaded:
@@ -180,8 +181,8 @@ def _read_model_file(path, device) -> _Loaded:
         cdfs, offsets, sizes = (tensors[f"tables.q{q}.{k}"] for k in ("cdfs", "offsets", "sizes"))
         check_tables(cdfs, offsets, sizes)
         tables[q] = (cdfs, offsets, sizes, torch.arange(cdfs.shape[0], dtype=torch.int32))
-    gaussian = h_s64 = None
-    if model.kind == "hyperprior":
+    gaussian = h_s64 = ctx64 = None
+    if isinstance(model, HyperpriorCodec):
         gaussian = tuple(tensors[f"tables.gaussian.{k}"] for k in ("cdfs", "offsets", "sizes", "scales"))
         check_tables(*gaussian[:3])
         scales = gaussian[3]
@@ -196,9 +197,11 @@ def _read_model_file(path, device) -> _Loaded:
                              f"one between each two tables ({len(scales) - 1})")
         gaussian = (*gaussian, thresholds)
         h_s64 = copy.deepcopy(model.h_s).to(device, torch.float64).eval()
+        if hasattr(model, "ctx"):
+            ctx64 = copy.deepcopy(model.ctx).to(device, torch.float64).eval()
     # channels_last: oneDNN's convolutions run ~1.3x faster on it than on NCHW (measured on CPU).
     model = model.to(device, memory_format=torch.channels_last).eval()
-    return _Loaded(model, meta["model_id"], model_hash(tensors), tables, gaussian, h_s64)
+    return _Loaded(model, meta["model_id"], model_hash(tensors), tables, gaussian, h_s64, ctx64)
 
 
 @functools.lru_cache(maxsize=8)
@@ -359,17 +362,36 @@ class Codec:
         """Shapes of the coded latents of an image of ``height`` x ``width`` (y, then z for a hyperprior)."""
         s, ls = self.model.stride, self.model.latent_stride
         h, w = math.ceil(height / s) * s // ls, math.ceil(width / s) * s // ls
-        if self.model.kind == "hyperprior":
+        if self._loaded.h_s64 is not None:
             r = s // ls
             return (self.model.M, h, w), (self.model.N, h // r, w // r)
         return ((self.model.M, h, w),)
 
-    def _gaussian(self, side: torch.Tensor):
-        """(means float32, table indexes int32) of the latents given the hyper-latents ``side``."""
-        means, scales = self._loaded.h_s64(side.to(self.device, torch.float64)).chunk(2, dim=1)
+    def _entropy(self, side: torch.Tensor, anchor_values=None):
+        """float64 (means, scales) of the latents given the hyper-latents ``side``, and None. With a
+        checkerboard context the anchors' come first; ``anchor_values(means, scales)`` then gives the
+        rounded latents [B, M, h, w] of which the anchors are read (the encoder rounds its latents,
+        the decoder decodes the anchors' stream), and the third result is what it returned."""
+        hyper = self._loaded.h_s64(side.to(self.device, torch.float64))
+        ctx = self._loaded.ctx64
+        if ctx is None:
+            return (*hyper.chunk(2, dim=1), None)
+        first = ctx(hyper)
+        means, scales = first.chunk(2, dim=1)
+        values = anchor_values(means, scales)
+        mask = checkerboard(*hyper.shape[-2:], device=hyper.device)
+        anchors = (values.to(self.device, torch.float64) + means) * mask
+        return (*torch.where(mask, first, ctx(hyper, anchors)).chunk(2, dim=1), values)
+
+    def _index(self, scales: torch.Tensor) -> torch.Tensor:
+        """int32 table index of each latent of predicted ``scales`` (see ``gaussian_thresholds``)."""
         thresholds = self._loaded.gaussian[4].to(scales.device)
-        index = torch.searchsorted(thresholds, scales.contiguous())
-        return means.float(), index.to(torch.int32)
+        return torch.searchsorted(thresholds, scales.contiguous()).to(torch.int32)
+
+    def _stream_count(self, shapes) -> int:
+        """Streams of a file (a coded stream and its escapes per latent tensor; a checkerboard
+        model codes its anchors and the other latents apart)."""
+        return 2 * len(shapes) + (2 if self._loaded.ctx64 is not None else 0)
 
     @torch.inference_mode()
     def encode(self, batch, quality: int = None) -> Latents:
@@ -385,20 +407,26 @@ class Codec:
         x = x.float() / 255 if x.dtype == torch.uint8 else x.float()
         h, w = x.shape[-2:]
         y = self.model.analysis(self._pad(x).contiguous(memory_format=torch.channels_last), quality)
-        if self.model.kind != "hyperprior":
+        if self._loaded.h_s64 is None:
             return Latents(torch.round(y).to(torch.int32), quality, h, w), None
         side = torch.round(self.model.h_a(y)).to(torch.int32)
-        means, index = self._gaussian(side)
-        return Latents(torch.round(y - means).to(torch.int32), quality, h, w, side), index
+        if self._loaded.ctx64 is None:
+            means, scales, _ = self._entropy(side)
+            values = torch.round(y - means.float())
+        else:  # the anchors' values must be those the context was computed from: all in float64
+            y = y.double()
+            means, scales, _ = self._entropy(side, lambda m, s: torch.round(y - m))
+            values = torch.round(y - means)
+        return Latents(values.to(torch.int32), quality, h, w, side), self._index(scales)
 
     @torch.inference_mode()
     def decode(self, latents: Latents, dtype=torch.uint8) -> torch.Tensor:
         """Images [B, 3, H, W] from ``latents``: uint8 (default) or float in [0, 1]."""
         means = None
-        if self.model.kind == "hyperprior":
+        if self._loaded.h_s64 is not None:
             if latents.side is None:
                 raise ValueError("decode: a hyperprior codec needs the latents' side (hyper-latents)")
-            means = self._gaussian(latents.side)[0]
+            means = self._entropy(latents.side, lambda m, s: latents.values)[0].float()
         return self._synthesize(latents, means, dtype)
 
     def _synthesize(self, latents: Latents, means, dtype):
@@ -436,7 +464,13 @@ class Codec:
         if latents.side is None:  # factorized: one table per channel
             streams = _code(values, self._loaded.tables[latents.quality])
         else:  # hyperprior: each latent with the table of its scale, then the hyper-latents per channel
-            streams = _code(values.reshape(-1, 1), self._loaded.gaussian, index[i].cpu().reshape(-1))
+            index = index[i].cpu()
+            if self._loaded.ctx64 is None:
+                streams = _code(values.reshape(-1, 1), self._loaded.gaussian, index.reshape(-1))
+            else:  # the anchors, then the others
+                mask = checkerboard(*values.shape[-2:])[0].expand_as(values)
+                streams = _code(values[mask][:, None], self._loaded.gaussian, index[mask])
+                streams += _code(values[~mask][:, None], self._loaded.gaussian, index[~mask])
             streams += _code(latents.side[i].cpu(), self._loaded.tables[latents.quality])
         header = Header(self.model_id, self.hash, latents.quality, CODER_RANS, rans.PRECISION, latents.height,
                         latents.width, channels, bit_depth, self.latent_shapes(latents.height, latents.width), ())
@@ -498,21 +532,40 @@ class Codec:
         if header.height * header.width > max_pixels:
             raise CodecError(f"image of {header.height} x {header.width} pixels is larger than max_pixels={max_pixels}")
         expected = self.latent_shapes(header.height, header.width)
-        if header.latent_shapes != expected or len(streams) != 2 * len(expected):
+        if header.latent_shapes != expected or len(streams) != self._stream_count(expected):
             raise CodecError(f"corrupt .fae file: latent shapes {header.latent_shapes} and {len(streams)} streams, "
-                             f"expected {expected} and {2 * len(expected)} for a {header.height} x {header.width} "
-                             f"image")
+                             f"expected {expected} and {self._stream_count(expected)} for a {header.height} x "
+                             f"{header.width} image")
         tables = self._loaded.tables[header.quality]
         means = side = None
         if len(expected) == 1:
             values = _decode(streams[0], streams[1], expected[0], tables)
-        else:
+        elif self._loaded.ctx64 is None:
             (m, h, w), z_shape = expected
             side = _decode(streams[2], streams[3], z_shape, tables)[None]
             with torch.inference_mode():
-                means, index = self._gaussian(side)
+                means, scales, _ = self._entropy(side)
+                means = means.float()
             values = _decode(streams[0], streams[1], (m * h * w, 1), self._loaded.gaussian,
-                             index.cpu().reshape(-1)).reshape(m, h, w)
+                             self._index(scales).cpu().reshape(-1)).reshape(m, h, w)
+        else:  # checkerboard: the anchors, whose values give the others' means and scales, then the others
+            (m, h, w), z_shape = expected
+            side = _decode(streams[4], streams[5], z_shape, tables)[None]
+            mask = checkerboard(h, w)[0].expand(m, h, w)
+            count = int(mask.sum())
+
+            def anchors(means, scales):
+                out = torch.zeros(m, h, w, dtype=torch.int32)
+                out[mask] = _decode(streams[0], streams[1], (count, 1), self._loaded.gaussian,
+                                    self._index(scales)[0].cpu()[mask]).reshape(-1)
+                return out[None]
+
+            with torch.inference_mode():
+                means, scales, values = self._entropy(side, anchors)
+                values = values[0]
+                values[~mask] = _decode(streams[2], streams[3], (m * h * w - count, 1), self._loaded.gaussian,
+                                        self._index(scales)[0].cpu()[~mask]).reshape(-1)
+                means = means.float()
         return header, Latents(values[None], header.quality, header.height, header.width, side), means
 
 

@@ -1,5 +1,6 @@
 """ImageCodec: a learned, variable-rate image codec (Ballé et al. 2018 factorized prior, with per-quality gains),
-and HyperpriorCodec, the same transforms with a mean-scale hyperprior (Minnen et al. 2018).
+HyperpriorCodec, the same transforms with a mean-scale hyperprior (Minnen et al. 2018), and
+CheckerboardCodec, the hyperprior with a two-pass checkerboard context (He et al. 2021).
 
     codec = ImageCodec()                          # N=128 transform channels, M=192 latent channels, 8 qualities
     out = codec(x, quality=4)                     # training: {"x_hat", "likelihoods", "bpp"} with noise for rounding
@@ -255,8 +256,9 @@ class HyperpriorCodec(ImageCodec):
         self.h_s = nn.Sequential(_deconv(N, M), nn.LeakyReLU(inplace=True), _deconv(M, mid),
                                  nn.LeakyReLU(inplace=True), nn.Conv2d(mid, 2 * M, 3, padding=1))
 
-    def entropy_parameters(self, z_hat: Tensor):
-        """(means, scales) of the latents given the rounded hyper-latents ``z_hat``."""
+    def entropy_parameters(self, z_hat: Tensor, y: Tensor = None):
+        """(means, scales) of the latents given the rounded hyper-latents ``z_hat`` (``y``, the
+        unrounded latents, is read by models with a context)."""
         means, scales = self.h_s(z_hat).chunk(2, dim=1)
         return means, scales
 
@@ -267,7 +269,7 @@ class HyperpriorCodec(ImageCodec):
         y = self.analysis(x, quality).float()
         z = self.h_a(y).float()
         z_hat = z + torch.empty_like(z).uniform_(-0.5, 0.5) if noise else torch.round(z)
-        means, scales = (t.float() for t in self.entropy_parameters(z_hat))
+        means, scales = (t.float() for t in self.entropy_parameters(z_hat, y))
         if noise:
             y_rate = y + torch.empty_like(y).uniform_(-0.5, 0.5)
             y_hat = _round_ste(y - means) + means
@@ -283,7 +285,60 @@ class HyperpriorCodec(ImageCodec):
                 "bpp": bits / (-math.log(2) * pixels)}
 
 
-CODEC_MODELS = {cls.kind: cls for cls in (ImageCodec, HyperpriorCodec)}
+def checkerboard(height: int, width: int, device=None) -> Tensor:
+    """bool [1, 1, height, width], True on the anchors: the latents at (i, j) with i + j even."""
+    i = torch.arange(height, device=device)[:, None]
+    j = torch.arange(width, device=device)[None, :]
+    return ((i + j) % 2 == 0)[None, None]
+
+
+class CheckerboardContext(nn.Module):
+    """The entropy parameters of a CheckerboardCodec from the hyperprior's ``hyper`` (2M channels:
+    means and scales) and the decoded anchors: ``hyper`` plus a correction from a 1x1 network over
+    ``hyper`` and a 5x5 convolution of the anchors. The correction's last layer starts at zero, so
+    a model warm-started from a HyperpriorCodec starts out coding exactly as it did."""
+
+    def __init__(self, M: int):
+        super().__init__()
+        self.context = nn.Conv2d(M, 2 * M, 5, padding=2)
+        self.params = nn.Sequential(nn.Conv2d(4 * M, 2 * M, 1), nn.LeakyReLU(inplace=True), nn.Conv2d(2 * M, 2 * M, 1))
+        nn.init.zeros_(self.params[-1].weight)
+        nn.init.zeros_(self.params[-1].bias)
+
+    def forward(self, hyper: Tensor, anchors: Tensor = None) -> Tensor:
+        """[B, 2M, h, w] means and scales: of the anchors when ``anchors`` is None, else of the
+        other latents given ``anchors`` (the decoded latents, zero off the anchors)."""
+        ctx = torch.zeros_like(hyper) if anchors is None else self.context(anchors)
+        return hyper + self.params(torch.cat([hyper, ctx], dim=1))
+
+
+class CheckerboardCodec(HyperpriorCodec):
+    """HyperpriorCodec with a checkerboard context (He et al. 2021): half the latents, the anchors
+    of ``checkerboard``, are coded with the hyperprior alone, the other half with means and scales
+    that also see the decoded anchors around them (a 5x5 neighbourhood). Decoding is two passes,
+    not one latent at a time as with an autoregressive context."""
+
+    kind = "checkerboard"
+
+    def __init__(self, N: int = 128, M: int = 192, lambdas=LAMBDAS, channels: int = 3):
+        super().__init__(N=N, M=M, lambdas=lambdas, channels=channels)
+        self.ctx = CheckerboardContext(M)
+
+    def entropy_parameters(self, z_hat: Tensor, y: Tensor = None):
+        """(means, scales) given ``z_hat`` and the latents ``y``: the anchors' from the hyperprior,
+        the others' also from the anchors rounded as they are coded (straight-through in training)."""
+        if y is None:
+            raise ValueError("CheckerboardCodec.entropy_parameters needs the latents y for the context")
+        hyper = self.h_s(z_hat)
+        first = self.ctx(hyper)
+        mask = checkerboard(*y.shape[-2:], device=y.device)
+        means = first.chunk(2, dim=1)[0]
+        anchors = (_round_ste(y - means) + means) * mask
+        second = self.ctx(hyper, anchors.to(hyper.dtype))
+        return torch.where(mask, first, second).chunk(2, dim=1)
+
+
+CODEC_MODELS = {cls.kind: cls for cls in (ImageCodec, HyperpriorCodec, CheckerboardCodec)}
 
 
 def build_codec(config: dict) -> ImageCodec:
