@@ -26,7 +26,10 @@ All integers little endian::
 What the streams hold is the model's business (fastae/codec/image.py): a factorized model writes
 its latents [M, h, w] (one table per channel) and their escape values; a hyperprior model writes
 the latents [M, h, w] (one table per latent, chosen by its predicted scale) and their escapes,
-then the hyper-latents [N, h/4, w/4] and theirs, the latent shapes in the same order.
+then the hyper-latents [N, h/4, w/4] and theirs, the latent shapes in the same order. A
+checkerboard model (a hyperprior with a context) writes the same latent shapes and six streams:
+the anchor latents (those at (i, j) with i + j even, in [M, h, w] order) and their escapes, the
+other latents and theirs, then the hyper-latents and theirs.
 
 A reader checks, in this order, that the file is long enough, the magic, the version, every
 field's range, that the stream lengths add up to the file's size and the CRC; any failure raises

@@ -18,7 +18,8 @@ code transparency; flatten it first, e.g. ``img.convert("RGB")``). 16-bit images
 
 Hyperprior models: the Gaussian of each latent is chosen by ``h_s`` from the decoded
 hyper-latents, and encoder and decoder must pick the same integer table, or the rest of the
-image decodes wrongly. ``h_s`` therefore runs in float64 on both sides (on the codec's device):
+image decodes wrongly. ``h_s`` (and a checkerboard model's context network) therefore runs in
+float64 on both sides (on the codec's device):
 the scales' 64 tables are 13% apart, so a device-dependent rounding error of relative size e
 moves a latent to the neighbouring table with a probability of about e / 0.12 — for float32's
 ~1e-6 a few latents in every Kodak image (250k latents), for float64's ~1e-15 practically never.

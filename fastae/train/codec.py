@@ -9,7 +9,9 @@ them and gives the same model as a run that was never stopped.
 
 ``kind="hyperprior"`` trains the mean-scale hyperprior model; ``init`` starts it from the
 transforms and gains of an earlier checkpoint (e.g. a factorized model), which is far cheaper than
-training the transforms again.
+training the transforms again. ``kind="checkerboard"`` adds a checkerboard context to the
+hyperprior; started from a hyperprior checkpoint (``init``) it takes every weight of it and
+begins exactly where that model was, the context learning from there.
 """
 
 import json
