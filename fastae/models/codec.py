@@ -295,20 +295,24 @@ def checkerboard(height: int, width: int, device=None) -> Tensor:
 class CheckerboardContext(nn.Module):
     """The entropy parameters of a CheckerboardCodec from the hyperprior's ``hyper`` (2M channels:
     means and scales) and the decoded anchors: ``hyper`` plus a correction from a 1x1 network over
-    ``hyper`` and a 5x5 convolution of the anchors. The correction's last layer starts at zero, so
-    a model warm-started from a HyperpriorCodec starts out coding exactly as it did."""
+    ``hyper`` and a 5x5 convolution of the anchors (M channels, not He et al.'s 2M: that would
+    put the shipped weights file over the package's 25 MB). The correction's last layer starts at
+    zero, so a model warm-started from a HyperpriorCodec starts out coding exactly as it did."""
 
     def __init__(self, M: int):
         super().__init__()
-        self.context = nn.Conv2d(M, 2 * M, 5, padding=2)
-        self.params = nn.Sequential(nn.Conv2d(4 * M, 2 * M, 1), nn.LeakyReLU(inplace=True), nn.Conv2d(2 * M, 2 * M, 1))
+        self.context = nn.Conv2d(M, M, 5, padding=2)
+        self.params = nn.Sequential(nn.Conv2d(3 * M, 2 * M, 1), nn.LeakyReLU(inplace=True), nn.Conv2d(2 * M, 2 * M, 1))
         nn.init.zeros_(self.params[-1].weight)
         nn.init.zeros_(self.params[-1].bias)
 
     def forward(self, hyper: Tensor, anchors: Tensor = None) -> Tensor:
         """[B, 2M, h, w] means and scales: of the anchors when ``anchors`` is None, else of the
         other latents given ``anchors`` (the decoded latents, zero off the anchors)."""
-        ctx = torch.zeros_like(hyper) if anchors is None else self.context(anchors)
+        if anchors is None:
+            ctx = hyper.new_zeros(hyper.shape[0], self.context.out_channels, *hyper.shape[2:])
+        else:
+            ctx = self.context(anchors)
         return hyper + self.params(torch.cat([hyper, ctx], dim=1))
 
 
