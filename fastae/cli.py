@@ -103,7 +103,7 @@ def cmd_train_codec(args):
                           lr=args.lr or 3e-4, N=args.channels, M=args.latent or 160, lambdas=lambdas,
                           downscale=args.downscale, device=args.device, seed=args.seed, resume=args.resume,
                           time_limit=args.time_limit, kind=args.kind, init=args.init,
-                          compile=args.compile)
+                          compile=args.compile, stop_at=args.stop_at)
     weights = export_codec(load_codec_checkpoint(out), out / "codec.safetensors", model_id=args.model_id)
     last = {}
     for row in history:
@@ -310,6 +310,8 @@ def main(argv=None):
     codec.add_argument("--kind", choices=["factorized", "hyperprior", "checkerboard"], default="factorized",
                        help="entropy model: per-channel factorized, a mean-scale hyperprior, or the hyperprior with a "
                             "checkerboard context (the last two: crop a multiple of 64)")
+    codec.add_argument("--stop-at", type=int, metavar="STEP",
+                       help="stop after this step, the learning rate still following --steps")
     codec.add_argument("--compile", action="store_true",
                        help="torch.compile the training step (compiles for a few minutes, then faster steps)")
     codec.add_argument("--init", help="start from the transforms of this checkpoint folder or codec file")

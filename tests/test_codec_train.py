@@ -1,5 +1,7 @@
 """fastae.train.codec: resume equals one run, hyperprior training, warm start from another checkpoint."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -44,6 +46,22 @@ def test_resume_equals_one_run(photos, tmp_path, kind):
     assert one == two  # same losses, step by step
     a, b = load_codec_checkpoint(tmp_path / "one"), load_codec_checkpoint(tmp_path / "two")
     assert type(a).kind == kind and _same_weights(a, b)
+
+
+def test_stop_at_keeps_the_learning_rate_schedule_of_steps(photos, tmp_path):
+    """A run stopped by stop_at and resumed equals one uninterrupted run; a run of stop_at steps
+    ends elsewhere (its learning rate drops at 90% of its own length)."""
+    one = train_codec(photos, tmp_path / "one", steps=6, crop=64, amp=False, **TINY)
+    part = train_codec(photos, tmp_path / "two", steps=6, stop_at=4, crop=64, amp=False, **TINY)
+    assert json.loads((tmp_path / "two" / "config.json").read_text())["step"] == 4
+    assert part == one[:len(part)] and len(part) < len(one)
+    train_codec(photos, tmp_path / "short", steps=4, crop=64, amp=False, **TINY)
+    assert not _same_weights(load_codec_checkpoint(tmp_path / "short"), load_codec_checkpoint(tmp_path / "two"))
+    two = train_codec(photos, tmp_path / "two", steps=6, crop=64, amp=False, resume=True, **TINY)
+    assert two == one and _same_weights(load_codec_checkpoint(tmp_path / "one"), load_codec_checkpoint(tmp_path / "two"))
+    for bad in (0, 7):
+        with pytest.raises(ValueError, match="stop_at"):
+            train_codec(photos, tmp_path / "bad", steps=6, stop_at=bad, crop=64, **TINY)
 
 
 def test_compiled_training_matches_eager(photos, tmp_path):

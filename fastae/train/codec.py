@@ -136,10 +136,13 @@ def _warm_start(model: ImageCodec, init) -> list:
 def train_codec(data, out, steps: int = 20000, batch_size: int = 8, crop: int = 128, lr: float = 3e-4,
                 N: int = 128, M: int = 192, lambdas=LAMBDAS, downscale: int = 2, device="auto", seed: int = 0,
                 checkpoint_every: int = 250, resume: bool = False, amp: bool = True, progress: bool = True,
-                time_limit: float = None, kind: str = "factorized", init=None, compile: bool = False):
+                time_limit: float = None, kind: str = "factorized", init=None, compile: bool = False,
+                stop_at: int = None):
     """Train an ImageCodec on random crops of the photos in ``data``; checkpoints in ``out``.
 
-    ``time_limit`` (seconds) stops early after a checkpoint (resume later with ``resume=True``).
+    ``time_limit`` (seconds) stops early after a checkpoint (resume later with ``resume=True``);
+    ``stop_at`` stops after that step (with a checkpoint) while the learning rate still follows
+    ``steps``, so a run cut short is reproducible.
     ``compile`` runs the loss and its gradient through ``torch.compile`` (one graph per quality,
     compiled on the quality's first step): faster steps after a few minutes of compiling, and
     weights that differ from an eager run's by floating-point rounding.
@@ -154,6 +157,9 @@ def train_codec(data, out, steps: int = 20000, batch_size: int = 8, crop: int = 
     if steps < 1 or batch_size < 1 or crop < stride or crop % stride:
         raise ValueError(f"train_codec: expected steps >= 1, batch_size >= 1 and crop a positive multiple of "
                          f"{stride}, got steps={steps}, batch_size={batch_size}, crop={crop}")
+    if stop_at is not None and not 1 <= stop_at <= steps:
+        raise ValueError(f"train_codec: stop_at must be a step in 1..steps={steps}, got {stop_at}")
+    end = steps if stop_at is None else stop_at
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -199,9 +205,9 @@ def train_codec(data, out, steps: int = 20000, batch_size: int = 8, crop: int = 
         rd_loss = torch.compile(model.rd_loss)
     began = time.monotonic()
     sums = {}
-    bar = tqdm(total=steps, initial=start, desc="train codec", disable=not progress, dynamic_ncols=True)
+    bar = tqdm(total=end, initial=min(start, end), desc="train codec", disable=not progress, dynamic_ncols=True)
     model.train()
-    for step in range(start, steps):
+    for step in range(start, end):
         quality = step % model.qualities + 1
         for group in optimizer.param_groups:
             group["lr"] = _lr_at(step, steps, lr) * group["scale"]
@@ -225,12 +231,12 @@ def train_codec(data, out, steps: int = 20000, batch_size: int = 8, crop: int = 
         if quality == model.qualities:
             bar.set_postfix(q=quality, bpp=f"{terms['bpp'].item():.3f}", psnr=f"{terms['psnr'].item():.2f}")
         done = step + 1
-        if done % checkpoint_every == 0 or done == steps:
+        if done % checkpoint_every == 0 or done == end:
             for q, (n, l, b, p) in sorted(sums.items()):
                 history.append({"step": done, "quality": q, "loss": l / n, "bpp": b / n, "psnr": p / n})
             sums = {}
             save_codec_checkpoint(out, model, done, optimizer, generator, history)
-            if time_limit is not None and time.monotonic() - began > time_limit and done < steps:
+            if time_limit is not None and time.monotonic() - began > time_limit and done < end:
                 break
     bar.close()
     return history
