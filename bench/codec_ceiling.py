@@ -37,9 +37,9 @@ def main(argv=None):
         xp = codec._pad(x)  # edge-replicated to the model's stride, as compress does
         with torch.no_grad():
             for q in args.qualities:
-                y = model.analysis(xp, q)
-                for i, latents in enumerate((y, torch.round(y))):
-                    x_hat = model.synthesis(latents, q)[..., :h, :w].clamp(0, 1)
+                free = model.synthesis(model.analysis(xp, q), q)[..., :h, :w].clamp(0, 1)
+                rounded = codec.decode(codec.encode(x, q), dtype=torch.float32)  # as decompress, mean-shifted rounding included
+                for i, x_hat in enumerate((free, rounded)):
                     psnr[q][i].append(-10 * float(torch.log10(((x_hat - x) ** 2).mean())))
     for q, (free, rounded) in psnr.items():
         print(f"quality {q}: unquantized latents {np.mean(free):.2f} dB, rounded latents {np.mean(rounded):.2f} dB "

@@ -381,8 +381,8 @@ shipped = pytest.mark.skipif(not (Path(fastae.codec.image.WEIGHTS_DIR) / f"{fast
 # bpp and PSNR of each quality 1..8 on the 256x256 crop of kodim01 below, measured when the model
 # was shipped (2-core CPU, torch 2.13.0+cpu, 2026-11-25). A retrained model gets a new id and its own row.
 SHIPPED_ON_KODIM01_CROP = {
-    "fastae-hyperprior-v4": ([0.317, 0.509, 0.775, 0.971, 1.180, 1.396, 1.619, 1.853],
-                             [24.91, 26.49, 28.53, 29.57, 30.30, 30.78, 31.08, 31.25]),
+    "fastae-checkerboard-v1": ([0.309, 0.488, 0.752, 0.981, 1.221, 1.481, 1.757, 2.032],
+                               [25.07, 26.52, 28.51, 29.53, 30.28, 30.79, 31.13, 31.33]),
 }
 
 
