@@ -498,7 +498,7 @@ def test_checkerboard_context_reads_only_decoded_anchors():
 
 def test_checkerboard_warm_started_from_a_hyperprior_codes_as_it():
     """Its context's correction starts at zero: the same rate and image as the hyperprior it starts
-    from, and the same files but for the anchors/others split of the streams."""
+    from, and the correction gets a gradient from the first step."""
     torch.manual_seed(0)
     hp = HyperpriorCodec(N=8, M=8, lambdas=(0.01, 0.1))
     cb = CheckerboardCodec(N=8, M=8, lambdas=(0.01, 0.1))

@@ -374,15 +374,10 @@ class Codec:
         rounded latents [B, M, h, w] of which the anchors are read (the encoder rounds its latents,
         the decoder decodes the anchors' stream), and the third result is what it returned."""
         hyper = self._loaded.h_s64(side.to(self.device, torch.float64))
-        ctx = self._loaded.ctx64
-        if ctx is None:
+        if self._loaded.ctx64 is None:
             return (*hyper.chunk(2, dim=1), None)
-        first = ctx(hyper)
-        means, scales = first.chunk(2, dim=1)
-        values = anchor_values(means, scales)
-        mask = checkerboard(*hyper.shape[-2:], device=hyper.device)
-        anchors = (values.to(self.device, torch.float64) + means) * mask
-        return (*torch.where(mask, first, ctx(hyper, anchors)).chunk(2, dim=1), values)
+        params, values = self._loaded.ctx64.two_pass(hyper, anchor_values)
+        return (*params.chunk(2, dim=1), values)
 
     def _index(self, scales: torch.Tensor) -> torch.Tensor:
         """int32 table index of each latent of predicted ``scales`` (see ``gaussian_thresholds``)."""

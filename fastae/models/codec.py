@@ -315,6 +315,19 @@ class CheckerboardContext(nn.Module):
             ctx = self.context(anchors)
         return hyper + self.params(torch.cat([hyper, ctx], dim=1))
 
+    def two_pass(self, hyper: Tensor, anchor_values):
+        """(means and scales [B, 2M, h, w] of every latent, the anchors' values): the anchors' from
+        ``hyper`` alone; ``anchor_values(means, scales)`` then gives the latents minus those means,
+        rounded, of which only the anchors are read (training rounds its latents, the decoder
+        decodes the anchors' stream); the others' see the anchors so decoded. The one definition
+        of the decoding order, for the training forward and for the codec (in float64)."""
+        first = self(hyper)
+        means, scales = first.chunk(2, dim=1)
+        values = anchor_values(means, scales)
+        mask = checkerboard(*hyper.shape[-2:], device=hyper.device)
+        anchors = (values.to(means) + means) * mask
+        return torch.where(mask, first, self(hyper, anchors)), values
+
 
 class CheckerboardCodec(HyperpriorCodec):
     """HyperpriorCodec with a checkerboard context (He et al. 2021): half the latents, the anchors
@@ -333,13 +346,8 @@ class CheckerboardCodec(HyperpriorCodec):
         the others' also from the anchors rounded as they are coded (straight-through in training)."""
         if y is None:
             raise ValueError("CheckerboardCodec.entropy_parameters needs the latents y for the context")
-        hyper = self.h_s(z_hat)
-        first = self.ctx(hyper)
-        mask = checkerboard(*y.shape[-2:], device=y.device)
-        means = first.chunk(2, dim=1)[0]
-        anchors = (_round_ste(y - means) + means) * mask
-        second = self.ctx(hyper, anchors.to(hyper.dtype))
-        return torch.where(mask, first, second).chunk(2, dim=1)
+        params, _ = self.ctx.two_pass(self.h_s(z_hat), lambda means, scales: _round_ste(y - means))
+        return params.chunk(2, dim=1)
 
 
 CODEC_MODELS = {cls.kind: cls for cls in (ImageCodec, HyperpriorCodec, CheckerboardCodec)}
