@@ -192,7 +192,7 @@ def _codec_factory(args):
 
     device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     factory = functools.partial(load_codec, quality=getattr(args, "quality", 1), model=args.model, device=device,
-                                weights=args.weights)
+                                weights=args.weights, refine=getattr(args, "refine", 0))
     factory()  # fail now, with a clear message, on an unknown model, quality or weights file
     return factory
 
@@ -245,7 +245,7 @@ def cmd_eval(args):
         rd.add_comparison(result, earlier, name)
         compared.append(name)
     result["meta"] = {"command": " ".join(["fastae", *args.argv]), "model": base.model_id,
-                      "model_hash": base.hash.hex(), "images": len(images), "data": str(args.data),
+                      "model_hash": base.hash.hex(), "refine": base.refine, "images": len(images), "data": str(args.data),
                       "device": str(base.device), "cpu": platform.processor() or platform.machine(),
                       "threads": torch.get_num_threads(), "torch": torch.__version__, "fastae": fastae.__version__,
                       "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
@@ -328,9 +328,13 @@ def main(argv=None):
     anomaly.add_argument("--seed", type=int, default=0, help="the seed training split the data with")
     anomaly.set_defaults(func=cmd_anomaly)
 
-    def codec_options(p, quality=True):
+    def codec_options(p, quality=True, encoder=True):
         if quality:
             p.add_argument("--quality", type=int, default=4, help="1 (smallest) .. 8 (best)")
+        if encoder:
+            p.add_argument("--refine", type=int, default=0, metavar="STEPS",
+                           help="encoder-side latent refinement steps per image (0: off; e.g. 50): smaller files "
+                                "or better images from the same decoder, each step costing about two decodes")
         p.add_argument("--model", default=DEFAULT_MODEL, help=f"a codec shipped in the package (default {DEFAULT_MODEL})")
         p.add_argument("--weights", help="a codec file written by `fastae train codec` instead of --model")
         p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
@@ -347,7 +351,7 @@ def main(argv=None):
     decompress = sub.add_parser("decompress", help="decode every .fae under SRC to PNGs under DST")
     decompress.add_argument("src")
     decompress.add_argument("dst")
-    codec_options(decompress, quality=False)
+    codec_options(decompress, quality=False, encoder=False)
     decompress.add_argument("--workers", type=int, default=1)
     decompress.add_argument("--force", action="store_true")
     decompress.set_defaults(func=cmd_decompress)

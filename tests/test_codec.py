@@ -417,6 +417,60 @@ def test_shipped_codec_round_trip_on_kodak(tmp_path):
         other.decompress(data)
 
 
+def _coded_cost(codec, rgb, data):
+    """lambda * 255^2 * MSE of the decoded image + the file's bits per pixel: what refinement lowers."""
+    out = codec.decompress(data)
+    mse = np.mean((out.astype(np.float64) - rgb) ** 2) / 255 ** 2
+    return codec.model.lambdas[codec.quality - 1] * 255 ** 2 * mse + len(data) * 8 / (rgb.shape[0] * rgb.shape[1])
+
+
+def test_refine_writes_files_the_plain_decoder_reads(tiny):
+    """Refinement changes only the encoder: its files decode with a codec that does not refine, to
+    exactly the refining codec's reconstruction; they are deterministic; and the latents kept are
+    never rated worse by the model than the unrefined ones (the best of the steps is kept)."""
+    from fastae.codec.image import Codec
+    from fastae.codec.refine import _costs, refine_latents
+
+    rgb = _kodak((37, 70))
+    refined = Codec(tiny._loaded, tiny.quality, refine=6)
+    assert "refine=6" in repr(refined) and refined.with_quality(1).refine == 6
+    data = refined.compress(rgb)
+    assert refined.compress(rgb) == data
+    assert np.array_equal(tiny.decompress(data), refined.reconstruct(rgb))
+    assert read_header(data).latent_shapes == read_header(tiny.compress(rgb)).latent_shapes
+    model = tiny.model
+    x = tiny._pad(torch.from_numpy(rgb).permute(2, 0, 1)[None].float() / 255)
+    with torch.no_grad():
+        y0 = model.analysis(x, 2)
+        z0 = model.h_a(y0) if isinstance(model, HyperpriorCodec) else None
+    y, z = refine_latents(model, x, y0, 2, 6, 37, 70)
+    assert (z is None) == (z0 is None) and y.shape == y0.shape
+    with torch.no_grad():
+        before = _costs(model, x, y0, z0, 2, 37, 70, torch.zeros_like(y0))[0]
+        after = _costs(model, x, y, z, 2, 37, 70, torch.zeros_like(y0))[0]
+    assert after.item() <= before.item()
+
+
+@pytest.mark.parametrize("bad", [-1, 1.5, "50", True])
+def test_refine_rejects_bad_values(bad):
+    with pytest.raises(ValueError, match=re.escape(f"refine must be a number of steps >= 0 (0: off), got {bad!r}")):
+        fastae.load_codec(quality=1, refine=bad)
+
+
+@shipped
+@pytest.mark.parametrize("quality", [1, 8])
+def test_shipped_codec_refine_lowers_the_real_cost(quality):
+    """On a real photo crop, 20 refinement steps lower the cost of the file as written and decoded
+    (whole-file bits, uint8 pixels): measured 0.9% lower at q1, 6.0% at q8; asserted at least 0.5%,
+    above what a few bytes of coder flush move it."""
+    rgb = _kodak((96, 120))
+    plain = fastae.load_codec(quality=quality)
+    refined = fastae.load_codec(quality=quality, refine=20)
+    data = refined.compress(rgb)
+    assert np.array_equal(plain.decompress(data), refined.reconstruct(rgb))
+    assert _coded_cost(plain, rgb, data) < 0.995 * _coded_cost(plain, rgb, plain.compress(rgb))
+
+
 # ------------------------------------------------------------------------------------------- hyperprior
 
 

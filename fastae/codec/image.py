@@ -44,6 +44,7 @@ from safetensors.torch import load_file, save_file
 from fastae._io import atomic_path
 from fastae.codec import DEFAULT_MODEL, rans
 from fastae.codec.format import CODER_RANS, CodecError, Header, pack, unpack
+from fastae.codec.refine import check_refine, refine_latents
 from fastae.codec.tables import (check_tables, code_lengths, from_symbols, pack_varints, tables_from_pmf, to_symbols,
                                  unpack_varints)
 from fastae.models.codec import HyperpriorCodec, ImageCodec, build_codec, checkerboard, scale_table
@@ -214,9 +215,12 @@ def shipped_models() -> list:
     return sorted(p.stem for p in WEIGHTS_DIR.glob("*.safetensors"))
 
 
-def load_codec(quality: int = 4, model: str = DEFAULT_MODEL, device="cpu", weights=None) -> "Codec":
+def load_codec(quality: int = 4, model: str = DEFAULT_MODEL, device="cpu", weights=None, refine: int = 0) -> "Codec":
     """The pretrained codec ``model`` (shipped in the package) at ``quality`` (1 = smallest files,
-    8 = best images). ``weights``: a file written by ``export_codec`` instead of a shipped model."""
+    8 = best images). ``weights``: a file written by ``export_codec`` instead of a shipped model.
+    ``refine``: steps of encoder-side latent refinement per image (0: off; see fastae.codec.refine),
+    slower compression for a lower rate-distortion cost, files any decoder of the model reads."""
+    check_refine(refine)
     if weights is None:
         path = WEIGHTS_DIR / f"{model}.safetensors"
         if not path.is_file():
@@ -225,7 +229,7 @@ def load_codec(quality: int = 4, model: str = DEFAULT_MODEL, device="cpu", weigh
         path = Path(weights)
     device = torch.device(device)
     loaded = _load_cached(str(path.resolve()), str(device))
-    return Codec(loaded, quality)
+    return Codec(loaded, quality, refine)
 
 
 # ---------------------------------------------------------------------------------------------- inputs
@@ -336,20 +340,22 @@ class Codec:
     """A learned image codec at one quality; made by ``fastae.load_codec``. Decompresses files of any
     quality its model serves."""
 
-    def __init__(self, loaded: _Loaded, quality: int):
+    def __init__(self, loaded: _Loaded, quality: int, refine: int = 0):
         self._loaded = loaded
         self.model = loaded.model
         self.model._check_quality(quality)
         self.quality = quality
+        self.refine = check_refine(refine)
         self.model_id = loaded.model_id
         self.hash = loaded.hash
         self.device = next(self.model.parameters()).device
 
     def __repr__(self):
-        return f"Codec(model={self.model_id!r}, quality={self.quality}, device={str(self.device)!r})"
+        refine = f", refine={self.refine}" if self.refine else ""
+        return f"Codec(model={self.model_id!r}, quality={self.quality}{refine}, device={str(self.device)!r})"
 
     def with_quality(self, quality: int) -> "Codec":
-        return Codec(self._loaded, quality)
+        return Codec(self._loaded, quality, self.refine)
 
     # -- batched transforms (GPU friendly) ------------------------------------------------------
 
@@ -391,7 +397,8 @@ class Codec:
 
     @torch.inference_mode()
     def encode(self, batch, quality: int = None) -> Latents:
-        """Rounded latents of ``batch``: [B, 3, H, W] uint8, or float in [0, 1]."""
+        """Rounded latents of ``batch``: [B, 3, H, W] uint8, or float in [0, 1] (refined first when
+        the codec was loaded with ``refine``)."""
         return self._encode(batch, quality)[0]
 
     def _encode(self, batch, quality):
@@ -402,10 +409,14 @@ class Codec:
         x = batch.to(self.device)
         x = x.float() / 255 if x.dtype == torch.uint8 else x.float()
         h, w = x.shape[-2:]
-        y = self.model.analysis(self._pad(x).contiguous(memory_format=torch.channels_last), quality)
+        x = self._pad(x).contiguous(memory_format=torch.channels_last)
+        y = self.model.analysis(x, quality)
+        z = None
+        if self.refine:
+            y, z = refine_latents(self.model, x, y, quality, self.refine, h, w)
         if self._loaded.h_s64 is None:
             return Latents(torch.round(y).to(torch.int32), quality, h, w), None
-        side = torch.round(self.model.h_a(y)).to(torch.int32)
+        side = torch.round(self.model.h_a(y) if z is None else z).to(torch.int32)
         if self._loaded.ctx64 is None:
             means, scales, _ = self._entropy(side)
             values = torch.round(y - means.float())
