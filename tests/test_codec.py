@@ -471,6 +471,35 @@ def test_shipped_codec_refine_lowers_the_real_cost(quality):
     assert _coded_cost(plain, rgb, data) < 0.995 * _coded_cost(plain, rgb, plain.compress(rgb))
 
 
+def test_bench_codec_speed_times_and_counts_every_latent(tmp_path, capsys):
+    """bench/codec_speed.py (the README's speed and table-flip figures) on a tiny checkerboard model:
+    a line per quality with the refine timing, and the flip count over every latent of every image
+    (padded to 64: a 40x56 image has 4x4 latents per channel, a 70x30 one 8x4)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("codec_speed", Path(__file__).resolve().parents[1] / "bench" / "codec_speed.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    torch.manual_seed(0)
+    model = CheckerboardCodec(N=8, M=8, lambdas=(0.01, 0.1))
+    torch.nn.init.normal_(model.ctx.params[-1].weight, std=0.3)
+    weights = export_codec(model, tmp_path / "tiny.safetensors", model_id="tiny")
+    rng = np.random.default_rng(0)
+    (tmp_path / "images").mkdir()
+    for name, shape in (("a.png", (40, 56, 3)), ("b.png", (70, 30, 3))):
+        Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8)).save(tmp_path / "images" / name)
+    bench.main(["--data", str(tmp_path / "images"), "--weights", str(weights), "--qualities", "1", "2",
+                "--images", "1", "--refine", "1", "--table-flips"])
+    out = capsys.readouterr().out
+    for q in (1, 2):
+        assert re.search(rf"quality {q}: compress [0-9.]+ s, decompress [0-9.]+ s, compress with refine=1 [0-9.]+ s "
+                         r"\(median over 1 images", out), out
+    flips, total = re.search(r"quality 2: float32 .* for (\d+) of (\d+) latents \(2 images\)", out).groups()
+    assert int(total) == 8 * (4 * 4 + 8 * 4) and int(flips) <= int(total)
+    with pytest.raises(SystemExit):
+        bench.main(["--data", str(tmp_path / "images"), "--images", "0"])
+
+
 # ------------------------------------------------------------------------------------------- hyperprior
 
 

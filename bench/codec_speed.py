@@ -1,0 +1,97 @@
+"""Seconds to compress and decompress one image with the codec, whole files (entropy coding included).
+
+The median over the first --images images of a folder, per quality, with the threads torch uses
+(the README's figures: 2 threads on the 2-core CPU, nothing else running). --refine STEPS times
+compress with encoder-side refinement beside the plain one. --table-flips counts, over the whole
+folder at the highest quality asked for, the latents whose Gaussian table float32 entropy
+parameters would choose differently from the float64 ones the codec uses (why ``h_s`` and the
+context run in float64: fastae/codec/image.py).
+
+    python bench/codec_speed.py --data ../shared/data/kodak [--weights FILE] [--qualities 1 4 8]
+        [--images 12] [--refine 30] [--table-flips]
+"""
+
+import argparse
+import statistics
+import time
+
+import numpy as np
+import torch
+from PIL import Image
+
+import fastae
+from fastae.codec.folder import image_files
+
+
+def _median_seconds(fn, items):
+    times = []
+    for item in items:
+        t = time.perf_counter()
+        fn(item)
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def table_flips(codec, images):
+    """(latents whose float32 table index differs from the float64 one, latents) over ``images``."""
+    from fastae.models.codec import checkerboard
+
+    flips = total = 0
+    for rgb in images:
+        lat = codec.encode(torch.from_numpy(rgb).permute(2, 0, 1)[None])
+        with torch.no_grad():
+            _, scales64, _ = codec._entropy(lat.side, lambda means, scales: lat.values)
+            index64 = codec._index(scales64)
+            hyper = codec.model.h_s(lat.side.float().contiguous())
+            if codec._loaded.ctx64 is None:
+                scales32 = hyper.chunk(2, 1)[1]
+            else:
+                first = codec.model.ctx(hyper)
+                mask = checkerboard(*hyper.shape[-2:])
+                anchors = (lat.values.float() + first.chunk(2, 1)[0]) * mask
+                scales32 = torch.where(mask, first, codec.model.ctx(hyper, anchors)).chunk(2, 1)[1]
+            index32 = torch.searchsorted(codec._loaded.gaussian[4].float(), scales32.contiguous())
+        flips += int((index32 != index64.long()).sum())
+        total += index64.numel()
+    return flips, total
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", required=True, help="a folder of images, e.g. ../shared/data/kodak")
+    parser.add_argument("--weights", help="a codec file (default: the shipped model)")
+    parser.add_argument("--qualities", type=int, nargs="+", default=[1, 4, 8])
+    parser.add_argument("--images", type=int, default=12, help="time the first N images (default 12)")
+    parser.add_argument("--refine", type=int, default=0, help="also time compress with this many refinement steps")
+    parser.add_argument("--table-flips", action="store_true", help="count float32/float64 table disagreements")
+    args = parser.parse_args(argv)
+    if args.images < 1:
+        parser.error(f"--images must be at least 1, got {args.images}")
+    paths = image_files(args.data)
+    if not paths:
+        parser.error(f"no images in {args.data}")
+    images = [np.array(Image.open(p).convert("RGB")) for p in paths]
+    timed = images[:args.images]
+    threads = torch.get_num_threads()
+    for quality in args.qualities:
+        codec = fastae.load_codec(quality=quality, weights=args.weights)
+        codec.decompress(codec.compress(timed[0]))  # warm-up
+        files = [codec.compress(rgb) for rgb in timed]
+        line = (f"quality {quality}: compress {_median_seconds(codec.compress, timed):.3f} s, "
+                f"decompress {_median_seconds(codec.decompress, files):.3f} s")
+        if args.refine:
+            refined = fastae.load_codec(quality=quality, weights=args.weights, refine=args.refine)
+            line += f", compress with refine={args.refine} {_median_seconds(refined.compress, timed):.2f} s"
+        print(f"{line} (median over {len(timed)} images, {threads} threads)")
+    if args.table_flips:
+        codec = fastae.load_codec(quality=max(args.qualities), weights=args.weights)
+        if codec._loaded.h_s64 is None:
+            print("table flips: a factorized model chooses no tables")
+        else:
+            flips, total = table_flips(codec, images)
+            print(f"quality {max(args.qualities)}: float32 entropy parameters pick another table than float64 "
+                  f"for {flips} of {total} latents ({len(images)} images)")
+
+
+if __name__ == "__main__":
+    main()
