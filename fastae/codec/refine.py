@@ -15,9 +15,10 @@ about two decodes of the image: an option for archiving, not the default.
 The objective is the training one for the latents: the synthesis sees the latents rounded
 (straight-through), the rate is estimated with additive uniform noise (a fixed-seed generator,
 so compressing the same image twice gives the same bytes). Every step also evaluates the cost of
-the rounded latents exactly as they will be coded (their Gaussian or factorized probabilities at
-the rounded values); the latents kept are those of the lowest such cost seen, the unrefined ones
-included, so refinement never returns latents the model rates worse than where it started. Only
+the rounded latents that would be coded: the distortion of their decoded image and the bits the
+model's Gaussian or factorized probabilities give them (the coder's 16-bit tables approximate
+those); the latents kept are those of the lowest such cost seen, the unrefined ones included, so
+refinement never returns latents the model rates worse than where it started. Only
 the image's own pixels count in the distortion: the padding up to the transform's stride is free.
 """
 
