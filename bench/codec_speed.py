@@ -34,24 +34,17 @@ def _median_seconds(fn, items):
 
 def table_flips(codec, images):
     """(latents whose float32 table index differs from the float64 one, latents) over ``images``."""
-    from fastae.models.codec import checkerboard
-
     flips = total = 0
     for rgb in images:
         lat = codec.encode(torch.from_numpy(rgb).permute(2, 0, 1)[None])
+        anchor_values = lambda means, scales: lat.values  # noqa: E731 (the latents as coded)
         with torch.no_grad():
-            _, scales64, _ = codec._entropy(lat.side, lambda means, scales: lat.values)
+            _, scales64, _ = codec._entropy(lat.side, anchor_values)
             index64 = codec._index(scales64)
             hyper = codec.model.h_s(lat.side.float().contiguous())
-            if codec._loaded.ctx64 is None:
-                scales32 = hyper.chunk(2, 1)[1]
-            else:
-                first = codec.model.ctx(hyper)
-                mask = checkerboard(*hyper.shape[-2:])
-                anchors = (lat.values.float() + first.chunk(2, 1)[0]) * mask
-                scales32 = torch.where(mask, first, codec.model.ctx(hyper, anchors)).chunk(2, 1)[1]
-            index32 = torch.searchsorted(codec._loaded.gaussian[4].float(), scales32.contiguous())
-        flips += int((index32 != index64.long()).sum())
+            params = hyper if codec._loaded.ctx64 is None else codec.model.ctx.two_pass(hyper, anchor_values)[0]
+            index32 = codec._index(params.chunk(2, 1)[1].double())  # float32 parameters, the same thresholds
+        flips += int((index32 != index64).sum())
         total += index64.numel()
     return flips, total
 
