@@ -104,7 +104,8 @@ def cmd_train_codec(args):
                           downscale=args.downscale, device=args.device, seed=args.seed, resume=args.resume,
                           time_limit=args.time_limit, kind=args.kind, init=args.init,
                           compile=args.compile, stop_at=args.stop_at)
-    weights = export_codec(load_codec_checkpoint(out), out / "codec.safetensors", model_id=args.model_id)
+    weights = export_codec(load_codec_checkpoint(out), out / "codec.safetensors", model_id=args.model_id,
+                           weights_dtype=args.weights_dtype)
     last = {}
     for row in history:
         last[row["quality"]] = row
@@ -316,6 +317,9 @@ def main(argv=None):
                        help="torch.compile the training step (compiles for a few minutes, then faster steps)")
     codec.add_argument("--init", help="start from the transforms of this checkpoint folder or codec file")
     codec.add_argument("--model-id", default="fastae-codec-custom", help="model id written into .fae files")
+    codec.add_argument("--weights-dtype", choices=["float32", "float16"], default="float32",
+                       help="precision of the convolution weights in the exported codec.safetensors (float16: "
+                            "half the file; the tables are derived from the rounded weights)")
     train.set_defaults(func=cmd_train)
 
     anomaly = sub.add_parser("anomaly", help="score samples by reconstruction error with a trained model")

@@ -731,3 +731,57 @@ def test_codec_arbitrary_latents_round_trip_through_a_file(tiny):
     out = tiny.decompress(data, output="tensor")
     assert out.shape == (3, h, w) and out.dtype == torch.uint8
     assert torch.equal(out, tiny.decode(latents)[0])
+
+
+@pytest.mark.parametrize("kind", sorted(CODEC_MODELS))
+def test_float16_export_holds_the_rounded_model_and_codes_with_it(kind, tmp_path):
+    """weights_dtype="float16": convolution weights in half precision (2 bytes fewer per weight:
+    about half of a real model's file), everything else float32; the loaded model is the float16-rounded model, its tables are
+    derived from that model, and files round-trip exactly as with a float32 export."""
+    from safetensors import safe_open
+
+    from fastae.codec.image import derive_tables
+
+    torch.manual_seed(0)
+    model = CODEC_MODELS[kind](N=16, M=16, lambdas=(0.01, 0.1))
+    if hasattr(model, "ctx"):
+        torch.nn.init.normal_(model.ctx.params[-1].weight, std=0.3)
+    full = export_codec(model, tmp_path / "f32.safetensors", model_id="m")
+    half = export_codec(model, tmp_path / "f16.safetensors", model_id="m", weights_dtype="float16")
+    with safe_open(str(half), "pt") as f:
+        dtypes = {k: f.get_tensor(k).dtype for k in f.keys()}
+    convs = {f"model.{n}.weight" for n, mod in model.named_modules() if isinstance(mod, (torch.nn.Conv2d, torch.nn.ConvTranspose2d))}
+    assert convs and all(dtypes[k] == torch.float16 for k in convs)
+    assert all(v != torch.float16 for k, v in dtypes.items() if k not in convs)
+    saved = 2 * sum(model.state_dict()[k[len("model."):]].numel() for k in convs)  # 2 bytes per conv weight
+    assert abs(full.stat().st_size - half.stat().st_size - saved) < 1024
+    assert all(p.dtype == torch.float32 for p in model.parameters())  # the caller's model is not rounded
+
+    codec = load_codec(quality=2, weights=half)
+    rounded = {k: (v.half().float() if f"model.{k}" in convs else v) for k, v in model.state_dict().items()}
+    loaded = codec.model.state_dict()
+    assert all(loaded[k].dtype == torch.float32 and torch.equal(loaded[k], v) for k, v in rounded.items())
+    assert any(not torch.equal(model.state_dict()[k[len("model."):]], rounded[k[len("model."):]]) for k in convs)
+    like = CODEC_MODELS[kind](N=16, M=16, lambdas=(0.01, 0.1))
+    like.load_state_dict(rounded)
+    with safe_open(str(half), "pt") as f:
+        for k, v in derive_tables(like).items():
+            assert torch.equal(f.get_tensor(k), v), k
+    assert codec.hash != load_codec(quality=2, weights=full).hash
+
+    rgb = _kodak()
+    data = codec.compress(rgb)
+    assert np.array_equal(codec.decompress(data), codec.reconstruct(rgb))
+    assert codec.compress(rgb) == data
+
+
+def test_float16_export_rejects_bad_dtypes_and_overflow(tmp_path):
+    model = ImageCodec(N=8, M=8, lambdas=(0.01, 0.1))
+    with pytest.raises(ValueError, match="weights_dtype must be one of .*'bfloat16'"):
+        export_codec(model, tmp_path / "a.safetensors", weights_dtype="bfloat16")
+    with torch.no_grad():
+        model.g_a[0].weight[0, 0, 0, 0] = 1e5
+    with pytest.raises(ValueError, match=r"g_a\.0\.weight has values outside float16's range"):
+        export_codec(model, tmp_path / "b.safetensors", weights_dtype="float16")
+    assert not (tmp_path / "b.safetensors").exists()
+    export_codec(model, tmp_path / "c.safetensors", weights_dtype="float32")  # float32 holds it

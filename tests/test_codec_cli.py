@@ -5,6 +5,7 @@ import warnings
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from fastae import cli
@@ -48,10 +49,15 @@ def test_train_hyperprior_codec_from_a_factorized_one(trained, tmp_path):
     out = tmp_path / "hp"
     args = ["train", "codec", "--data", str(PHOTOS), "--out", str(out), "--steps", "2", "--crop", "64",
             "--batch-size", "1", "--channels", "8", "--latent", "8", "--lmbda", "0.01", "0.1", "--downscale", "8",
-            "--kind", "hyperprior", "--init", str(trained.parent), "--model-id", "tiny-hp"]
+            "--kind", "hyperprior", "--init", str(trained.parent), "--model-id", "tiny-hp", "--weights-dtype", "float16"]
     assert cli.main(args) == 0
     codec = load_codec(quality=1, weights=out / "codec.safetensors")
     assert codec.model.kind == "hyperprior" and codec.model_id == "tiny-hp"
+    from safetensors import safe_open
+
+    with safe_open(str(out / "codec.safetensors"), "pt") as f:
+        assert f.get_tensor("model.h_s.0.weight").dtype == torch.float16
+        assert f.get_tensor("model.g_a.1.beta").dtype == torch.float32
     with Image.open(KODAK / "kodim03.png") as img:
         rgb = np.asarray(img.convert("RGB"))[:70, :90].copy()
     data = codec.compress(rgb)

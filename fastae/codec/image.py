@@ -139,12 +139,43 @@ def gaussian_thresholds(cdfs, offsets, sizes, scales, grid: int = 256) -> torch.
     return torch.from_numpy(np.maximum.accumulate(out))
 
 
-def export_codec(model: ImageCodec, path, model_id: str = DEFAULT_MODEL) -> Path:
-    """Write ``model`` with its derived integer tables to one safetensors file (atomically)."""
+WEIGHTS_DTYPES = ("float32", "float16")
+
+
+def _conv_weight_names(model: ImageCodec) -> list:
+    """State-dict names of the weights of every convolution (nearly all of a codec's parameters)."""
+    return [f"{name}.weight" for name, module in model.named_modules()
+            if isinstance(module, (torch.nn.Conv2d, torch.nn.ConvTranspose2d))]
+
+
+def export_codec(model: ImageCodec, path, model_id: str = DEFAULT_MODEL, weights_dtype: str = "float32") -> Path:
+    """Write ``model`` with its derived integer tables to one safetensors file (atomically).
+
+    ``weights_dtype="float16"`` stores the convolution weights in half precision (half the file;
+    the other parameters, the gains, GDN and entropy models, stay float32). The file then holds
+    exactly the model it describes: the weights are rounded to float16 first and the tables
+    derived from the rounded model, and loading widens them to float32 without another rounding,
+    so the encoder and the decoder compute with the same numbers as with a float32 file.
+    """
     import json
 
+    if weights_dtype not in WEIGHTS_DTYPES:
+        raise ValueError(f"export_codec: weights_dtype must be one of {WEIGHTS_DTYPES}, got {weights_dtype!r}")
     model = model.cpu().eval()
-    tensors = {f"model.{k}": v.detach().contiguous() for k, v in model.state_dict().items()}
+    half = set()
+    if weights_dtype == "float16":
+        model = copy.deepcopy(model)
+        state = model.state_dict()
+        for name in _conv_weight_names(model):
+            w = state[name]
+            if not torch.isfinite(w.half()).all():
+                raise ValueError(f"export_codec: {name} has values outside float16's range (largest "
+                                 f"|w| {w.abs().max().item():.4g}, float16 reaches 65504); export it as float32")
+            with torch.no_grad():
+                w.copy_(w.half().float())
+            half.add(name)
+    tensors = {f"model.{k}": (v.half() if k in half else v).detach().contiguous()
+               for k, v in model.state_dict().items()}
     tensors.update(derive_tables(model))
     path = Path(path)
     with atomic_path(path) as tmp:
