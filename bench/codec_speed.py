@@ -5,10 +5,12 @@ The median over the first --images images of a folder, per quality, with the thr
 compress with encoder-side refinement beside the plain one. --table-flips counts, over the whole
 folder at the highest quality asked for, the latents whose Gaussian table float32 entropy
 parameters would choose differently from the float64 ones the codec uses (why ``h_s`` and the
-context run in float64: fastae/codec/image.py).
+context run in float64: fastae/codec/image.py). --streams sums, over the whole folder and per
+quality, the bytes of each part of the files: a checkerboard model's anchors (streams 0-1), the
+other latents (2-3, coded with the context), the hyper-latents (4-5).
 
     python bench/codec_speed.py --data ../shared/data/kodak [--weights FILE] [--qualities 1 4 8]
-        [--images 12] [--refine 30] [--table-flips]
+        [--images 12] [--refine 30] [--table-flips] [--streams]
 """
 
 import argparse
@@ -21,6 +23,7 @@ from PIL import Image
 
 import fastae
 from fastae.codec.folder import image_files
+from fastae.codec.format import unpack
 
 
 def _median_seconds(fn, items):
@@ -49,6 +52,20 @@ def table_flips(codec, images):
     return flips, total
 
 
+def stream_bytes(codec, images) -> dict:
+    """Bytes summed over ``images``: {"files", "anchors", "others", "hyper"} for a checkerboard
+    model, {"files", "latents", "hyper"} for a hyperprior one, {"files", "latents"} for a factorized one."""
+    names = {6: ("anchors", "others", "hyper"), 4: ("latents", "hyper"), 2: ("latents",)}
+    out = {}
+    for rgb in images:
+        data = codec.compress(rgb)
+        streams = unpack(data)[1]
+        out["files"] = out.get("files", 0) + len(data)
+        for i, name in enumerate(names[len(streams)]):  # each part is a symbol stream and its escapes
+            out[name] = out.get(name, 0) + len(streams[2 * i]) + len(streams[2 * i + 1])
+    return out
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", required=True, help="a folder of images, e.g. ../shared/data/kodak")
@@ -57,6 +74,7 @@ def main(argv=None):
     parser.add_argument("--images", type=int, default=12, help="time the first N images (default 12)")
     parser.add_argument("--refine", type=int, default=0, help="also time compress with this many refinement steps")
     parser.add_argument("--table-flips", action="store_true", help="count float32/float64 table disagreements")
+    parser.add_argument("--streams", action="store_true", help="bytes of each part of the files, per quality")
     args = parser.parse_args(argv)
     if args.images < 1:
         parser.error(f"--images must be at least 1, got {args.images}")
@@ -76,6 +94,12 @@ def main(argv=None):
             refined = fastae.load_codec(quality=quality, weights=args.weights, refine=args.refine)
             line += f", compress with refine={args.refine} {_median_seconds(refined.compress, timed):.2f} s"
         print(f"{line} (median over {len(timed)} images, {threads} threads)")
+        if args.streams:
+            parts = stream_bytes(codec, images)
+            line = f"quality {quality}: " + ", ".join(f"{k} {v} B" for k, v in parts.items())
+            if "anchors" in parts:
+                line += f"; the other latents cost {100 * (parts['others'] / parts['anchors'] - 1):+.1f}% against the anchors"
+            print(f"{line} ({len(images)} images)")
     if args.table_flips:
         codec = fastae.load_codec(quality=max(args.qualities), weights=args.weights)
         if codec._loaded.h_s64 is None:

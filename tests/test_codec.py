@@ -489,8 +489,17 @@ def test_bench_codec_speed_times_and_counts_every_latent(tmp_path, capsys):
     for name, shape in (("a.png", (40, 56, 3)), ("b.png", (70, 30, 3))):
         Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8)).save(tmp_path / "images" / name)
     bench.main(["--data", str(tmp_path / "images"), "--weights", str(weights), "--qualities", "1", "2",
-                "--images", "1", "--refine", "1", "--table-flips"])
+                "--images", "1", "--refine", "1", "--table-flips", "--streams"])
     out = capsys.readouterr().out
+    codec = load_codec(quality=2, weights=weights)
+    images = [np.asarray(Image.open(tmp_path / "images" / n)) for n in ("a.png", "b.png")]
+    files = [codec.compress(rgb) for rgb in images]
+    parts = re.search(r"quality 2: files (\d+) B, anchors (\d+) B, others (\d+) B, hyper (\d+) B; the other latents "
+                      r"cost [-+][0-9.]+% against the anchors \(2 images\)", out)
+    assert parts, out
+    total, anchors, others, hyper = map(int, parts.groups())
+    assert total == sum(map(len, files))
+    assert anchors + others + hyper == sum(len(s) for f in files for s in unpack(f)[1])
     for q in (1, 2):
         assert re.search(rf"quality {q}: compress [0-9.]+ s, decompress [0-9.]+ s, compress with refine=1 [0-9.]+ s "
                          r"\(median over 1 images", out), out
