@@ -11,7 +11,7 @@ See fastae/codec/format.py for the file format and fastae/codec/image.py for the
 
 from fastae.codec.format import CodecError, Header, read_header
 
-DEFAULT_MODEL = "fastae-checkerboard-v2"  # the shipped model load_codec and the CLI use unless told otherwise
+DEFAULT_MODEL = "fastae-checkerboard-v4"  # the shipped model load_codec and the CLI use unless told otherwise
 
 _LAZY = {"load_codec": "fastae.codec.image", "export_codec": "fastae.codec.image", "Codec": "fastae.codec.image",
          "Latents": "fastae.codec.image", "LatentCodec": "fastae.codec.latent"}
