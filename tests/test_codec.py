@@ -822,3 +822,31 @@ def test_bench_codec_tile_rate_codes_the_same_pixels_at_each_tile_size(tmp_path,
     assert float(cells[1][1]) == pytest.approx(bits / 512 ** 2, abs=5e-4)
     with pytest.raises(SystemExit):
         bench.main(["--data", str(tmp_path / "images" / "none")])
+
+
+def test_bench_codec_scale_floor_codes_with_table_k_at_least(tmp_path, capsys):
+    """bench/codec_scale_floor.py (the README's scale-floor figure): with a floor of k tables no
+    latent is coded with a table below k, files still decode exactly, and floor 0 is the codec."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("codec_scale_floor", Path(__file__).resolve().parents[1] / "bench" / "codec_scale_floor.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    torch.manual_seed(0)
+    weights = export_codec(HyperpriorCodec(N=8, M=8, lambdas=(0.01, 0.1)), tmp_path / "tiny.safetensors", model_id="tiny")
+    rgb = _kodak((64, 64))
+    plain = load_codec(quality=2, weights=weights)
+    low = bench.floored(load_codec(quality=2, weights=weights), 0)
+    assert low.compress(rgb) == plain.compress(rgb)
+    high = bench.floored(load_codec(quality=2, weights=weights), 63)  # every latent on the widest table
+    scales = torch.tensor([1e-3, 0.05, 0.2, 1.0, 1e3], dtype=torch.float64)
+    assert (high._index(scales) == 63).all() and (plain._index(scales)[:2] == 0).all()
+    data = high.compress(rgb)
+    assert np.array_equal(high.decompress(data), high.reconstruct(rgb)) and len(data) > len(plain.compress(rgb))
+    assert load_codec(quality=1, weights=weights)._index(scales)[0] == 0  # the shared, cached model is untouched
+    (tmp_path / "images").mkdir()
+    Image.fromarray(rgb).save(tmp_path / "images" / "a.png")
+    bench.main(["--data", str(tmp_path / "images"), "--weights", str(weights), "--qualities", "2", "--floors", "0", "63"])
+    out = capsys.readouterr().out
+    sizes = re.search(r"quality 2: floor 0 \(scale 0\.110\): (\d+) B, floor 63 \(scale 256\.000\): (\d+) B \(1 images\)", out)
+    assert sizes and int(sizes.group(1)) == len(plain.compress(rgb)) and int(sizes.group(2)) == len(data), out

@@ -1,0 +1,59 @@
+"""Bytes of a folder's files when a hyperprior codec never codes with its smallest Gaussian tables.
+
+A floor of k tables sends every latent whose predicted scale would choose one of the k smallest
+tables to table k instead (the same rule in the encoder and the decoder, set here on the loaded
+codec only: the shipped file is not changed). Prints the total bytes per floor and quality;
+choose a floor on training photos, never on the evaluation images.
+
+    python bench/codec_scale_floor.py --data data-2x/photos-train [--weights FILE] [--qualities 1 4]
+        [--floors 0 1 2 3 4 6 8]
+"""
+
+import argparse
+import dataclasses
+
+import numpy as np
+from PIL import Image
+
+import fastae
+from fastae.codec.folder import image_files
+
+
+def floored(codec, k: int):
+    """``codec`` set to code with table k where its thresholds would choose a smaller one (on a
+    copy of its loaded model record: codecs of the same file share the cached one)."""
+    cdfs, offsets, sizes, scales, thresholds = codec._loaded.gaussian
+    thresholds = thresholds.clone()
+    thresholds[:k] = -float(np.finfo(np.float64).max)
+    codec._loaded = dataclasses.replace(codec._loaded, gaussian=(cdfs, offsets, sizes, scales, thresholds))
+    return codec
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", required=True, help="a folder of images, e.g. data-2x/photos-train")
+    parser.add_argument("--weights", help="a hyperprior or checkerboard codec file (default: the shipped model)")
+    parser.add_argument("--qualities", type=int, nargs="+", default=[1, 4])
+    parser.add_argument("--floors", type=int, nargs="+", default=[0, 1, 2, 3, 4, 6, 8])
+    args = parser.parse_args(argv)
+    paths = image_files(args.data)
+    if not paths:
+        parser.error(f"no images in {args.data}")
+    images = []
+    for path in paths:
+        with Image.open(path) as img:
+            images.append(np.asarray(img.convert("RGB")))
+    for q in args.qualities:
+        cells = []
+        for k in args.floors:
+            codec = fastae.load_codec(quality=q, weights=args.weights)
+            if codec._loaded.gaussian is None:
+                parser.error("a factorized model has no Gaussian tables")
+            floored(codec, k)
+            scale = float(codec._loaded.gaussian[3][k])
+            cells.append(f"floor {k} (scale {scale:.3f}): {sum(len(codec.compress(x)) for x in images)} B")
+        print(f"quality {q}: " + ", ".join(cells) + f" ({len(images)} images)")
+
+
+if __name__ == "__main__":
+    main()
