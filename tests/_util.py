@@ -36,3 +36,13 @@ def assert_close(actual, expected, atol, rtol):
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 KODAK = SHARED_DATA / "kodak"
 PHOTOS = SHARED_DATA / "photos-train"
+
+
+def bench_script(name: str):
+    """The module of bench/NAME.py (the bench scripts are not a package), loaded for a test."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / "bench" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

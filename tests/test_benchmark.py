@@ -3,24 +3,18 @@ their ratios, the JSON, the CLI on a few tiny cases, and the README section. Spe
 are never asserted — only relations a noisy machine keeps."""
 
 import argparse
-import importlib.util
 import json
 import time
-from pathlib import Path
 
 import pytest
 import torch
 
 from fastae import benchmark as fb
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests._util import bench_script
 
 
 def _readme_table():
-    spec = importlib.util.spec_from_file_location("readme_table", ROOT / "bench" / "readme_table.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return bench_script("readme_table")
 
 
 def _bench(argv):

@@ -18,7 +18,7 @@ from fastae.codec.image import export_codec, load_codec
 from fastae.codec.tables import from_symbols, pack_varints, quantize_pmf, tables_from_pmf, to_symbols, unpack_varints
 from fastae.models.codec import CODEC_MODELS, CheckerboardCodec, HyperpriorCodec, ImageCodec, checkerboard
 
-from tests._util import KODAK
+from tests._util import KODAK, bench_script
 
 native = pytest.mark.skipif(not rans.native_available(), reason="fastae._C is not loaded")
 
@@ -475,11 +475,7 @@ def test_bench_codec_speed_times_and_counts_every_latent(tmp_path, capsys):
     """bench/codec_speed.py (the README's speed and table-flip figures) on a tiny checkerboard model:
     a line per quality with the refine timing, and the flip count over every latent of every image
     (padded to 64: a 40x56 image has 4x4 latents per channel, a 70x30 one 8x4)."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("codec_speed", Path(__file__).resolve().parents[1] / "bench" / "codec_speed.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = bench_script("codec_speed")
     torch.manual_seed(0)
     model = CheckerboardCodec(N=8, M=8, lambdas=(0.01, 0.1))
     torch.nn.init.normal_(model.ctx.params[-1].weight, std=0.3)
@@ -800,11 +796,7 @@ def test_float16_export_rejects_bad_dtypes_and_overflow(tmp_path):
 def test_bench_codec_tile_rate_codes_the_same_pixels_at_each_tile_size(tmp_path, capsys):
     """bench/codec_tile_rate.py (the README's rate-against-image-size figures): the payload bits of
     the 512x512 corner coded whole, in 256 and in 128 tiles, on a tiny model."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("codec_tile_rate", Path(__file__).resolve().parents[1] / "bench" / "codec_tile_rate.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = bench_script("codec_tile_rate")
     torch.manual_seed(0)
     weights = export_codec(HyperpriorCodec(N=8, M=8, lambdas=(0.01, 0.1)), tmp_path / "tiny.safetensors", model_id="tiny")
     rng = np.random.default_rng(0)
@@ -827,11 +819,7 @@ def test_bench_codec_tile_rate_codes_the_same_pixels_at_each_tile_size(tmp_path,
 def test_bench_codec_scale_floor_codes_with_table_k_at_least(tmp_path, capsys):
     """bench/codec_scale_floor.py (the README's scale-floor figure): with a floor of k tables no
     latent is coded with a table below k, files still decode exactly, and floor 0 is the codec."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("codec_scale_floor", Path(__file__).resolve().parents[1] / "bench" / "codec_scale_floor.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = bench_script("codec_scale_floor")
     torch.manual_seed(0)
     weights = export_codec(HyperpriorCodec(N=8, M=8, lambdas=(0.01, 0.1)), tmp_path / "tiny.safetensors", model_id="tiny")
     rgb = _kodak((64, 64))
