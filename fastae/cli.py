@@ -103,7 +103,7 @@ def cmd_train_codec(args):
                           lr=args.lr or 3e-4, N=args.channels, M=args.latent or 160, lambdas=lambdas,
                           downscale=args.downscale, device=args.device, seed=args.seed, resume=args.resume,
                           time_limit=args.time_limit, kind=args.kind, init=args.init,
-                          compile=args.compile, stop_at=args.stop_at)
+                          compile=args.compile, stop_at=args.stop_at, hyper_input=args.hyper_input)
     weights = export_codec(load_codec_checkpoint(out), out / "codec.safetensors", model_id=args.model_id,
                            weights_dtype=args.weights_dtype)
     last = {}
@@ -315,6 +315,9 @@ def main(argv=None):
                        help="stop after this step, the learning rate still following --steps")
     codec.add_argument("--compile", action="store_true",
                        help="torch.compile the training step (compiles for a few minutes, then faster steps)")
+    codec.add_argument("--hyper-input", choices=["noise", "rounded"], default="noise",
+                       help="what the hyper-synthesis reads in training: the hyper-latents plus uniform noise, or "
+                            "rounded (straight-through) as at inference")
     codec.add_argument("--init", help="start from the transforms of this checkpoint folder or codec file")
     codec.add_argument("--model-id", default="fastae-codec-custom", help="model id written into .fae files")
     codec.add_argument("--weights-dtype", choices=["float32", "float16"], default="float32",

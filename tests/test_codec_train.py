@@ -9,8 +9,8 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from fastae.codec.image import export_codec, load_codec
-from fastae.models.codec import HyperpriorCodec, ImageCodec
-from fastae.train.codec import load_codec_checkpoint, random_crops, train_codec
+from fastae.models.codec import CheckerboardCodec, HyperpriorCodec, ImageCodec
+from fastae.train.codec import load_codec_checkpoint, load_photos, random_crops, train_codec
 
 TINY = dict(N=8, M=8, lambdas=(0.01, 0.1), batch_size=2, downscale=1, progress=False, checkpoint_every=2)
 
@@ -132,3 +132,35 @@ def test_hyperprior_training_lowers_the_loss_and_exports(photos, tmp_path):
     data = codec.compress(rgb)
     assert np.array_equal(codec.decompress(data), codec.reconstruct(rgb))
     assert isinstance(codec.model, HyperpriorCodec) and isinstance(codec.model, ImageCodec)
+
+
+@pytest.mark.parametrize("hyper_input", ["noise", "rounded"])
+def test_hyper_input_is_what_the_hyper_synthesis_reads_in_training(photos, hyper_input):
+    """HyperpriorCodec.hyper_input sets what h_s reads in the training forward: the hyper-latents
+    plus noise (not integers), or rounded (integers, whose gradient still reaches h_a)."""
+    torch.manual_seed(0)
+    model = CheckerboardCodec(N=8, M=8, lambdas=(0.01, 0.1))
+    model.hyper_input = hyper_input
+    seen = []
+    model.h_s.register_forward_hook(lambda module, inputs, output: seen.append(inputs[0]))
+    x = random_crops(load_photos(photos, 1), 2, 64, torch.Generator().manual_seed(0))
+    out = model(x, 1)
+    assert torch.equal(seen[0], torch.round(seen[0])) == (hyper_input == "rounded")
+    out["bpp"].backward()
+    assert model.h_a[0].weight.grad.abs().sum() > 0
+
+
+def test_train_codec_passes_hyper_input_to_the_model(photos, tmp_path):
+    """Two steps from the same seed: hyper_input="rounded" trains other weights than the default."""
+    noise = train_codec(photos, tmp_path / "noise", steps=2, crop=64, kind="hyperprior", amp=False, **TINY)
+    rounded = train_codec(photos, tmp_path / "rounded", steps=2, crop=64, kind="hyperprior", amp=False,
+                          hyper_input="rounded", **TINY)
+    assert noise[0]["loss"] != rounded[0]["loss"]
+    assert not _same_weights(load_codec_checkpoint(tmp_path / "noise"), load_codec_checkpoint(tmp_path / "rounded"))
+
+
+def test_hyper_input_rejects_bad_values(photos, tmp_path):
+    with pytest.raises(ValueError, match="hyper_input must be 'noise' or 'rounded', got 'ste'"):
+        train_codec(photos, tmp_path / "a", steps=1, crop=64, kind="hyperprior", hyper_input="ste", **TINY)
+    with pytest.raises(ValueError, match="needs a hyperprior"):
+        train_codec(photos, tmp_path / "b", steps=1, crop=64, kind="factorized", hyper_input="rounded", **TINY)

@@ -262,14 +262,22 @@ class HyperpriorCodec(ImageCodec):
         means, scales = self.h_s(z_hat).chunk(2, dim=1)
         return means, scales
 
+    #: What the hyper-synthesis reads in training: "noise", the hyper-latents plus uniform noise (as
+    #: CompressAI, and every fastae model up to fastae-checkerboard-v4), or "rounded", the rounded
+    #: hyper-latents (straight-through) that it reads at inference, as the synthesis reads y. Set by
+    #: ``train_codec(hyper_input=...)``; the rate of z is estimated on noisy hyper-latents either way.
+    hyper_input = "noise"
+
     def forward(self, x: Tensor, quality: int, noise: bool = True) -> dict:
         """As ImageCodec.forward. In training the rates are estimated on noisy latents while the
-        synthesis sees the rounded ones (straight-through), as at inference (Minnen & Singh 2020)."""
+        synthesis sees the rounded ones (straight-through), as at inference (Minnen & Singh 2020);
+        the hyper-synthesis reads what ``hyper_input`` says."""
         q = self._check_quality(quality)
         y = self.analysis(x, quality).float()
         z = self.h_a(y).float()
         z_hat = z + torch.empty_like(z).uniform_(-0.5, 0.5) if noise else torch.round(z)
-        means, scales = (t.float() for t in self.entropy_parameters(z_hat, y))
+        z_in = _round_ste(z) if noise and self.hyper_input == "rounded" else z_hat
+        means, scales = (t.float() for t in self.entropy_parameters(z_in, y))
         if noise:
             y_rate = y + torch.empty_like(y).uniform_(-0.5, 0.5)
             y_hat = _round_ste(y - means) + means

@@ -137,7 +137,7 @@ def train_codec(data, out, steps: int = 20000, batch_size: int = 8, crop: int = 
                 N: int = 128, M: int = 192, lambdas=LAMBDAS, downscale: int = 2, device="auto", seed: int = 0,
                 checkpoint_every: int = 250, resume: bool = False, amp: bool = True, progress: bool = True,
                 time_limit: float = None, kind: str = "factorized", init=None, compile: bool = False,
-                stop_at: int = None):
+                stop_at: int = None, hyper_input: str = "noise"):
     """Train an ImageCodec on random crops of the photos in ``data``; checkpoints in ``out``.
 
     ``time_limit`` (seconds) stops early after a checkpoint (resume later with ``resume=True``);
@@ -146,6 +146,8 @@ def train_codec(data, out, steps: int = 20000, batch_size: int = 8, crop: int = 
     ``compile`` runs the loss and its gradient through ``torch.compile`` (one graph per quality,
     compiled on the quality's first step): faster steps after a few minutes of compiling, and
     weights that differ from an eager run's by floating-point rounding.
+    ``hyper_input`` ("noise" or "rounded"): what a hyperprior's hyper-synthesis reads in training
+    (``HyperpriorCodec.hyper_input``).
     Returns the history: a list of {"step", "quality", "loss", "bpp", "psnr"} averaged over
     ``checkpoint_every`` steps per quality.
     """
@@ -154,6 +156,11 @@ def train_codec(data, out, steps: int = 20000, batch_size: int = 8, crop: int = 
     if kind not in CODEC_MODELS:
         raise ValueError(f"train_codec: kind must be one of {list(CODEC_MODELS)}, got {kind!r}")
     stride = CODEC_MODELS[kind].stride
+    if hyper_input not in ("noise", "rounded"):
+        raise ValueError(f"train_codec: hyper_input must be 'noise' or 'rounded', got {hyper_input!r}")
+    if kind == "factorized" and hyper_input != "noise":
+        raise ValueError(f"train_codec: hyper_input={hyper_input!r} needs a hyperprior (kind 'hyperprior' or "
+                         f"'checkerboard'); a factorized model has no hyper-synthesis")
     if steps < 1 or batch_size < 1 or crop < stride or crop % stride:
         raise ValueError(f"train_codec: expected steps >= 1, batch_size >= 1 and crop a positive multiple of "
                          f"{stride}, got steps={steps}, batch_size={batch_size}, crop={crop}")
@@ -167,6 +174,8 @@ def train_codec(data, out, steps: int = 20000, batch_size: int = 8, crop: int = 
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     model = CODEC_MODELS[kind](N=N, M=M, lambdas=lambdas)
+    if kind != "factorized":
+        model.hyper_input = hyper_input
     if init is not None and not (resume and (out / STATE).exists()):
         _warm_start(model, init)
     model = model.to(device)
