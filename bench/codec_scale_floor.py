@@ -3,7 +3,8 @@
 A floor of k tables sends every latent whose predicted scale would choose one of the k smallest
 tables to table k instead (the same rule in the encoder and the decoder, set here on the loaded
 codec only: the shipped file is not changed). Prints the total bytes per floor and quality;
-choose a floor on training photos, never on the evaluation images.
+choose a floor on training photos, never on the evaluation images. The codec codes the analysis'
+own hyper-latents (side_search=False), so that the floor alone moves the bytes.
 
     python bench/codec_scale_floor.py --data data-2x/photos-train [--weights FILE] [--qualities 1 4]
         [--floors 0 1 2 3 4 6 8]
@@ -46,7 +47,7 @@ def main(argv=None):
     for q in args.qualities:
         cells = []
         for k in args.floors:
-            codec = fastae.load_codec(quality=q, weights=args.weights)
+            codec = fastae.load_codec(quality=q, weights=args.weights, side_search=False)
             if codec._loaded.gaussian is None:
                 parser.error("a factorized model has no Gaussian tables")
             floored(codec, k)

@@ -13,12 +13,15 @@ from fastae import codec, nn, ops  # noqa: E402
 from fastae.codec import CodecError  # noqa: E402
 
 
-def load_codec(quality: int = 4, model: str = codec.DEFAULT_MODEL, device="cpu", weights=None, refine: int = 0):
+def load_codec(quality: int = 4, model: str = codec.DEFAULT_MODEL, device="cpu", weights=None, refine: int = 0,
+               side_search: bool = True):
     """The pretrained image codec shipped in the package, at ``quality`` 1..8 (``refine``: steps of
-    encoder-side latent refinement, 0 = off); see fastae.codec."""
+    encoder-side latent refinement, 0 = off; ``side_search``: see fastae.codec.image.load_codec);
+    see fastae.codec."""
     from fastae.codec.image import load_codec as _load
 
-    return _load(quality=quality, model=model, device=device, weights=weights, refine=refine)
+    return _load(quality=quality, model=model, device=device, weights=weights, refine=refine,
+                 side_search=side_search)
 
 
 __all__ = ["__version__", "CodecError", "build_info", "codec", "load_codec", "nn", "ops"]

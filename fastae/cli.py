@@ -193,7 +193,8 @@ def _codec_factory(args):
 
     device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     factory = functools.partial(load_codec, quality=getattr(args, "quality", 1), model=args.model, device=device,
-                                weights=args.weights, refine=getattr(args, "refine", 0))
+                                weights=args.weights, refine=getattr(args, "refine", 0),
+                                side_search=getattr(args, "side_search", True))
     factory()  # fail now, with a clear message, on an unknown model, quality or weights file
     return factory
 
@@ -246,7 +247,8 @@ def cmd_eval(args):
         rd.add_comparison(result, earlier, name)
         compared.append(name)
     result["meta"] = {"command": " ".join(["fastae", *args.argv]), "model": base.model_id,
-                      "model_hash": base.hash.hex(), "refine": base.refine, "images": len(images), "data": str(args.data),
+                      "model_hash": base.hash.hex(), "refine": base.refine,
+                      "side_search": base.side_search, "images": len(images), "data": str(args.data),
                       "device": str(base.device), "cpu": platform.processor() or platform.machine(),
                       "threads": torch.get_num_threads(), "torch": torch.__version__, "fastae": fastae.__version__,
                       "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
@@ -342,6 +344,9 @@ def main(argv=None):
             p.add_argument("--refine", type=int, default=0, metavar="STEPS",
                            help="encoder-side latent refinement steps per image (0: off; e.g. 50): smaller files "
                                 "or better images from the same decoder, each step costing about two decodes")
+            p.add_argument("--no-side-search", dest="side_search", action="store_false",
+                           help="code the analysis' own hyper-latents even where they predict some latents very "
+                                "badly (default: search better ones for such an image; see README)")
         p.add_argument("--model", default=DEFAULT_MODEL, help=f"a codec shipped in the package (default {DEFAULT_MODEL})")
         p.add_argument("--weights", help="a codec file written by `fastae train codec` instead of --model")
         p.add_argument("--device", default="cpu", help="cpu, cuda or auto")

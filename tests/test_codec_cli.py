@@ -180,3 +180,21 @@ def test_add_comparison_bd_rate_against_a_shifted_curve():
     assert result["psnr_at"]["older"]["0.5"] == pytest.approx(30.0 + 3 * np.log2(0.5 / 0.4), abs=0.2)
     with pytest.raises(ValueError, match="already"):
         rd.add_comparison(result, {"fastae": curve([1, 2, 3, 4])}, "older")
+
+
+@needs_data
+def test_compress_no_side_search(tmp_path):
+    """--no-side-search reaches the encoder: on the shipped model at quality 1, kodim20's smooth sky
+    is a crop where the search runs (tests/test_codec.py), and the two files are those of
+    load_codec(side_search=True / False)."""
+    from fastae.codec.image import load_codec
+
+    src = tmp_path / "src"
+    src.mkdir()
+    with Image.open(KODAK / "kodim20.png") as img:
+        img.convert("RGB").crop((256, 64, 512, 128)).save(src / "sky.png")
+    for flag, dst, search in (([], "on", True), (["--no-side-search"], "off", False)):
+        assert cli.main(["compress", str(src), str(tmp_path / dst), "--quality", "1", "--quiet", *flag]) == 0
+        assert (tmp_path / dst / "sky.fae").read_bytes() == load_codec(quality=1, side_search=search).compress(
+            src / "sky.png")
+    assert (tmp_path / "on" / "sky.fae").stat().st_size < (tmp_path / "off" / "sky.fae").stat().st_size

@@ -44,7 +44,7 @@ from safetensors.torch import load_file, save_file
 from fastae._io import atomic_path
 from fastae.codec import DEFAULT_MODEL, rans
 from fastae.codec.format import CODER_RANS, CodecError, Header, pack, unpack
-from fastae.codec.refine import check_refine, refine_latents
+from fastae.codec.refine import check_refine, needs_side_search, refine_latents, search_side
 from fastae.codec.tables import (check_tables, code_lengths, from_symbols, pack_varints, tables_from_pmf, to_symbols,
                                  unpack_varints)
 from fastae.models.codec import HyperpriorCodec, ImageCodec, build_codec, checkerboard, scale_table
@@ -246,11 +246,15 @@ def shipped_models() -> list:
     return sorted(p.stem for p in WEIGHTS_DIR.glob("*.safetensors"))
 
 
-def load_codec(quality: int = 4, model: str = DEFAULT_MODEL, device="cpu", weights=None, refine: int = 0) -> "Codec":
+def load_codec(quality: int = 4, model: str = DEFAULT_MODEL, device="cpu", weights=None, refine: int = 0,
+               side_search: bool = True) -> "Codec":
     """The pretrained codec ``model`` (shipped in the package) at ``quality`` (1 = smallest files,
     8 = best images). ``weights``: a file written by ``export_codec`` instead of a shipped model.
     ``refine``: steps of encoder-side latent refinement per image (0: off; see fastae.codec.refine),
-    slower compression for a lower rate-distortion cost, files any decoder of the model reads."""
+    slower compression for a lower rate-distortion cost, files any decoder of the model reads.
+    ``side_search``: a hyperprior model searches other hyper-latents for an image whose first ones
+    predict some latents very badly (``fastae.codec.refine.search_side``); False codes the
+    analysis' own."""
     check_refine(refine)
     if weights is None:
         path = WEIGHTS_DIR / f"{model}.safetensors"
@@ -260,7 +264,7 @@ def load_codec(quality: int = 4, model: str = DEFAULT_MODEL, device="cpu", weigh
         path = Path(weights)
     device = torch.device(device)
     loaded = _load_cached(str(path.resolve()), str(device))
-    return Codec(loaded, quality, refine)
+    return Codec(loaded, quality, refine, side_search)
 
 
 # ---------------------------------------------------------------------------------------------- inputs
@@ -371,22 +375,26 @@ class Codec:
     """A learned image codec at one quality; made by ``fastae.load_codec``. Decompresses files of any
     quality its model serves."""
 
-    def __init__(self, loaded: _Loaded, quality: int, refine: int = 0):
+    def __init__(self, loaded: _Loaded, quality: int, refine: int = 0, side_search: bool = True):
         self._loaded = loaded
         self.model = loaded.model
         self.model._check_quality(quality)
         self.quality = quality
         self.refine = check_refine(refine)
+        if not isinstance(side_search, bool):
+            raise ValueError(f"side_search must be True or False, got {side_search!r}")
+        self.side_search = side_search
         self.model_id = loaded.model_id
         self.hash = loaded.hash
         self.device = next(self.model.parameters()).device
 
     def __repr__(self):
         refine = f", refine={self.refine}" if self.refine else ""
-        return f"Codec(model={self.model_id!r}, quality={self.quality}{refine}, device={str(self.device)!r})"
+        search = "" if self.side_search else ", side_search=False"
+        return f"Codec(model={self.model_id!r}, quality={self.quality}{refine}{search}, device={str(self.device)!r})"
 
     def with_quality(self, quality: int) -> "Codec":
-        return Codec(self._loaded, quality, self.refine)
+        return Codec(self._loaded, quality, self.refine, self.side_search)
 
     # -- batched transforms (GPU friendly) ------------------------------------------------------
 
@@ -447,15 +455,26 @@ class Codec:
             y, z = refine_latents(self.model, x, y, quality, self.refine, h, w)
         if self._loaded.h_s64 is None:
             return Latents(torch.round(y).to(torch.int32), quality, h, w), None
-        side = torch.round(self.model.h_a(y) if z is None else z).to(torch.int32)
+        z = self.model.h_a(y) if z is None else z
+        side = torch.round(z).to(torch.int32)
+        values, scales = self._values(y, side)
+        if self.side_search and not self.refine:  # refinement has already chosen z for its latents
+            redo = needs_side_search(values, scales)
+            if redo.any():
+                found = torch.round(search_side(self.model, y[redo], z[redo], quality)).to(torch.int32)
+                side[redo] = found
+                values[redo], scales[redo] = self._values(y[redo], found)
+        return Latents(values.to(torch.int32), quality, h, w, side), self._index(scales)
+
+    def _values(self, y, side):
+        """(the latents ``y`` minus their means, rounded; their scales), the means and scales
+        predicted from the rounded hyper-latents ``side``."""
         if self._loaded.ctx64 is None:
             means, scales, _ = self._entropy(side)
-            values = torch.round(y - means.float())
-        else:  # the anchors' values must be those the context was computed from: all in float64
-            y = y.double()
-            means, scales, _ = self._entropy(side, lambda m, s: torch.round(y - m))
-            values = torch.round(y - means)
-        return Latents(values.to(torch.int32), quality, h, w, side), self._index(scales)
+            return torch.round(y - means.float()), scales
+        y = y.double()  # the anchors' values must be those the context was computed from: all in float64
+        means, scales, _ = self._entropy(side, lambda m, s: torch.round(y - m))
+        return torch.round(y - means), scales
 
     @torch.inference_mode()
     def decode(self, latents: Latents, dtype=torch.uint8) -> torch.Tensor:

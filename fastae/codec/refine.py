@@ -88,3 +88,73 @@ def refine_latents(model: ImageCodec, x: torch.Tensor, y: torch.Tensor, quality:
                 leaf.grad = grad
             optimizer.step()
     return best[0], (best[1] if hyper else None)
+
+
+# ---------------------------------------------------------------------------------------- side search
+
+#: The hyper-latents are searched when the latents that the first ones make improbable (each more
+#: than OUTLIER_BITS under its predicted Gaussian) carry at least SEARCH_SHARE of the latents'
+#: estimated bits; both chosen on the training photos, not on Kodak (README, "Side search").
+OUTLIER_BITS = 16.0
+SEARCH_SHARE = 0.05
+SEARCH_STEPS = 2
+SEARCH_LR = 0.1
+
+
+def latent_bits(values: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    """Bits of each rounded latent (``values``: the latent minus its mean, rounded) under the
+    discretized Gaussian of its predicted ``scales`` (bounded below as in training)."""
+    zero = torch.zeros((), dtype=scales.dtype, device=scales.device)
+    return -torch.log2(gaussian_likelihood(values.to(scales.dtype), zero, scales))
+
+
+def needs_side_search(values: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    """bool [B]: images whose hyper-latents predict some of their latents so badly that
+    ``search_side`` is worth its time (see OUTLIER_BITS and SEARCH_SHARE)."""
+    bits = latent_bits(values, scales).flatten(1)
+    outliers = torch.where(bits > OUTLIER_BITS, bits, torch.zeros_like(bits)).sum(1)
+    return outliers >= SEARCH_SHARE * bits.sum(1)
+
+
+def search_side(model: HyperpriorCodec, y: torch.Tensor, z: torch.Tensor, quality: int, steps: int = None,
+                lr: float = None, seed: int = 0) -> torch.Tensor:
+    """Hyper-latents (unrounded) [B, N, h, w] for the latents ``y`` that cost fewer bits than ``z``.
+
+    The hyper-latents are side information the encoder is free to choose: the analysis ``h_a(y)``
+    gives good ones on average, but in regions unlike the training crops (smooth skies, the edge
+    replication that pads an image to the stride) its rounded values can make the hyper-synthesis
+    predict a near-certain mean that the latents are far from, each such latent then costing tens
+    of bits. This runs ``steps`` Adam steps on z alone against the bits of y (with uniform noise,
+    as in training) plus those of z, the hyper-synthesis reading z rounded (straight-through), and
+    keeps per image the z whose rounded value gives the fewest estimated bits of the rounded
+    latents y and z, ``z`` itself included. The latents stay those of the analysis; only their
+    means, and so their rounding, move. Each step runs the hyper-synthesis (and context) forward
+    and backward, not the synthesis: a fraction of a decode. ``steps`` and ``lr`` default to
+    SEARCH_STEPS and SEARCH_LR."""
+    q = model._check_quality(quality)
+    steps = SEARCH_STEPS if steps is None else steps
+    lr = SEARCH_LR if lr is None else lr
+    with torch.inference_mode(False), torch.enable_grad():
+        y = y.detach().float().clone()
+        z = z.detach().float().clone().requires_grad_(True)
+        optimizer = torch.optim.Adam([z], lr=lr)
+        generator = torch.Generator(device=y.device).manual_seed(seed)
+        best_bits = torch.full((y.shape[0],), math.inf, device=y.device)
+        best = z.detach().clone()
+        for step in range(steps + 1):
+            z_hat = _round_ste(z)
+            last = step == steps
+            with torch.set_grad_enabled(not last):
+                means, scales = model.entropy_parameters(z_hat, y)
+                bits_z = -torch.log2(model.priors[q].likelihood(z_hat)).sum((1, 2, 3))
+                coded = latent_bits(torch.round(y - means), scales).sum((1, 2, 3)) + bits_z
+                better = coded.detach() < best_bits
+                best_bits = torch.where(better, coded.detach(), best_bits)
+                best[better] = z.detach()[better]
+                if last:
+                    break
+                noise = torch.rand(y.shape, generator=generator, device=y.device, dtype=y.dtype) - 0.5
+                bits = -torch.log2(gaussian_likelihood(y + noise, means, scales)).sum() + bits_z.sum()
+            z.grad = torch.autograd.grad(bits, [z])[0]
+            optimizer.step()
+    return best
