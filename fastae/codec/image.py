@@ -437,7 +437,8 @@ class Codec:
     @torch.inference_mode()
     def encode(self, batch, quality: int = None) -> Latents:
         """Rounded latents of ``batch``: [B, 3, H, W] uint8, or float in [0, 1] (refined first when
-        the codec was loaded with ``refine``)."""
+        the codec was loaded with ``refine``; a hyperprior's hyper-latents searched for the images
+        that need it unless it was loaded with ``side_search=False``)."""
         return self._encode(batch, quality)[0]
 
     def _encode(self, batch, quality):
