@@ -568,6 +568,10 @@ def test_shipped_codec_side_search_on_a_smooth_sky():
     assert np.array_equal(plain.decompress(after), searching.reconstruct(sky))
     rgb = _kodak((96, 120))
     assert searching.compress(rgb) == plain.compress(rgb)
+    # in a batch only the image that needs it is searched: each file is the one compress writes
+    batch = torch.from_numpy(np.stack([_kodak((64, 256)), sky])).permute(0, 3, 1, 2)
+    files = searching.compress_batch(batch)
+    assert files[1] == after and files[0] == plain.compress(_kodak((64, 256)))
 
 
 def test_bench_codec_speed_times_and_counts_every_latent(tmp_path, capsys):
