@@ -233,19 +233,29 @@ def cmd_eval(args):
     if args.limit:
         paths = paths[:args.limit]
     images = {str(p.relative_to(args.data)): to_rgb_array(p)[0] for p in paths}
+    # read the earlier results first: a bad --compare fails now, not after the evaluation
+    earlier_results, compared = [], []
+    for path in args.compare or []:
+        if sum(Path(p).resolve() == Path(path).resolve() for p in args.compare) > 1:
+            raise ValueError(f"--compare {path}: given twice")
+        try:
+            earlier = json.loads(Path(path).read_text())
+        except json.JSONDecodeError as e:
+            raise ValueError(f"--compare {path}: not a JSON file ({e})") from None
+        name = earlier.get("meta", {}).get("model", Path(path).stem) if isinstance(earlier, dict) else None
+        if not isinstance(name, str) or "fastae" not in earlier:
+            raise ValueError(f"--compare {path}: not a `fastae eval` result (no 'fastae' curve and model name)")
+        if name in (base.model_id, "fastae", *args.references, *compared):  # the same model again: name the file
+            name = f"{name} ({Path(path).name})" if f"{name} ({Path(path).name})" not in compared else f"{name} ({path})"
+        earlier_results.append(earlier)
+        compared.append(name)
     result = rd.evaluate(lambda q: base.with_quality(int(q)), images, args.qualities,
                          references=tuple(args.references), progress=not args.quiet)
     import datetime
     import platform
 
-    compared = []
-    for path in args.compare or []:
-        earlier = json.loads(Path(path).read_text())
-        name = earlier.get("meta", {}).get("model", Path(path).stem)
-        if name == base.model_id:
-            name = f"{name} ({Path(path).name})"
+    for earlier, name in zip(earlier_results, compared):
         rd.add_comparison(result, earlier, name)
-        compared.append(name)
     result["meta"] = {"command": " ".join(["fastae", *args.argv]), "model": base.model_id,
                       "model_hash": base.hash.hex(), "refine": base.refine,
                       "side_search": base.side_search, "images": len(images), "data": str(args.data),

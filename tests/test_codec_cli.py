@@ -164,6 +164,25 @@ def test_eval_writes_json_and_plot(trained, tmp_path, capsys):
     assert both[name] == result["fastae"] and set(both["bd_rate"]) == {name}
     assert both["bd_rate"][name] is None or abs(both["bd_rate"][name]) < 1e-6
     assert f"BD-rate vs {name}" in capsys.readouterr().out
+    # two earlier results of one other model (e.g. before and after an encoder change): the second
+    # is named with its file; a file that is not an eval result fails before anything is coded
+    other = dict(result, meta=dict(result["meta"], model="other"))
+    for f in ("o1.json", "o2.json"):
+        (tmp_path / f).write_text(json.dumps(other))
+    third = tmp_path / "rd3.json"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        assert cli.main(["eval", "--data", str(data), "--weights", str(trained), "--qualities", "1", "2",
+                         "--references", "--output", str(third), "--compare", str(tmp_path / "o1.json"),
+                         str(tmp_path / "o2.json"), "--quiet"]) == 0
+    assert {"other", "other (o2.json)"} <= set(json.loads(third.read_text()))
+    (tmp_path / "bad.json").write_text("{not json")
+    for bad, message in (("bad.json", "not a JSON file"), ("o1.json", "given twice")):
+        args = [str(tmp_path / "o1.json")] * (bad == "o1.json") + [str(tmp_path / bad)]
+        assert cli.main(["eval", "--data", str(data), "--weights", str(trained), "--qualities", "1",
+                         "--references", "--output", str(tmp_path / "no.json"), "--compare", *args, "--quiet"]) == 2
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "no.json").exists()
 
 
 def test_add_comparison_bd_rate_against_a_shifted_curve():
