@@ -387,6 +387,12 @@ SHIPPED_ON_KODIM01_CROP = {
 }
 
 
+def test_shipped_weights_fit_the_package_budget():
+    """The issue's budget: the weights shipped in the package, 25 MB at most in all."""
+    files = list(Path(fastae.codec.image.WEIGHTS_DIR).glob("*.safetensors"))
+    assert sum(f.stat().st_size for f in files) <= 25_000_000, [(f.name, f.stat().st_size) for f in files]
+
+
 @shipped
 def test_shipped_codec_round_trip_on_kodak(tmp_path):
     """Every quality of the shipped model on a real photo crop: rate and PSNR rise with quality and
