@@ -242,8 +242,9 @@ def cmd_eval(args):
             earlier = json.loads(Path(path).read_text())
         except json.JSONDecodeError as e:
             raise ValueError(f"--compare {path}: not a JSON file ({e})") from None
-        name = earlier.get("meta", {}).get("model", Path(path).stem) if isinstance(earlier, dict) else None
-        if not isinstance(name, str) or "fastae" not in earlier:
+        meta = earlier.get("meta") if isinstance(earlier, dict) else None
+        name = meta.get("model", Path(path).stem) if isinstance(meta, dict) else Path(path).stem
+        if not isinstance(earlier, dict) or not isinstance(name, str) or "fastae" not in earlier:
             raise ValueError(f"--compare {path}: not a `fastae eval` result (no 'fastae' curve and model name)")
         if name in (base.model_id, "fastae", *args.references, *compared):  # the same model again: name the file
             name = f"{name} ({Path(path).name})" if f"{name} ({Path(path).name})" not in compared else f"{name} ({path})"

@@ -157,6 +157,11 @@ def test_train_codec_passes_hyper_input_to_the_model(photos, tmp_path):
                           hyper_input="rounded", **TINY)
     assert noise[0]["loss"] != rounded[0]["loss"]
     assert not _same_weights(load_codec_checkpoint(tmp_path / "noise"), load_codec_checkpoint(tmp_path / "rounded"))
+    # a run is resumed with the setting it was trained with, not silently switched
+    with pytest.raises(ValueError, match="trained with hyper_input='rounded'; resume it with the same"):
+        train_codec(photos, tmp_path / "rounded", steps=4, crop=64, kind="hyperprior", amp=False, resume=True, **TINY)
+    train_codec(photos, tmp_path / "rounded", steps=4, crop=64, kind="hyperprior", amp=False, resume=True,
+                hyper_input="rounded", **TINY)
 
 
 def test_hyper_input_rejects_bad_values(photos, tmp_path):

@@ -95,7 +95,8 @@ def save_codec_checkpoint(out: Path, model: ImageCodec, step: int, optimizer=Non
     if optimizer is not None:
         with atomic_path(out / STATE) as tmp:
             torch.save({"step": step, "optimizer": optimizer.state_dict(), "generator": generator.get_state(),
-                        "torch_rng": torch.get_rng_state()}, tmp)
+                        "torch_rng": torch.get_rng_state(),
+                        "hyper_input": getattr(model, "hyper_input", None)}, tmp)
     if history is not None:
         write_text(out / HISTORY, json.dumps(history) + "\n")
     write_config(out, "image_codec", model.config, step=step)
@@ -194,6 +195,9 @@ def train_codec(data, out, steps: int = 20000, batch_size: int = 8, crop: int = 
             raise ValueError(f"checkpoint {out} was written with config {saved['config']}, not {model.config}")
         model.load_state_dict(load_file(str(out / WEIGHTS)))
         state = torch.load(out / STATE, weights_only=False)
+        if state.get("hyper_input", hyper_input) not in (hyper_input, None):  # checkpoints before it have none
+            raise ValueError(f"checkpoint {out} was trained with hyper_input={state['hyper_input']!r}; resume it "
+                             f"with the same (--hyper-input {state['hyper_input']}), not {hyper_input!r}")
         optimizer.load_state_dict(state["optimizer"])
         generator.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])
