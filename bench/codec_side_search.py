@@ -19,12 +19,8 @@ from PIL import Image
 
 import fastae
 import fastae.codec.refine as refine
+from fastae.codec.eval import psnr
 from fastae.codec.folder import image_files
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = np.mean((a.astype(np.float64) - b) ** 2)
-    return float("inf") if mse == 0 else 10 * np.log10(255 ** 2 / mse)
 
 
 def main(argv=None):
@@ -55,20 +51,21 @@ def main(argv=None):
         totals = {"off": [0, 0.0, 0.0], "on": [0, 0.0, 0.0]}  # bytes, sum of PSNR, seconds
         changed = []
         for name, rgb in images.items():
-            files = {}
+            files, scores = {}, {}
             for key, codec in (("off", plain), ("on", searching)):
                 began = time.perf_counter()
                 files[key] = codec.compress(rgb)
                 totals[key][2] += time.perf_counter() - began
+                scores[key] = psnr(rgb, plain.decompress(files[key]))
                 totals[key][0] += len(files[key])
-                totals[key][1] += psnr(plain.decompress(files[key]), rgb)
+                totals[key][1] += scores[key]
             if files["on"] != files["off"]:
                 changed.append(name)
                 if args.per_image:
                     pixels = rgb.shape[0] * rgb.shape[1]
                     print(f"  quality {q} {name}: " + ", ".join(
-                        f"search {key} {len(files[key]) * 8 / pixels:.4f} bpp "
-                        f"{psnr(plain.decompress(files[key]), rgb):.2f} dB" for key in ("off", "on")))
+                        f"search {key} {len(files[key]) * 8 / pixels:.4f} bpp {scores[key]:.2f} dB"
+                        for key in ("off", "on")))
         n = len(images)
         (b0, p0, t0), (b1, p1, t1) = totals["off"], totals["on"]
         print(f"quality {q}: search off {b0} B, {p0 / n:.3f} dB, {t0:.2f} s; on {b1} B ({(b1 / b0 - 1) * 100:+.2f}%), "

@@ -235,8 +235,9 @@ def cmd_eval(args):
     images = {str(p.relative_to(args.data)): to_rgb_array(p)[0] for p in paths}
     # read the earlier results first: a bad --compare fails now, not after the evaluation
     earlier_results, compared = [], []
-    for path in args.compare or []:
-        if sum(Path(p).resolve() == Path(path).resolve() for p in args.compare) > 1:
+    resolved = [Path(p).resolve() for p in args.compare or []]
+    for path, where in zip(args.compare or [], resolved):
+        if resolved.count(where) > 1:
             raise ValueError(f"--compare {path}: given twice")
         try:
             earlier = json.loads(Path(path).read_text())
@@ -247,7 +248,8 @@ def cmd_eval(args):
         if not isinstance(earlier, dict) or not isinstance(name, str) or "fastae" not in earlier:
             raise ValueError(f"--compare {path}: not a `fastae eval` result (no 'fastae' curve and model name)")
         if name in (base.model_id, "fastae", *args.references, *compared):  # the same model again: name the file
-            name = f"{name} ({Path(path).name})" if f"{name} ({Path(path).name})" not in compared else f"{name} ({path})"
+            with_file = f"{name} ({Path(path).name})"
+            name = with_file if with_file not in compared else f"{name} ({path})"
         earlier_results.append(earlier)
         compared.append(name)
     result = rd.evaluate(lambda q: base.with_quality(int(q)), images, args.qualities,
