@@ -15,7 +15,7 @@ import fastae
 import fastae.codec.image
 from fastae.codec import rans
 from fastae.codec.format import CODER_RANS, MAGIC, CodecError, Header, pack, read_header, unpack
-from fastae.codec.image import export_codec, load_codec
+from fastae.codec.image import export_codec, load_codec, to_rgb_array
 from fastae.codec.tables import from_symbols, pack_varints, quantize_pmf, tables_from_pmf, to_symbols, unpack_varints
 from fastae.models.codec import CODEC_MODELS, CheckerboardCodec, HyperpriorCodec, ImageCodec, checkerboard
 
@@ -266,6 +266,97 @@ def test_codec_grey_alpha_and_16_bit(tiny, tmp_path):
         tiny.compress(rgb.astype(np.float32))
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         tiny.compress(torch.full((3, 4, 4), 2.0))
+
+
+# How viewers show the stored pixels for each EXIF orientation (the TIFF/EXIF definitions: e.g. 6,
+# "row 0 is the visual right side, column 0 the visual top", is a quarter turn clockwise).
+_ORIENTED = {1: lambda a: a, 2: np.fliplr, 3: lambda a: np.rot90(a, 2), 4: np.flipud,
+             5: lambda a: a.transpose(1, 0, 2), 6: lambda a: np.rot90(a, -1),
+             7: lambda a: np.rot90(a, 2).transpose(1, 0, 2), 8: lambda a: np.rot90(a, 1)}
+
+
+def _with_orientation(path, pixels, orientation):
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    Image.fromarray(pixels).save(path, exif=exif)
+    return path
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_exif_orientation_is_applied(tmp_path, orientation):
+    raw = np.random.default_rng(orientation).integers(0, 256, (6, 10, 3), dtype=np.uint8)
+    path = _with_orientation(tmp_path / "photo.png", raw, orientation)
+    want = _ORIENTED[orientation](raw)
+    assert np.array_equal(to_rgb_array(path)[0], want)
+    with Image.open(path) as img:
+        assert np.array_equal(to_rgb_array(img)[0], want)
+    assert np.array_equal(to_rgb_array(raw)[0], raw)  # arrays are taken as they are
+
+
+def test_codec_codes_a_sideways_photo_upright(tiny, tmp_path):
+    raw = _kodak((24, 40))
+    path = _with_orientation(tmp_path / "sideways.png", raw, 6)
+    data = tiny.compress(path)
+    assert data == tiny.compress(np.rot90(raw, -1).copy())
+    assert tiny.decompress(data).shape == (40, 24, 3)
+    Image.fromarray(raw).save(tmp_path / "damaged.png", exif=b"Exif\x00\x00garbage")
+    with Image.open(tmp_path / "damaged.png") as img:
+        with pytest.raises(SyntaxError):
+            img.getexif()
+    assert np.array_equal(to_rgb_array(tmp_path / "damaged.png")[0], raw)  # damaged EXIF: pixels as stored
+
+
+def _s15(v):
+    return struct.pack(">i", round(v * 65536))
+
+
+def _xyz(x, y, z):
+    return b"XYZ \0\0\0\0" + _s15(x) + _s15(y) + _s15(z)
+
+
+def _icc_profile(description, gamma=1.0):
+    """A minimal ICC v2 RGB display profile: sRGB's primaries (D50-adapted) with a pure-power
+    tone curve of ``gamma``, so gamma 1 is linear-light sRGB."""
+    text = description.encode("ascii") + b"\0"
+    desc = b"desc\0\0\0\0" + struct.pack(">I", len(text)) + text + b"\0" * 78
+    curve = b"curv\0\0\0\0" + struct.pack(">IH", 1, round(gamma * 256))
+    d50 = _xyz(0.9642, 1.0, 0.8249)
+    tags = [(b"desc", desc), (b"wtpt", d50), (b"rXYZ", _xyz(0.4361, 0.2225, 0.0139)),
+            (b"gXYZ", _xyz(0.3851, 0.7169, 0.0971)), (b"bXYZ", _xyz(0.1431, 0.0606, 0.7141)),
+            (b"rTRC", curve), (b"gTRC", curve), (b"bTRC", curve)]
+    offset = 128 + 4 + 12 * len(tags)
+    table, data = b"", b""
+    for sig, body in tags:
+        body += b"\0" * (-len(body) % 4)
+        table += sig + struct.pack(">II", offset + len(data), len(body))
+        data += body
+    header = (struct.pack(">I", offset + len(data)) + b"\0" * 4 + bytes([2, 0x10, 0, 0]) + b"mntrRGB XYZ "
+              + b"\0" * 12 + b"acsp" + b"\0" * 28 + d50[8:] + b"\0" * 48)
+    return header + struct.pack(">I", len(tags)) + table + data
+
+
+def _srgb_encode(v):
+    v = v / 255
+    return 255 * np.where(v <= 0.0031308, 12.92 * v, 1.055 * v ** (1 / 2.4) - 0.055)
+
+
+def test_icc_profiles_are_converted_to_srgb(tmp_path):
+    pytest.importorskip("PIL.ImageCms")
+    raw = np.random.default_rng(0).integers(0, 256, (12, 20, 3), dtype=np.uint8)
+    Image.fromarray(raw).save(tmp_path / "linear.png", icc_profile=_icc_profile("Linear RGB (fastae test)"))
+    got = to_rgb_array(tmp_path / "linear.png")[0]
+    assert np.abs(got - _srgb_encode(raw)).max() <= 1.0  # LittleCMS's 8-bit rounding
+    assert np.abs(got.astype(int) - raw).max() > 50  # not the stored pixels
+    in_memory = Image.fromarray(raw)
+    in_memory.info["icc_profile"] = _icc_profile("Linear RGB (fastae test)")
+    assert np.array_equal(to_rgb_array(in_memory)[0], got)  # PIL images as files
+    # A profile that says it is sRGB, a damaged one, and a grey image's are left alone.
+    for icc in (_icc_profile("sRGB IEC61966-2.1"), b"not a profile"):
+        Image.fromarray(raw).save(tmp_path / "kept.png", icc_profile=icc)
+        assert np.array_equal(to_rgb_array(tmp_path / "kept.png")[0], raw)
+    grey = raw[:, :, 0]
+    Image.fromarray(grey).save(tmp_path / "grey.png", icc_profile=_icc_profile("Linear RGB (fastae test)"))
+    assert np.array_equal(to_rgb_array(tmp_path / "grey.png")[0][:, :, 0], grey)
 
 
 def test_codec_rejects_other_models_and_damaged_files(tiny, tmp_path):

@@ -16,6 +16,13 @@ channel that is fully opaque is dropped, any other alpha is rejected (ValueError
 code transparency; flatten it first, e.g. ``img.convert("RGB")``). 16-bit images are reduced to
 8 bits (the header records the original depth; the decoded image is 8-bit).
 
+Pixels as viewers show them: a PIL image or file with an EXIF orientation tag (phone photos store
+their pixels sideways and say so in EXIF) is turned upright first, so a 4000 x 3000 photo tagged
+"rotate 90" decodes to 3000 x 4000; a colour image with an embedded ICC profile other than sRGB
+(Display P3, Adobe RGB, CMYK profiles) is converted to sRGB by Pillow's LittleCMS, since the .fae
+file keeps no profile and the decoded image is sRGB. A damaged EXIF block or profile is ignored
+(the pixels are coded as stored); arrays and tensors are taken as they are.
+
 Hyperprior models: the Gaussian of each latent is chosen by ``h_s`` from the decoded
 hyper-latents, and encoder and decoder must pick the same integer table, or the rest of the
 image decodes wrongly. ``h_s`` (and a checkerboard model's context network) therefore runs in
@@ -30,7 +37,9 @@ of 5,898,240 latents with fastae-checkerboard-v2 (28 with fastae-hyperprior-v4's
 import copy
 import functools
 import hashlib
+import io
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Optional
 from pathlib import Path
@@ -38,7 +47,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
+from PIL import Image, ImageOps
 from safetensors.torch import load_file, save_file
 
 from fastae._io import atomic_path
@@ -275,9 +284,50 @@ def _to_8bit(a: np.ndarray) -> np.ndarray:
     return ((a.astype(np.int64) + 128) // 257).astype(np.uint8)
 
 
+_EXIF_ORIENTATION = 0x0112
+
+
+def _upright(img: Image.Image) -> Image.Image:
+    """``img`` rotated/flipped as its EXIF orientation tag (2..8) says viewers show it."""
+    try:
+        orientation = img.getexif().get(_EXIF_ORIENTATION, 1)
+    except Exception:  # Pillow raises SyntaxError, OSError, ValueError... on a damaged EXIF block
+        return img
+    if orientation not in range(2, 9):
+        return img
+    return ImageOps.exif_transpose(img)
+
+
+def _srgb_profile():
+    from PIL import ImageCms
+
+    return ImageCms.createProfile("sRGB")
+
+
+def _to_srgb(img: Image.Image) -> Image.Image:
+    """An RGB or CMYK ``img`` with a non-sRGB ICC profile converted to sRGB (the others unchanged)."""
+    icc = img.info.get("icc_profile")
+    if not icc or img.mode not in ("RGB", "CMYK"):
+        return img
+    try:
+        from PIL import ImageCms
+    except ImportError:  # a Pillow built without LittleCMS
+        warnings.warn("Pillow lacks ImageCms (LittleCMS): the image's ICC profile is ignored", stacklevel=3)
+        return img
+    try:
+        profile = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+        if ImageCms.getProfileDescription(profile).strip().lower().startswith("srgb"):
+            return img
+        return ImageCms.profileToProfile(img, profile, _srgb_profile(), outputMode="RGB")
+    except (ImageCms.PyCMSError, OSError, ValueError):  # a damaged or unusable profile: the pixels as stored
+        return img
+
+
 def _array_from_pil(img: Image.Image):
-    """(H x W x 3 uint8 array, channels, bit depth) following the channel policy of the module docstring."""
+    """(H x W x 3 uint8 array, channels, bit depth) following the channel and orientation policy of
+    the module docstring."""
     bit_depth = 8
+    img = _upright(img)
     mode = img.mode
     if mode == "P":
         img = img.convert("RGBA" if "transparency" in img.info else "RGB")
@@ -300,7 +350,7 @@ def _array_from_pil(img: Image.Image):
         return np.repeat(arr[:, :, None], 3, axis=2), 1, bit_depth
     if mode == "F":
         raise ValueError("image of mode 'F' (32-bit float) is not supported; fastae codes 8 or 16-bit images")
-    return np.array(img.convert("RGB")), 3, bit_depth
+    return np.array(_to_srgb(img).convert("RGB")), 3, bit_depth
 
 
 def _array_from_numpy(a: np.ndarray, what="array"):
