@@ -48,6 +48,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import fastae
+from fastae._device import resolve_device
 from fastae.ops import _backend
 
 SUITES = ("ops", "losses", "train", "codec")
@@ -1032,9 +1033,7 @@ def run(suites=SUITES, device="cpu", *, quick=False, dtypes=None, activations=("
     """Run the suites; the result dict that ``--output`` writes (see ``fastae bench --help``)."""
     started = time.perf_counter()
     timestamp = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda: no CUDA device is available (torch.cuda.is_available() is False)")
+    device = resolve_device(device, "--device")
     if device.type not in ("cpu", "cuda"):
         raise ValueError(f"--device must be cpu or cuda, got {device.type!r}")
     if device.type == "cuda" and device.index is None:

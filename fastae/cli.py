@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 
 import fastae
+from fastae._device import resolve_device
 from fastae.codec import DEFAULT_MODEL
 from fastae.ops import _backend
 
@@ -191,7 +192,7 @@ def _codec_factory(args):
 
     from fastae.codec.image import load_codec
 
-    device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    device = resolve_device(args.device, "--device")
     factory = functools.partial(load_codec, quality=getattr(args, "quality", 1), model=args.model, device=device,
                                 weights=args.weights, refine=getattr(args, "refine", 0),
                                 side_search=getattr(args, "side_search", True))

@@ -50,6 +50,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageOps
 from safetensors.torch import load_file, save_file
 
+from fastae._device import resolve_device
 from fastae._io import atomic_path
 from fastae.codec import DEFAULT_MODEL, rans
 from fastae.codec.format import CODER_RANS, CodecError, Header, pack, unpack
@@ -271,7 +272,7 @@ def load_codec(quality: int = 4, model: str = DEFAULT_MODEL, device="cpu", weigh
             raise ValueError(f"load_codec: unknown model {model!r}; shipped models: {shipped_models()}")
     else:
         path = Path(weights)
-    device = torch.device(device)
+    device = resolve_device(device, "load_codec: device")
     loaded = _load_cached(str(path.resolve()), str(device))
     return Codec(loaded, quality, refine, side_search)
 

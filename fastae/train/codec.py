@@ -23,6 +23,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
+from fastae._device import resolve_device
 from fastae._io import atomic_path, write_text
 from fastae.models.codec import CODEC_MODELS, LAMBDAS, ImageCodec, build_codec
 from fastae.train.checkpoint import CONFIG, STATE, WEIGHTS, write_config, write_weights
@@ -168,7 +169,7 @@ def train_codec(data, out, steps: int = 20000, batch_size: int = 8, crop: int = 
     if stop_at is not None and not 1 <= stop_at <= steps:
         raise ValueError(f"train_codec: stop_at must be a step in 1..steps={steps}, got {stop_at}")
     end = steps if stop_at is None else stop_at
-    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
+    device = resolve_device(device, "train_codec: device")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     photos = load_photos(data, downscale)

@@ -10,6 +10,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, TensorDataset
 
+from fastae._device import resolve_device
 from fastae._io import write_text
 from fastae.train.checkpoint import STATE, WEIGHTS, load_training_state, save_checkpoint
 
@@ -32,9 +33,7 @@ def make_optimizer(name, params, lr, weight_decay=0.0, momentum=0.9):
 
 
 def _device(device):
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    return resolve_device(device, "device")
 
 
 def _amp_dtype(amp, device):
