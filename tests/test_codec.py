@@ -429,6 +429,26 @@ def test_latent_codec_round_trip_on_mnist_ae():
         LatentCodec(model, step=0)
 
 
+def test_latent_codec_codes_that_round_to_one_value_and_bad_codes():
+    from fastae.codec import LatentCodec
+    from fastae.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model("mlp", input_shape=(1, 28, 28), hidden=[32], latent=8)
+    x = torch.rand(4, 1, 28, 28)
+    with torch.no_grad():
+        z = model.eval().encode(x)
+    lc = LatentCodec(model, step=100.0)  # every code rounds to 0
+    assert torch.round(z / 100.0).unique().numel() == 1
+    assert torch.equal(lc.decompress(lc.compress(x), decode=False), torch.zeros_like(z))
+    one = LatentCodec(build_model("mlp", input_shape=(1, 28, 28), hidden=[32], latent=1), step=0.01)
+    assert one.decompress(one.compress(x[:1]), decode=False).shape == (1, 1)
+    with pytest.raises(ValueError, match="non-empty batch"):
+        lc.compress(x[:0])
+    with pytest.raises(ValueError, match="not all finite"):
+        lc.compress(torch.full_like(x, float("nan")))
+
+
 def test_codec_batched_encode_decode_match_single_images(tiny):
     rgb = _kodak((32, 48))
     batch = torch.stack([torch.from_numpy(rgb).permute(2, 0, 1), torch.from_numpy(rgb[::-1].copy()).permute(2, 0, 1)])

@@ -47,6 +47,9 @@ class LatentCodec:
     @torch.no_grad()
     def compress(self, x: torch.Tensor) -> bytes:
         """The codes of the batch ``x`` as .fae bytes."""
+        if not isinstance(x, torch.Tensor) or x.dim() == 0 or x.shape[0] == 0:
+            raise ValueError(f"LatentCodec.compress: expected a non-empty batch tensor, got "
+                             f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
         was_training = self.model.training
         self.model.eval()
         try:
@@ -56,11 +59,14 @@ class LatentCodec:
         if isinstance(z, tuple):  # a VAE's encode gives (mu, logvar): store the mean
             z = z[0]
         z = z.reshape(z.shape[0], -1).float()
+        if z.numel() == 0:
+            raise ValueError(f"LatentCodec.compress: empty batch (codes of shape {tuple(z.shape)})")
+        if not torch.isfinite(z).all():
+            raise ValueError("LatentCodec.compress: the model's codes are not all finite (NaN or inf)")
         q = torch.round(z / self.step).to(torch.int64).cpu()
         b, d = q.shape
-        if b * d == 0:
-            raise ValueError(f"LatentCodec.compress: empty batch (codes of shape {tuple(z.shape)})")
         lo, hi = int(q.min()), int(q.max())
+        hi = max(hi, lo + 1)  # at least two symbols: a one-symbol table's 2**16 does not fit its 16 bits
         if hi - lo + 1 > MAX_SYMBOLS:
             raise ValueError(f"LatentCodec.compress: the codes span {hi - lo + 1} quantization steps, more than "
                              f"{MAX_SYMBOLS}; use a larger step (now {self.step})")
