@@ -468,6 +468,38 @@ def test_codec_batched_encode_decode_match_single_images(tiny):
         tiny.encode(batch[0])
 
 
+def test_codec_batched_calls_check_their_input(tiny):
+    rgb = torch.from_numpy(_kodak((32, 48))).permute(2, 0, 1)[None]
+    for bad in (rgb.float(), torch.full((1, 3, 8, 8), float("nan")), torch.full((1, 3, 8, 8), -0.1)):
+        with pytest.raises(ValueError, match=r"finite values in \[0, 1\]"):
+            tiny.compress_batch(bad)
+    for bad in (rgb.long(), rgb.bool()):
+        with pytest.raises(TypeError, match="dtype"):
+            tiny.encode(bad)
+    with pytest.raises(ValueError, match="at least one image"):
+        tiny.encode(rgb[:0])
+    assert tiny.encode(rgb.float() / 255).values.shape == tiny.encode(rgb).values.shape
+    latents = tiny.encode(rgb)
+    Latents = type(latents)
+    hyper = latents.side is not None
+    bad_latents = [Latents(latents.values, latents.quality, 1000, 48, latents.side),   # size of other latents
+                   Latents(latents.values, latents.quality, -5, 48, latents.side),
+                   Latents(latents.values.float(), latents.quality, 32, 48, latents.side)]
+    if hyper:
+        bad_latents.append(Latents(latents.values, latents.quality, 32, 48, latents.side.repeat(2, 1, 1, 1)))
+    for bad in bad_latents:
+        with pytest.raises(ValueError, match="decode: latents"):
+            tiny.decode(bad)
+    with pytest.raises(ValueError, match="quality"):
+        tiny.decode(Latents(latents.values, 9, 32, 48, latents.side))
+    with pytest.raises(TypeError, match="dtype"):
+        tiny.decode(latents, dtype=torch.int16)
+    with pytest.raises(TypeError, match="Latents"):
+        tiny.decode(latents.values)
+    assert tiny.decode(latents, dtype=torch.float32).dtype == torch.float32
+    assert tiny.with_quality(np.int64(2)).quality == 2 and type(tiny.with_quality(np.int64(2)).quality) is int
+
+
 def test_codec_compress_batch_writes_the_files_of_compress(tiny):
     a, b = _kodak((32, 48)), _kodak((32, 48))[::-1].copy()
     batch = torch.stack([torch.from_numpy(a).permute(2, 0, 1), torch.from_numpy(b).permute(2, 0, 1)])

@@ -39,6 +39,7 @@ import functools
 import hashlib
 import io
 import math
+import numbers
 import warnings
 from dataclasses import dataclass
 from typing import Optional
@@ -430,7 +431,7 @@ class Codec:
         self._loaded = loaded
         self.model = loaded.model
         self.model._check_quality(quality)
-        self.quality = quality
+        self.quality = int(quality)
         self.refine = check_refine(refine)
         if not isinstance(side_search, bool):
             raise ValueError(f"side_search must be True or False, got {side_search!r}")
@@ -497,7 +498,14 @@ class Codec:
         if not isinstance(batch, torch.Tensor) or batch.dim() != 4 or batch.shape[1] != self.model.channels:
             raise ValueError(f"encode: expected a [B, {self.model.channels}, H, W] tensor, got "
                              f"{getattr(batch, 'shape', type(batch).__name__)}")
+        if min(batch.shape) == 0:
+            raise ValueError(f"encode: expected a batch of at least one image of at least 1 x 1 pixels, got "
+                             f"{tuple(batch.shape)}")
+        if batch.dtype != torch.uint8 and not batch.is_floating_point():
+            raise TypeError(f"encode: expected a uint8 batch (0..255) or a float one in [0, 1], got dtype {batch.dtype}")
         x = batch.to(self.device)
+        if x.is_floating_point() and not bool(((x >= 0) & (x <= 1)).all()):  # also catches NaN
+            raise ValueError("encode: a float batch must hold finite values in [0, 1] (for 0..255 pass uint8)")
         x = x.float() / 255 if x.dtype == torch.uint8 else x.float()
         h, w = x.shape[-2:]
         x = self._pad(x).contiguous(memory_format=torch.channels_last)
@@ -531,12 +539,33 @@ class Codec:
     @torch.inference_mode()
     def decode(self, latents: Latents, dtype=torch.uint8) -> torch.Tensor:
         """Images [B, 3, H, W] from ``latents``: uint8 (default) or float in [0, 1]."""
+        self._check_latents(latents, dtype)
         means = None
         if self._loaded.h_s64 is not None:
-            if latents.side is None:
-                raise ValueError("decode: a hyperprior codec needs the latents' side (hyper-latents)")
             means = self._entropy(latents.side, lambda m, s: latents.values)[0].float()
         return self._synthesize(latents, means, dtype)
+
+    def _check_latents(self, latents, dtype):
+        """ValueError/TypeError unless ``latents`` are what ``encode`` gives for this model."""
+        if not isinstance(latents, Latents):
+            raise TypeError(f"decode: expected the Latents that encode returns, got {type(latents).__name__}")
+        if not isinstance(dtype, torch.dtype) or dtype != torch.uint8 and not dtype.is_floating_point:
+            raise TypeError(f"decode: dtype must be torch.uint8 or a float dtype, got {dtype!r}")
+        self.model._check_quality(latents.quality)
+        for name in ("height", "width"):
+            v = getattr(latents, name)
+            if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1:
+                raise ValueError(f"decode: latents.{name} must be a positive integer, got {v!r}")
+        hyper = self._loaded.h_s64 is not None
+        tensors = (latents.values, latents.side) if hyper else (latents.values,)
+        if hyper and latents.side is None:
+            raise ValueError("decode: a hyperprior codec needs the latents' side (hyper-latents)")
+        for name, t, shape in zip(("values", "side"), tensors, self.latent_shapes(latents.height, latents.width)):
+            if not isinstance(t, torch.Tensor) or t.is_floating_point() or t.is_complex() or t.dim() != 4 \
+                    or tuple(t.shape[1:]) != shape or t.shape[0] != latents.values.shape[0] or t.shape[0] == 0:
+                raise ValueError(f"decode: latents.{name} must be an integer tensor [B, {', '.join(map(str, shape))}] "
+                                 f"for a {latents.height} x {latents.width} image, got "
+                                 f"{getattr(t, 'dtype', type(t).__name__)} {tuple(getattr(t, 'shape', ()))}")
 
     def _synthesize(self, latents: Latents, means, dtype):
         y = latents.values.to(self.device, torch.float32)

@@ -25,6 +25,7 @@ network reaches a lower rate, and it costs one 1x1 convolution per layer.
 """
 
 import math
+import numbers
 
 import torch
 import torch.nn.functional as F
@@ -171,7 +172,7 @@ class ImageCodec(nn.Module):
         self.priors = nn.ModuleList(FactorizedPrior(M) for _ in range(qualities))
 
     def _check_quality(self, quality: int) -> int:
-        if isinstance(quality, bool) or not isinstance(quality, int) or not 1 <= quality <= self.qualities:
+        if isinstance(quality, bool) or not isinstance(quality, numbers.Integral) or not 1 <= quality <= self.qualities:
             raise ValueError(f"quality must be an integer in 1..{self.qualities}, got {quality!r}")
         return quality - 1
 
