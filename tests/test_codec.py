@@ -1,5 +1,6 @@
 """The image codec's pieces: rANS coder, integer tables, the .fae format, compress/decompress."""
 
+import json
 import struct
 from pathlib import Path
 import math
@@ -500,6 +501,35 @@ def test_codec_batched_calls_check_their_input(tiny):
     assert tiny.with_quality(np.int64(2)).quality == 2 and type(tiny.with_quality(np.int64(2)).quality) is int
 
 
+def test_large_images_run_in_bands_with_the_same_result(tiny, monkeypatch):
+    """Bands of rows (transforms and float64 entropy networks) give the bytes and pixels of the
+    whole image at once: each band carries enough rows of its neighbours."""
+    import fastae.codec.image as ci
+
+    rgb = np.tile(_kodak((40, 56)), (15, 1, 1))[:590, :50].copy()  # 590 rows: several bands below
+    whole = tiny.compress(rgb), tiny.decompress(tiny.compress(rgb)), tiny.reconstruct(rgb)
+    monkeypatch.setattr(ci, "BAND_PIXELS", 16 * 16 * 8)
+    monkeypatch.setattr(ci, "ENTROPY_POSITIONS", 8)
+    latents = tiny.encode(torch.from_numpy(rgb).permute(2, 0, 1)[None])
+    assert len(tiny._bands(*latents.values.shape[2:])) > 2
+    banded = tiny.compress(rgb)
+    assert banded == whole[0]
+    assert np.array_equal(tiny.decompress(banded), whole[1]) and np.array_equal(tiny.reconstruct(rgb), whole[2])
+    if latents.side is not None:  # the float64 entropy networks were banded too
+        bands, by_rows = [], ci._by_rows
+
+        def spy(fn, inputs, *args):
+            calls = []
+            out = by_rows(lambda *x: calls.append(1) or fn(*x), inputs, *args)
+            bands.append(len(calls))
+            return out
+
+        monkeypatch.setattr(ci, "_by_rows", spy)
+        with torch.inference_mode():
+            tiny._entropy(latents.side, lambda m, s: latents.values)
+        assert min(bands) > 1
+
+
 def test_codec_compress_batch_writes_the_files_of_compress(tiny):
     a, b = _kodak((32, 48)), _kodak((32, 48))[::-1].copy()
     batch = torch.stack([torch.from_numpy(a).permute(2, 0, 1), torch.from_numpy(b).permute(2, 0, 1)])
@@ -721,6 +751,22 @@ def test_shipped_codec_side_search_on_a_smooth_sky():
     batch = torch.from_numpy(np.stack([_kodak((64, 256)), sky])).permute(0, 3, 1, 2)
     files = searching.compress_batch(batch)
     assert files[1] == after and files[0] == plain.compress(_kodak((64, 256)))
+
+
+def test_bench_codec_memory_codes_the_tiled_image(tmp_path):
+    """bench/codec_memory.py (the README's memory table) on a tiny model: a row per size with both
+    steps, the file being the one compress writes for the tiled image."""
+    bench = bench_script("codec_memory")
+    torch.manual_seed(0)
+    weights = export_codec(ImageCodec(N=8, M=8, lambdas=(0.01, 0.1)), tmp_path / "tiny.safetensors", model_id="tiny")
+    tile = np.random.default_rng(0).integers(0, 256, (20, 30, 3), dtype=np.uint8)
+    Image.fromarray(tile).save(tmp_path / "tile.png")
+    bench.main(["--image", str(tmp_path / "tile.png"), "--sizes", "48", "--quality", "2", "--weights", str(weights),
+                "--json", str(tmp_path / "m.json")])
+    (row,) = json.loads((tmp_path / "m.json").read_text())["rows"]
+    expected = load_codec(quality=2, weights=weights).compress(np.tile(tile, (3, 2, 1))[:48, :48].copy())
+    assert row["size"] == 48 and row["compress"]["bytes"] == row["decompress"]["bytes"] == len(expected)
+    assert all(row[step]["peak_mb"] >= 0 and row[step]["seconds"] > 0 for step in ("compress", "decompress"))
 
 
 def test_bench_codec_speed_times_and_counts_every_latent(tmp_path, capsys):

@@ -58,9 +58,17 @@ from fastae.codec.format import CODER_RANS, CodecError, Header, pack, unpack
 from fastae.codec.refine import check_refine, needs_side_search, refine_latents, search_side
 from fastae.codec.tables import (check_tables, code_lengths, from_symbols, pack_varints, tables_from_pmf, to_symbols,
                                  unpack_varints)
-from fastae.models.codec import HyperpriorCodec, ImageCodec, build_codec, checkerboard, scale_table
+from fastae.models.codec import (CheckerboardContext, HyperpriorCodec, ImageCodec, build_codec, checkerboard,
+                                 scale_table)
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
+# Large images run the analysis and synthesis transforms in bands of rows, so that memory stays
+# near what one band needs (about 400 bytes per pixel of a band) instead of growing with the image:
+# a band holds about BAND_PIXELS pixels, and each band is computed with HALO latent rows of its
+# neighbours on either side, which covers the transforms' reach (under 2 latent rows: four 5x5
+# layers of stride 2), so a band's rows are those of the whole image up to float rounding.
+BAND_PIXELS = 1 << 21
+HALO = 3
 MAX_PIXELS = Image.MAX_IMAGE_PIXELS  # Pillow's decompression-bomb limit; decoding refuses larger images
 _SUPPORT = 1 << 11  # tables are derived over the integers -2048..2048
 
@@ -240,12 +248,61 @@ def _read_model_file(path, device) -> _Loaded:
             raise ValueError(f"{path}: the Gaussian tables' thresholds must be non-decreasing finite float64, "
                              f"one between each two tables ({len(scales) - 1})")
         gaussian = (*gaussian, thresholds)
-        h_s64 = copy.deepcopy(model.h_s).to(device, torch.float64).eval()
+        ratio = model.stride // model.latent_stride
+        h_s64 = _BandedHyperSynthesis(copy.deepcopy(model.h_s), ratio).to(device, torch.float64).eval()
         if hasattr(model, "ctx"):
-            ctx64 = copy.deepcopy(model.ctx).to(device, torch.float64).eval()
+            ctx64 = _BandedContext(model.M)
+            ctx64.load_state_dict(model.ctx.state_dict())
+            ctx64 = ctx64.to(device, torch.float64).eval()
     # channels_last: oneDNN's convolutions run ~1.3x faster on it than on NCHW (measured on CPU).
     model = model.to(device, memory_format=torch.channels_last).eval()
     return _Loaded(model, meta["model_id"], model_hash(tensors), tables, gaussian, h_s64, ctx64)
+
+
+# float64 convolutions on the CPU unfold their input (im2col): a 5x5 convolution of M=160
+# channels holds 32 kB per latent position, 125 bytes per pixel of the image. The entropy
+# networks therefore run on bands of about ENTROPY_POSITIONS latent positions at a time.
+ENTROPY_POSITIONS = 1 << 13
+
+
+def _by_rows(fn, inputs, ratio: int, halo: int, positions: int):
+    """``fn(*inputs)`` for a ``fn`` that maps [B, C, R, W] tensors (``None`` passes through) to
+    [B, C', ratio*R, ratio*W] and whose outputs see fewer than ``halo`` input rows either side:
+    computed on bands of about ``positions`` input positions, each with ``halo`` rows of its
+    neighbours, and the bands' rows put together."""
+    first = inputs[0]
+    rows, width = first.shape[2], first.shape[0] * first.shape[3]
+    step = max(2 * halo, positions // max(width, 1))
+    if rows <= step + 2 * halo:
+        return fn(*inputs)
+    out = None
+    for a in range(0, rows, step):
+        b = min(a + step, rows)
+        lo, hi = max(a - halo, 0), min(b + halo, rows)
+        part = fn(*(None if t is None else t[:, :, lo:hi] for t in inputs))
+        part = part[:, :, (a - lo) * ratio:(b - lo) * ratio]
+        if out is None:
+            out = part.new_empty((part.shape[0], part.shape[1], rows * ratio, part.shape[3]))
+        out[:, :, a * ratio:b * ratio] = part
+    return out
+
+
+class _BandedHyperSynthesis(torch.nn.Module):
+    """``h_s`` (hyper-latents -> means and scales, 4x the rows) run by ``_by_rows``."""
+
+    def __init__(self, h_s: torch.nn.Module, ratio: int):
+        super().__init__()
+        self.h_s, self.ratio = h_s, ratio
+
+    def forward(self, side):
+        return _by_rows(self.h_s, (side,), self.ratio, 2, ENTROPY_POSITIONS // self.ratio ** 2)
+
+
+class _BandedContext(CheckerboardContext):
+    """A CheckerboardContext whose passes run by ``_by_rows`` (its 5x5 convolution sees 2 rows)."""
+
+    def forward(self, hyper, anchors=None):
+        return _by_rows(super().forward, (hyper, anchors), 1, 2, ENTROPY_POSITIONS)
 
 
 @functools.lru_cache(maxsize=8)
@@ -509,8 +566,11 @@ class Codec:
         x = x.float() / 255 if x.dtype == torch.uint8 else x.float()
         h, w = x.shape[-2:]
         x = self._pad(x).contiguous(memory_format=torch.channels_last)
-        y = self.model.analysis(x, quality)
         z = None
+        if self.refine:  # refinement needs the whole image in one graph
+            y = self.model.analysis(x, quality)
+        else:
+            y = self._banded_analysis(x, quality)
         if self.refine:
             y, z = refine_latents(self.model, x, y, quality, self.refine, h, w)
         if self._loaded.h_s64 is None:
@@ -567,13 +627,52 @@ class Codec:
                                  f"for a {latents.height} x {latents.width} image, got "
                                  f"{getattr(t, 'dtype', type(t).__name__)} {tuple(getattr(t, 'shape', ()))}")
 
+    def _bands(self, rows: int, width: int):
+        """(first, end) latent rows of the bands of a latent grid ``rows`` x ``width``: one band
+        unless the image has more than 1.5 x BAND_PIXELS pixels."""
+        ls = self.model.latent_stride
+        if rows * width * ls * ls <= 1.5 * BAND_PIXELS:
+            return [(0, rows)]
+        step = max(2 * HALO, BAND_PIXELS // (width * ls * ls))
+        return [(a, min(a + step, rows)) for a in range(0, rows, step)]
+
+    def _banded_analysis(self, x, quality):
+        """``model.analysis`` of the padded batch ``x``, band by band (see BAND_PIXELS)."""
+        ls = self.model.latent_stride
+        bands = self._bands(x.shape[2] // ls, x.shape[3] // ls)
+        if len(bands) == 1:
+            return self.model.analysis(x, quality)
+        rows = x.shape[2] // ls
+        parts = []
+        for a, b in bands:
+            lo, hi = max(a - HALO, 0), min(b + HALO, rows)
+            parts.append(self.model.analysis(x[:, :, lo * ls:hi * ls].contiguous(memory_format=torch.channels_last),
+                                             quality)[:, :, a - lo:b - lo])
+        return torch.cat(parts, dim=2)
+
     def _synthesize(self, latents: Latents, means, dtype):
         y = latents.values.to(self.device, torch.float32)
         if means is not None:
             y = y + means
-        x = self.model.synthesis(y.contiguous(memory_format=torch.channels_last), latents.quality)
-        x = x[:, :, :latents.height, :latents.width].clamp(0, 1)
-        return (x * 255).round().to(torch.uint8) if dtype == torch.uint8 else x.to(dtype)
+        y = y.contiguous(memory_format=torch.channels_last)
+        ls, rows = self.model.latent_stride, y.shape[2]
+        bands = self._bands(rows, y.shape[3])
+        out = None
+        for a, b in bands:  # each band's rows of the image, finished (cropped, clamped, converted) at once
+            lo, hi = max(a - HALO, 0), min(b + HALO, rows)
+            x = self.model.synthesis(y[:, :, lo:hi], latents.quality)[:, :, (a - lo) * ls:(b - lo) * ls]
+            top, end = a * ls, min(b * ls, latents.height)
+            if top >= end:
+                break
+            x = x[:, :, :end - top, :latents.width].clamp(0, 1)
+            x = (x * 255).round().to(torch.uint8) if dtype == torch.uint8 else x.to(dtype)
+            if len(bands) == 1:
+                return x
+            if out is None:
+                out = torch.empty((x.shape[0], x.shape[1], latents.height, latents.width), dtype=x.dtype,
+                                  device=x.device)
+            out[:, :, top:end] = x
+        return out
 
     # -- files ------------------------------------------------------------------------------------
 
