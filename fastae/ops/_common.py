@@ -58,3 +58,16 @@ def plain_eager(*tensors):
     """True outside torch.compile and any tracer: every tensor a plain Tensor or Parameter, no dispatch mode."""
     return (not torch.compiler.is_compiling() and _get_current_dispatch_mode() is None
             and all(type(t) in (Tensor, torch.nn.Parameter) for t in tensors if t is not None))
+
+
+def create_graph_grads(oracle, inputs, needs, grad_output):
+    """Gradients of ``oracle(*inputs)`` (plain, differentiable torch ops computing the same value as
+    a fused op) for the inputs where ``needs`` is true, None elsewhere, with a graph: for a
+    backward run with ``create_graph=True``. The fused ops compute their gradients in the forward
+    pass (or in a kernel), so those have no graph back to the inputs, and a second derivative
+    taken through them (a gradient penalty, a Hessian-vector product) would silently lack every
+    term but the one through ``grad_output``."""
+    wanted = [t for t, need in zip(inputs, needs) if need]
+    with torch.enable_grad():
+        grads = iter(torch.autograd.grad(oracle(*inputs), wanted, grad_output, create_graph=True, allow_unused=True))
+    return [next(grads) if need else None for need in needs]

@@ -18,7 +18,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from fastae.ops import _backend
-from fastae.ops._common import autocast_inputs, check_choice, check_like, check_tensors, needs_grad, plain_eager
+from fastae.ops._common import (autocast_inputs, check_choice, check_like, check_tensors, create_graph_grads, needs_grad,
+                               plain_eager)
 
 ACTIVATIONS = ("none", "relu", "leaky_relu", "gelu", "gelu_tanh", "sigmoid", "tanh", "silu")
 _ACT_ID = {name: i for i, name in enumerate(ACTIVATIONS)}
@@ -152,7 +153,7 @@ def _setup_context(ctx, inputs, output):
     # preact is kept for backward only: no gradient flows into it and none is zero-filled for it.
     ctx.mark_non_differentiable(preact)
     ctx.set_materialize_grads(False)
-    ctx.save_for_backward(x, weight, out if act in _GRAD_FROM_OUTPUT else preact)
+    ctx.save_for_backward(x, weight, out if act in _GRAD_FROM_OUTPUT else preact, bias)
     ctx.act, ctx.backend = act, backend
 
 
@@ -163,8 +164,12 @@ def _make_backward(bwd):
     def backward(ctx, grad_out, _grad_preact):
         if grad_out is None:
             return None, None, None, None, None, None
-        x, weight, saved = ctx.saved_tensors
+        x, weight, saved, bias = ctx.saved_tensors
         need_x, need_w, need_b = ctx.needs_input_grad[:3]
+        if torch.is_grad_enabled():  # create_graph=True: gradients that can be differentiated again
+            act = ctx.act
+            return (*create_graph_grads(lambda x, w, b: _torch_fwd(x, w, b, act, False)[0], (x, weight, bias),
+                                        (need_x, need_w, need_b), grad_out), None, None, None)
         dx, dw, db = bwd(grad_out, x, weight, saved, ctx.act, ctx.backend, need_x, need_w, need_b)
         return (dx if need_x else None, dw if need_w else None, db if need_b else None, None, None, None)
 

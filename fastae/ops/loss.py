@@ -15,7 +15,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from fastae.ops import _backend
-from fastae.ops._common import autocast_inputs, check_choice, check_like, check_tensors, needs_grad, plain_eager
+from fastae.ops._common import (autocast_inputs, check_choice, check_like, check_tensors, create_graph_grads, needs_grad,
+                               plain_eager)
 
 KINDS = ("mse", "l1", "bce", "bce_logits")
 REDUCTIONS = ("none", "mean", "sum", "batch")
@@ -147,12 +148,22 @@ def _bce_target_grad(kind, x, t):
     return -x
 
 
+def _recon_oracle(kind, reduction):
+    def loss(input, target, weight):
+        return _torch_recon(input, target, weight, kind, reduction, _batch(input), False)[0]
+
+    return loss
+
+
 def _recon_backward(ctx, grad_loss, _):
     grad, input, target, weight = ctx.saved_tensors
     need_input, need_target = ctx.needs_input_grad[:2]
     grad_input = grad_target = None
     if grad_loss is None:
         return None, None, None, None, None, None, None
+    if torch.is_grad_enabled():  # create_graph=True: gradients that can be differentiated again
+        return (*create_graph_grads(_recon_oracle(ctx.kind, ctx.reduction), (input, target, weight),
+                                    ctx.needs_input_grad[:3], grad_loss), None, None, None, None)
     if need_input:
         grad_input = _scale_saved_grad(grad, grad_loss)
     if need_target:
@@ -198,13 +209,19 @@ def _(mu, logvar, reduction, backend, need_grad):
 
 def _kl_setup(ctx, inputs, output):
     _setup_outputs(ctx, output)
-    ctx.save_for_backward(output[1], output[2])
+    ctx.save_for_backward(output[1], output[2], inputs[0], inputs[1])
+    ctx.reduction = inputs[2]
 
 
 def _kl_backward(ctx, grad_loss, _, __):
-    dmu, dlogvar = ctx.saved_tensors
+    dmu, dlogvar, mu, logvar = ctx.saved_tensors
     if grad_loss is None:
         return None, None, None, None, None
+    if torch.is_grad_enabled():  # create_graph=True: gradients that can be differentiated again
+        def oracle(m, lv):
+            return _torch_kl(m, lv, ctx.reduction, _batch(m), False)[0]
+
+        return (*create_graph_grads(oracle, (mu, logvar), ctx.needs_input_grad[:2], grad_loss), None, None, None)
     return (_scale_saved_grad(dmu, grad_loss) if ctx.needs_input_grad[0] else None,
             _scale_saved_grad(dlogvar, grad_loss) if ctx.needs_input_grad[1] else None, None, None, None)
 
@@ -253,16 +270,25 @@ def _(h, weight, bias, target, reduction, backend, need_grad):
 
 def _linear_bce_setup(ctx, inputs, output):
     _setup_outputs(ctx, output)
-    ctx.save_for_backward(*output[1:])
+    ctx.save_for_backward(*output[1:], *inputs[:4])
+    ctx.reduction = inputs[4]
 
 
 def _linear_bce_backward(ctx, grad_loss, *_):
     if grad_loss is None:
         return (None,) * 7
-    grads = [_scale_saved_grad(g, grad_loss) if need else None
-             for g, need in zip(ctx.saved_tensors, ctx.needs_input_grad[:3])]
     if ctx.needs_input_grad[3]:
         raise NotImplementedError("linear_bce_loss: no gradient for target")
+    dh, dw, db, h, weight, bias, target = ctx.saved_tensors
+    if torch.is_grad_enabled():  # create_graph=True: gradients that can be differentiated again
+        def oracle(h, weight, bias):
+            return _torch_recon(F.linear(h, weight, bias), target, None, _BCE_LOGITS, ctx.reduction, h.shape[0],
+                                False)[0]
+
+        return (*create_graph_grads(oracle, (h, weight, bias), ctx.needs_input_grad[:3], grad_loss),
+                None, None, None, None)
+    grads = [_scale_saved_grad(g, grad_loss) if need else None
+             for g, need in zip((dh, dw, db), ctx.needs_input_grad[:3])]
     return (*grads, None, None, None, None)
 
 
