@@ -6,13 +6,16 @@ import tempfile
 from pathlib import Path
 
 
+TEMP_SUFFIX = ".fastae-tmp"  # distinctive: a folder run removes stale ones and must not take a user's file
+
+
 @contextlib.contextmanager
 def atomic_path(path):
     """Yield a temporary path beside ``path``; on success it is renamed onto ``path`` (atomic on
     POSIX), on failure removed — either the old file or the complete new one is there."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX)
     os.close(fd)
     try:
         yield Path(tmp)

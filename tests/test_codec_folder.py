@@ -203,9 +203,10 @@ def test_stale_temp_files_are_removed(tree, tmp_path):
     src, expected = tree
     dst = tmp_path / "dst"
     (dst / "a" / "b").mkdir(parents=True)
-    stale = [dst / ".kodim01.fae.k2x_9abc.tmp", dst / "a" / ".kodim02.fae.zzzz1234.tmp",
-             dst / "a" / "b" / ".whatever.fae.q1w2e3r4.tmp"]
-    kept = [dst / "a" / ".keep", dst / "a" / ".kodim02.png.abcd1234.tmp", dst / "a" / "x.fae.abcd1234.tmp"]
+    stale = [dst / ".kodim01.fae.k2x_9abc.fastae-tmp", dst / "a" / ".kodim02.fae.zzzz1234.fastae-tmp",
+             dst / "a" / "b" / ".whatever.fae.q1w2e3r4.fastae-tmp"]
+    kept = [dst / "a" / ".keep", dst / "a" / ".kodim02.png.abcd1234.fastae-tmp", dst / "a" / "x.fae.abcd1234.fastae-tmp",
+            dst / "a" / ".user.fae.backup.tmp"]
     for path in stale + kept:
         path.write_bytes(b"partial")
 
@@ -220,8 +221,8 @@ def test_temp_files_of_a_live_run_are_kept(tree, tmp_path):
     src, expected = tree
     dst = tmp_path / "dst"
     (dst / "a").mkdir(parents=True)
-    fresh = dst / "a" / ".kodim02.fae.abcd1234.tmp"
-    old = dst / "a" / ".grey.fae.efgh5678.tmp"
+    fresh = dst / "a" / ".kodim02.fae.abcd1234.fastae-tmp"
+    old = dst / "a" / ".grey.fae.efgh5678.fastae-tmp"
     fresh.write_bytes(b"being written")
     old.write_bytes(b"left by a killed run")
     two_hours_ago = time.time() - 7200
@@ -363,3 +364,36 @@ def test_unlistable_folder_is_reported(tree, tmp_path, monkeypatch):
     summary = compress_folder(src, tmp_path / "dst", PngCodec, progress=False)
     assert summary.files == 3
     assert summary.failed[0] == ("a/b", f"PermissionError: [Errno 13] Permission denied: '{src / 'a' / 'b'}'")
+
+
+def test_existing_files_of_another_quality_or_damaged_are_not_skipped(tmp_path):
+    """A .fae already in DST is skipped only if it is this run's model and quality; a file of
+    another quality (or a damaged one) is reported, left alone, and replaced only with force."""
+    import functools
+
+    import torch
+
+    from fastae.codec.image import export_codec, load_codec
+    from fastae.models.codec import ImageCodec
+
+    torch.manual_seed(0)
+    weights = export_codec(ImageCodec(N=8, M=8, lambdas=(0.01, 0.1)), tmp_path / "tiny.safetensors", model_id="tiny")
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    src.mkdir()
+    rng = np.random.default_rng(0)
+    for name in ("a.png", "b.png"):
+        Image.fromarray(rng.integers(0, 256, (20, 30, 3), dtype=np.uint8)).save(src / name)
+    q1, q2 = (functools.partial(load_codec, quality=q, weights=weights) for q in (1, 2))
+    assert compress_folder(src, dst, q1, progress=False).files == 2
+    again = compress_folder(src, dst, q1, progress=False)
+    assert again.skipped == 2 and not again.failed
+    (dst / "b.fae").write_bytes(b"")
+    first = (dst / "a.fae").read_bytes()
+    other = compress_folder(src, dst, q2, progress=False)
+    assert other.files == 0 and other.skipped == 0 and not other.ok
+    reasons = dict(other.failed)
+    assert "another run (model tiny, quality 1; this run: model tiny, quality 2)" in reasons["a.png"]
+    assert "not a readable .fae file" in reasons["b.png"] and "--force" in reasons["b.png"]
+    assert (dst / "a.fae").read_bytes() == first  # left alone
+    forced = compress_folder(src, dst, q2, force=True, progress=False)
+    assert forced.files == 2 and forced.ok and q2().decompress((dst / "a.fae").read_bytes()).shape == (20, 30, 3)

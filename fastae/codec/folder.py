@@ -24,14 +24,16 @@ Behaviour:
 * ``a/kodim01.png`` becomes ``DST/a/kodim01.fae`` (the suffix is replaced). Two inputs that
   would write the same output (``a.png`` and ``a.jpg``) are both reported as failed, and
   neither is written.
-* Resumable: an existing output is skipped unless ``force=True``.
+* Resumable: an existing output is skipped unless ``force=True``. ``compress_folder`` skips a
+  ``.fae`` only when its header says this run's model and quality; any other (another quality,
+  model, or a damaged file) is reported as failed and left alone.
 * Every output is written under a temporary hidden name beside its target and renamed onto it
   only when complete (:func:`fastae._io.atomic_path`), so a kill never leaves a partial file.
 * A file whose compression/decompression raises is reported (path and message); the others
   are still done. ``Summary.ok`` is False when anything failed.
 
 Stale temporary files: a run that is killed (SIGKILL, power loss) can leave its temporary
-files (``.NAME.fae.XXXXXXXX.tmp``, ``.NAME.png.XXXXXXXX.tmp``) behind. The next run removes
+files (``.NAME.fae.XXXXXXXX.fastae-tmp``, ``.NAME.png.XXXXXXXX.fastae-tmp``) behind. The next run removes
 those it finds in the output folders it visits (the DST mirror of each SRC folder walked) —
 but a temporary file of a run that is still going must not be removed, or that run's rename
 fails. So each run holds a ``flock`` on the DST folder for its whole duration: a shared lock
@@ -53,7 +55,7 @@ import re
 import time
 from pathlib import Path
 
-from fastae._io import atomic_path
+from fastae._io import TEMP_SUFFIX, atomic_path
 
 __all__ = ["IMAGE_EXTENSIONS", "Summary", "compress_folder", "decompress_folder", "image_files"]
 
@@ -122,8 +124,11 @@ def _mb(n):
 
 
 def image_files(folder) -> list:
-    """The files under ``folder`` (recursively, sorted) whose suffix is one of IMAGE_EXTENSIONS."""
-    return sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
+    """The files under ``folder`` (recursively, sorted) whose suffix is one of IMAGE_EXTENSIONS,
+    hidden files and folders (name starting with ``.``) left out as by ``compress_folder``."""
+    root = Path(folder)
+    return sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
+                  and not any(part.startswith(".") for part in p.relative_to(root).parts))
 
 
 def compress_folder(src, dst, make_codec, workers=1, force=False, progress=True, extensions=None):
@@ -133,9 +138,30 @@ def compress_folder(src, dst, make_codec, workers=1, force=False, progress=True,
     ``extensions``: image suffixes to take (default :data:`IMAGE_EXTENSIONS`), case-insensitive.
     """
     exts = IMAGE_EXTENSIONS if extensions is None else _normalize_extensions(extensions)
+    codec = []  # made on the first existing output to check
+
+    def check_existing(path):
+        """Why the .fae already at ``path`` is not this run's output (None: it is, skip it)."""
+        from fastae.codec.format import CodecError, read_header
+
+        if not codec:
+            codec.append(make_codec())
+        c = codec[0]
+        if not all(hasattr(c, a) for a in ("model_id", "hash", "quality")):  # not a fastae Codec: nothing to compare
+            return None
+        try:
+            header = read_header(path)
+        except (CodecError, OSError) as e:
+            return f"{path} exists but is not a readable .fae file ({e}); --force replaces it"
+        if (header.model_id, header.model_hash, header.quality) != (c.model_id, c.hash, c.quality):
+            return (f"{path} exists from another run (model {header.model_id}, quality {header.quality}; this run: "
+                    f"model {c.model_id}, quality {c.quality}); --force replaces it")
+        return None
+
     return _run_folder(
         "compressed", src, dst, make_codec, workers, force, progress,
         is_input=lambda name: _suffix(name) in exts, out_suffix=FAE_SUFFIX, task=_compress_task,
+        check_existing=check_existing,
     )
 
 
@@ -151,7 +177,8 @@ def decompress_folder(src, dst, make_codec, workers=1, force=False, progress=Tru
 # The run
 
 
-def _run_folder(action, src, dst, make_codec, workers, force, progress, is_input, out_suffix, task):
+def _run_folder(action, src, dst, make_codec, workers, force, progress, is_input, out_suffix, task,
+                check_existing=None):
     src, dst = Path(src), Path(dst)
     if not src.is_dir():
         raise FileNotFoundError(f"source folder not found (or not a folder): {src}")
@@ -183,7 +210,11 @@ def _run_folder(action, src, dst, make_codec, workers, force, progress, is_input
                 summary.failed.append((rel.as_posix(), f"output {out_rel.as_posix()} would also be written by "
                                        f"{others}; rename one of them (nothing written)"))
             elif not force and os.path.lexists(dst / out_rel):
-                summary.skipped += 1
+                problem = check_existing and check_existing(dst / out_rel)
+                if problem:
+                    summary.failed.append((rel.as_posix(), problem))
+                else:
+                    summary.skipped += 1
             else:
                 todo.append((rel, str(src / rel), str(dst / out_rel)))
 
@@ -374,8 +405,8 @@ def _walk(src, dst, is_input, out_suffix, summary):
 
 
 def _stale_temp_pattern(out_suffix):
-    # atomic_path names its temporary files f".{target name}.{mkstemp random}.tmp"
-    return re.compile(r"^\..+" + re.escape(out_suffix) + r"\.[A-Za-z0-9_]+\.tmp$")
+    # atomic_path names its temporary files f".{target name}.{mkstemp random}{TEMP_SUFFIX}"
+    return re.compile(r"^\..+" + re.escape(out_suffix) + r"\.[A-Za-z0-9_]+" + re.escape(TEMP_SUFFIX) + "$")
 
 
 def _remove_stale_temps(folder, out_suffix, any_age):
