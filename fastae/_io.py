@@ -36,3 +36,37 @@ def _umask():
 def write_text(path, text):
     with atomic_path(path) as tmp:
         tmp.write_text(text)
+
+
+def read_safetensors(path, device="cpu") -> dict:
+    """The tensors of the safetensors file ``path``; a truncated or foreign file is a ValueError naming it."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path), device=str(device))
+    except SafetensorError as e:
+        raise ValueError(f"{path}: not a readable safetensors file ({e})") from None
+
+
+def safetensors_metadata(path) -> dict:
+    """The metadata of the safetensors file ``path`` ({} if none); ValueError naming a bad file."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), "pt") as f:
+            return f.metadata() or {}
+    except SafetensorError as e:
+        raise ValueError(f"{path}: not a readable safetensors file ({e})") from None
+
+
+def read_training_state(path) -> dict:
+    """A training state written by ``torch.save``; a truncated or foreign file is a ValueError naming it."""
+    import pickle
+
+    import torch
+
+    try:
+        return torch.load(path, weights_only=False)
+    except (RuntimeError, EOFError, pickle.UnpicklingError) as e:
+        raise ValueError(f"{path}: not a readable training state ({str(e).splitlines()[0]})") from None

@@ -86,9 +86,9 @@ def _load_data(args):
     x, labels = load_dataset(args.data)
     if args.normal_class is not None:
         if labels is None:
-            raise SystemExit(f"fastae: --normal-class needs labelled data (MNIST IDX); {args.data} has no labels")
+            raise ValueError(f"--normal-class needs labelled data (MNIST IDX); {args.data} has no labels")
         if not (labels == args.normal_class).any():
-            raise SystemExit(f"fastae: --normal-class {args.normal_class}: no sample has that label "
+            raise ValueError(f"--normal-class {args.normal_class}: no sample has that label "
                              f"(labels present: {sorted(set(labels.tolist()))})")
     return x, labels
 
@@ -98,10 +98,13 @@ def cmd_train_codec(args):
     from fastae.models.codec import LAMBDAS
     from fastae.train.codec import load_codec_checkpoint, train_codec
 
+    from fastae.codec.format import check_model_id
+
     lambdas = LAMBDAS if args.lmbda is None else args.lmbda
     out = Path(args.out)
-    history = train_codec(args.data, out, steps=args.steps, batch_size=args.batch_size or 8, crop=args.crop,
-                          lr=args.lr or 3e-4, N=args.channels, M=args.latent or 160, lambdas=lambdas,
+    check_model_id(args.model_id)  # before training: it is written into every file the model makes
+    history = train_codec(args.data, out, steps=args.steps, batch_size=_default(args.batch_size, 8), crop=args.crop,
+                          lr=_default(args.lr, 3e-4), N=args.channels, M=_default(args.latent, 160), lambdas=lambdas,
                           downscale=args.downscale, device=args.device, seed=args.seed, resume=args.resume,
                           time_limit=args.time_limit, kind=args.kind, init=args.init,
                           compile=args.compile, stop_at=args.stop_at, hyper_input=args.hyper_input)
@@ -116,6 +119,11 @@ def cmd_train_codec(args):
     return 0
 
 
+def _default(value, default):
+    """An option's value, or ``default`` when it was not given (0 is a value, checked downstream)."""
+    return default if value is None else value
+
+
 def cmd_train(args):
     import inspect
 
@@ -126,10 +134,19 @@ def cmd_train(args):
     from fastae.models import MODELS, build_model
     from fastae.train import fit, plots
 
+    from fastae.train.checkpoint import STATE, WEIGHTS
+
+    out = Path(args.out)
+    if not args.resume and ((out / WEIGHTS).exists() or (out / STATE).exists()):
+        raise FileExistsError(f"{out} already holds a checkpoint; pass --resume to continue it or choose another --out")
     x, labels = _load_data(args)
     train_idx, val_idx = train_val_split(len(x), args.val_fraction, args.seed)
     if args.normal_class is not None:  # anomaly detection: learn the normal class only
         train_idx = train_idx[labels[train_idx] == args.normal_class]
+    if len(val_idx) == 0 or len(train_idx) == 0:
+        raise ValueError(f"--val-fraction {args.val_fraction} of {len(x)} samples leaves {len(train_idx)} to train on "
+                         f"and {len(val_idx)} to validate on (the validation loss and the plots need at least one); "
+                         f"use e.g. 0.1 and more data")
     config = {"input_shape": list(x.shape[1:])}
     accepted = inspect.signature(MODELS[args.model]).parameters
     for option, key in _MODEL_OPTIONS.items():
@@ -137,12 +154,13 @@ def cmd_train(args):
         if value is None:
             continue
         if key not in accepted:
-            raise SystemExit(f"fastae: --{option.replace('_', '-')} does not apply to model {args.model!r}")
+            raise ValueError(f"--{option.replace('_', '-')} does not apply to model {args.model!r}")
         config[key] = value
+    torch.manual_seed(args.seed)  # the initial weights too: a run is repeatable from its command
     model = build_model(args.model, **config)
-    out = Path(args.out)
-    history = fit(model, x[train_idx], x[val_idx], epochs=args.epochs, batch_size=args.batch_size or 256,
-                  optimizer=args.optimizer, lr=args.lr or 1e-3, weight_decay=args.weight_decay, device=args.device,
+    history = fit(model, x[train_idx], x[val_idx], epochs=args.epochs, batch_size=_default(args.batch_size, 256),
+                  optimizer=args.optimizer, lr=_default(args.lr, 1e-3), weight_decay=args.weight_decay,
+                  device=args.device,
                   seed=args.seed, out=out, resume=args.resume)
     model.eval()
     val_x = x[val_idx].to(next(model.parameters()).device)
@@ -170,10 +188,17 @@ def cmd_anomaly(args):
 
     from fastae.data import train_val_split
 
+    if not 0 < args.quantile < 1:
+        raise ValueError(f"--quantile must be in (0, 1), got {args.quantile}")
+    if not 0 <= args.val_fraction < 1:
+        raise ValueError(f"--val-fraction must be in [0, 1) (0: score every sample), got {args.val_fraction}")
     model = load_model(args.model_dir, device="cuda" if torch.cuda.is_available() else "cpu")
     x, labels = _load_data(args)
     if args.val_fraction > 0:  # the samples `fastae train` held out with the same seed and fraction
         held_out = train_val_split(len(x), args.val_fraction, args.seed)[1]
+        if len(held_out) == 0:
+            raise ValueError(f"--val-fraction {args.val_fraction} of {len(x)} samples holds none out; use the "
+                             f"fraction training used (default 0.1) or 0 to score every sample")
         x, labels = x[held_out], None if labels is None else labels[held_out]
     scores = anomaly.scores(model, x)
     print(f"{len(x)} samples: score mean {scores.mean():.5g}, median {scores.median():.5g}, max {scores.max():.5g}")
@@ -231,9 +256,19 @@ def cmd_eval(args):
     paths = image_files(args.data)
     if not Path(args.data).is_dir() or not paths:
         raise FileNotFoundError(f"--data {args.data}: no images found")
-    if args.limit:
+    if args.limit is not None:
+        if args.limit < 1:
+            raise ValueError(f"--limit must be >= 1 (the first N images), got {args.limit}")
         paths = paths[:args.limit]
-    images = {str(p.relative_to(args.data)): to_rgb_array(p)[0] for p in paths}
+    out = Path(args.output)
+    plot = out.with_suffix(".png") if args.plot is None else Path(args.plot)
+    _check_eval_outputs(out, plot, paths, args.compare or [])
+    images = {}
+    for p in paths:
+        try:
+            images[str(p.relative_to(args.data))] = to_rgb_array(p)[0]
+        except (OSError, ValueError) as e:  # name the image: one bad file should not read as a bad option
+            raise ValueError(f"--data: {p}: {e}") from None
     # read the earlier results first: a bad --compare fails now, not after the evaluation
     earlier_results, compared = [], []
     resolved = [Path(p).resolve() for p in args.compare or []]
@@ -246,8 +281,16 @@ def cmd_eval(args):
             raise ValueError(f"--compare {path}: not a JSON file ({e})") from None
         meta = earlier.get("meta") if isinstance(earlier, dict) else None
         name = meta.get("model", Path(path).stem) if isinstance(meta, dict) else Path(path).stem
-        if not isinstance(earlier, dict) or not isinstance(name, str) or "fastae" not in earlier:
+        curve = earlier.get("fastae") if isinstance(earlier, dict) else None
+        if not isinstance(name, str) or not isinstance(curve, dict) or not curve or not all(
+                isinstance(v, dict) and isinstance(v.get("per_image"), dict) for v in curve.values()):
             raise ValueError(f"--compare {path}: not a `fastae eval` result (no 'fastae' curve and model name)")
+        theirs = set(next(iter(curve.values()))["per_image"])
+        if theirs != set(images):
+            missing, extra = sorted(set(images) - theirs), sorted(theirs - set(images))
+            raise ValueError(f"--compare {path}: evaluated on other images than --data {args.data} (missing "
+                             f"{missing[:3]}{'...' if len(missing) > 3 else ''}, extra {extra[:3]}"
+                             f"{'...' if len(extra) > 3 else ''}); a BD-rate needs the same images")
         if name in (base.model_id, "fastae", *args.references, *compared):  # the same model again: name the file
             with_file = f"{name} ({Path(path).name})"
             name = with_file if with_file not in compared else f"{name} ({path})"
@@ -266,9 +309,7 @@ def cmd_eval(args):
                       "device": str(base.device), "cpu": platform.processor() or platform.machine(),
                       "threads": torch.get_num_threads(), "torch": torch.__version__, "fastae": fastae.__version__,
                       "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
-    out = Path(args.output)
     write_text(out, json.dumps(result, indent=1) + "\n")
-    plot = out.with_suffix(".png") if args.plot is None else Path(args.plot)
     rd.plot_rd(result, plot)
     print(f"{len(images)} images, qualities {args.qualities}")
     for name in ["fastae", *args.references, *compared]:
@@ -280,6 +321,28 @@ def cmd_eval(args):
         print(f"  BD-rate vs {ref}: " + ("n/a" if value is None else f"{value:+.1f}%"))
     print(f"wrote {out} and {plot}")
     return 0
+
+
+def _check_eval_outputs(out: Path, plot: Path, images, compare):
+    """Before an evaluation of many minutes: the JSON and the plot go to two different writable
+    files, neither of them an input (an image evaluated or a --compare result)."""
+    import os
+
+    inputs = {p.resolve(): f"the image {p} in --data" for p in images}
+    inputs.update({Path(c).resolve(): f"the --compare file {c}" for c in compare})
+    for option, path in (("--output", out), ("--plot", plot)):
+        if path.resolve() in inputs:
+            raise ValueError(f"{option} {path} is {inputs[path.resolve()]}: it would be overwritten")
+    if out.resolve() == plot.resolve():
+        raise ValueError(f"--output and --plot are the same file ({out}); the plot would overwrite the results")
+    for option, path in (("--output", out), ("--plot", plot)):
+        if path.is_dir():
+            raise IsADirectoryError(f"{option} {path} is a folder; give a file name")
+        parent = path.resolve().parent
+        while not parent.exists():
+            parent = parent.parent
+        if not os.access(parent, os.W_OK):
+            raise PermissionError(f"{option} {path}: {parent} is not writable")
 
 
 def main(argv=None):
@@ -405,6 +468,13 @@ def main(argv=None):
     except (ValueError, TypeError, FileNotFoundError, FileExistsError, FloatingPointError) as e:  # bad input: say what, no traceback
         print(f"fastae {args.command}: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # a folder not writable, a path that is a folder, a disk full: say which, no traceback
+        print(f"fastae {args.command}: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        kept = " (finished files are kept: run it again to continue)" if args.command in ("compress", "decompress") else ""
+        print(f"fastae {args.command}: interrupted{kept}", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -82,6 +82,10 @@ def test_train_writes_its_artifacts_and_anomaly_reads_them(tmp_path, capsys, mod
     (["train", "mlp", "--data", "{tmp}", "--out", "{tmp}/o"], "expected MNIST IDX files"),
     (["train", "mlp", "--data", "{mnist}", "--out", "{tmp}", "--latent", "0"], "latent"),
     (["anomaly", "{tmp}", "--data", "{mnist}"], "no fastae checkpoint in"),
+    (["anomaly", "{tmp}", "--data", "{mnist}", "--quantile", "1.5"], "--quantile must be in (0, 1)"),
+    (["train", "mlp", "--data", "{mnist}", "--out", "{tmp}", "--val-fraction", "0"], "--val-fraction 0.0 of"),
+    (["train", "mlp", "--data", "{mnist}", "--out", "{tmp}", "--lr", "0"], "lr must be a positive number"),
+    (["train", "mlp", "--data", "{mnist}", "--out", "{tmp}", "--batch-size", "0"], "batch_size must be a positive"),
 ])
 def test_bad_input_is_reported_without_a_traceback(tmp_path, capsys, argv, message):
     argv = [a.format(mnist=MNIST, tmp=tmp_path) for a in argv]
@@ -92,3 +96,38 @@ def test_bad_input_is_reported_without_a_traceback(tmp_path, capsys, argv, messa
         assert message in str(code)
     else:
         assert code == 2 and message in capsys.readouterr().err
+
+
+@needs_mnist
+def test_train_is_repeatable_and_never_overwrites_a_checkpoint(tmp_path, capsys):
+    """The same command gives the same weights (the seed covers the initial weights), and a second
+    run into the same folder without --resume refuses instead of replacing the checkpoint."""
+    argv = ["train", "mlp", "--data", str(MNIST), "--epochs", "1", "--hidden", "16", "--latent", "4"]
+    assert cli.main(argv + ["--out", str(tmp_path / "a")]) == 0
+    assert cli.main(argv + ["--out", str(tmp_path / "b")]) == 0
+    assert (tmp_path / "a" / "model.safetensors").read_bytes() == (tmp_path / "b" / "model.safetensors").read_bytes()
+    before = (tmp_path / "a" / "model.safetensors").read_bytes()
+    capsys.readouterr()
+    assert cli.main(["train", "conv", "--data", str(MNIST), "--epochs", "1", "--out", str(tmp_path / "a")]) == 2
+    assert "already holds a checkpoint; pass --resume" in capsys.readouterr().err
+    assert (tmp_path / "a" / "model.safetensors").read_bytes() == before
+
+
+def test_os_errors_and_interrupts_are_reported_without_a_traceback(tmp_path, capsys, monkeypatch):
+    (tmp_path / "src").mkdir()
+    (tmp_path / "dst").write_text("a file where the output folder should be")
+    assert cli.main(["compress", str(tmp_path / "src"), str(tmp_path / "dst")]) == 2
+    assert "destination dst exists and is not a folder" in capsys.readouterr().err.replace(str(tmp_path) + "/", "")
+
+    def fails(error):
+        def run(*args, **kwargs):
+            raise error
+        return run
+
+    monkeypatch.setattr("fastae.codec.folder.compress_folder", fails(PermissionError(13, "Permission denied", "ro")))
+    assert cli.main(["compress", str(tmp_path / "src"), str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("fastae compress: [Errno 13] Permission denied: 'ro'") and "Traceback" not in err
+    monkeypatch.setattr("fastae.codec.folder.compress_folder", fails(KeyboardInterrupt()))
+    assert cli.main(["compress", str(tmp_path / "src"), str(tmp_path / "out")]) == 130
+    assert "interrupted (finished files are kept" in capsys.readouterr().err

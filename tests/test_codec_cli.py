@@ -183,6 +183,46 @@ def test_eval_writes_json_and_plot(trained, tmp_path, capsys):
                          "--references", "--output", str(tmp_path / "no.json"), "--compare", *args, "--quiet"]) == 2
         assert message in capsys.readouterr().err
     assert not (tmp_path / "no.json").exists()
+    # outputs that would overwrite an input or each other, and results of other images: refused
+    # before anything is coded
+    (tmp_path / "elsewhere.json").write_text(json.dumps(dict(result, fastae={
+        q: dict(v, per_image={"b.png": v["per_image"]["a.png"]}) for q, v in result["fastae"].items()})))
+    base = ["eval", "--data", str(data), "--weights", str(trained), "--qualities", "1", "--references", "--quiet"]
+    for extra, message in ((["--output", str(data / "a.png")], "is the image"),
+                           (["--output", str(tmp_path / "x.json"), "--plot", str(tmp_path / "x.json")], "the same file"),
+                           (["--output", str(tmp_path / "y.json"), "--compare", str(tmp_path / "y.json")],
+                            "is the --compare file"),
+                           (["--output", str(tmp_path / "z.json"), "--compare", str(tmp_path / "elsewhere.json")],
+                            "evaluated on other images"),
+                           (["--output", str(tmp_path / "z.json"), "--limit", "0"], "--limit must be >= 1")):
+        assert cli.main(base + extra) == 2, extra
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "z.json").exists() and not (tmp_path / "x.json").exists()
+    with Image.open(data / "a.png") as img:
+        assert img.size == (96, 96)
+
+
+@needs_data
+def test_train_codec_rejects_bad_settings_before_training(trained, tmp_path, capsys):
+    base = ["train", "codec", "--data", str(PHOTOS), "--steps", "2", "--crop", "32", "--channels", "8",
+            "--latent", "8", "--lmbda", "0.01", "0.1", "--downscale", "8"]
+    for extra, message in ((["--resume"], "no checkpoint to resume"),
+                           (["--model-id", ""], "model id must be 1..64 ASCII characters"),
+                           (["--model-id", "é"], "model id must be 1..64 ASCII characters"),
+                           (["--latent", "0"], "M must be a positive integer"),
+                           (["--lmbda", "0.1", "inf"], "lambdas must be positive, finite"),
+                           (["--downscale", "0"], "downscale must be an integer >= 1"),
+                           (["--lr", "0"], "lr must be a positive number"),
+                           (["--crop", "4096"], "no image of at least 4096x4096")):
+        out = tmp_path / f"run{len(extra)}{extra[-1][:3]}"
+        assert cli.main(base + ["--out", str(out)] + extra) == 2, extra
+        assert message in capsys.readouterr().err
+        assert not out.exists()  # nothing made for a run that cannot start
+    (tmp_path / "text.safetensors").write_text("not weights")
+    assert cli.main(["compress", str(tmp_path), str(tmp_path / "d"), "--weights", str(tmp_path / "text.safetensors")]) == 2
+    assert "text.safetensors: not a readable safetensors file" in capsys.readouterr().err
+    assert cli.main(["compress", str(tmp_path), str(tmp_path / "d"), "--weights", str(trained.parent)]) == 2
+    assert "is a folder: pass the codec file in it" in capsys.readouterr().err
 
 
 def test_add_comparison_bd_rate_against_a_shifted_curve():

@@ -179,6 +179,8 @@ def decompress_folder(src, dst, make_codec, workers=1, force=False, progress=Tru
 
 def _run_folder(action, src, dst, make_codec, workers, force, progress, is_input, out_suffix, task,
                 check_existing=None):
+    if str(src) == "" or str(dst) == "":  # Path("") is the current folder: never what was meant
+        raise ValueError(f"source and destination must be folder paths, got {str(src)!r} and {str(dst)!r}")
     src, dst = Path(src), Path(dst)
     if not src.is_dir():
         raise FileNotFoundError(f"source folder not found (or not a folder): {src}")
@@ -187,6 +189,8 @@ def _run_folder(action, src, dst, make_codec, workers, force, progress, is_input
     if not callable(make_codec):
         raise TypeError(f"make_codec must be a zero-argument callable, got {make_codec!r}")
 
+    if os.path.lexists(dst) and not dst.is_dir():
+        raise FileExistsError(f"destination {dst} exists and is not a folder")
     start = time.perf_counter()
     summary = Summary(action=action)
     dst.mkdir(parents=True, exist_ok=True)

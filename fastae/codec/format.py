@@ -76,6 +76,14 @@ class Header:
         return CODERS.get(self.coder, f"unknown ({self.coder})")
 
 
+def check_model_id(model_id) -> str:
+    """``model_id`` if a .fae header can hold it (1..MAX_MODEL_ID ASCII characters), else ValueError."""
+    if not isinstance(model_id, str) or not model_id.isascii() or not 1 <= len(model_id) <= MAX_MODEL_ID:
+        raise ValueError(f"model id must be 1..{MAX_MODEL_ID} ASCII characters (it is written into every .fae "
+                         f"file), got {model_id!r}")
+    return model_id
+
+
 def pack(header: Header, streams) -> bytes:
     """The bytes of a .fae file: ``header`` (its stream_lengths are taken from ``streams``), the streams, CRC32."""
     streams = [bytes(s) for s in streams]

@@ -49,12 +49,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from fastae._device import resolve_device
-from fastae._io import atomic_path
+from fastae._io import atomic_path, read_safetensors, safetensors_metadata
 from fastae.codec import DEFAULT_MODEL, rans
-from fastae.codec.format import CODER_RANS, CodecError, Header, pack, unpack
+from fastae.codec.format import CODER_RANS, CodecError, Header, check_model_id, pack, unpack
 from fastae.codec.refine import check_refine, needs_side_search, refine_latents, search_side
 from fastae.codec.tables import (check_tables, code_lengths, from_symbols, pack_varints, tables_from_pmf, to_symbols,
                                  unpack_varints)
@@ -180,6 +180,7 @@ def export_codec(model: ImageCodec, path, model_id: str = DEFAULT_MODEL, weights
 
     if weights_dtype not in WEIGHTS_DTYPES:
         raise ValueError(f"export_codec: weights_dtype must be one of {WEIGHTS_DTYPES}, got {weights_dtype!r}")
+    check_model_id(model_id)
     model = model.cpu().eval()
     half = set()
     if weights_dtype == "float16":
@@ -216,16 +217,16 @@ class _Loaded:
 def _read_model_file(path, device) -> _Loaded:
     import json
 
-    from safetensors import safe_open
-
     path = Path(path)
+    if path.is_dir() and (path / "codec.safetensors").is_file():
+        raise FileNotFoundError(f"codec weights {path} is a folder: pass the codec file in it, "
+                                f"{path / 'codec.safetensors'}")
     if not path.is_file():
         raise FileNotFoundError(f"codec weights {path} not found")
-    with safe_open(str(path), "pt") as f:
-        meta = f.metadata() or {}
+    meta = safetensors_metadata(path)
     if "model_id" not in meta or "config" not in meta:
         raise ValueError(f"{path} is not a fastae codec file (its metadata lacks model_id/config)")
-    tensors = load_file(str(path))
+    tensors = read_safetensors(path)
     model = build_codec(json.loads(meta["config"]))
     model.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
     tables = {}

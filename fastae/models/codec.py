@@ -154,9 +154,14 @@ class ImageCodec(nn.Module):
 
     def __init__(self, N: int = 128, M: int = 192, lambdas=LAMBDAS, channels: int = 3):
         super().__init__()
+        for name, value in (("N", N), ("M", M), ("channels", channels)):
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+                raise ValueError(f"{type(self).__name__}: {name} must be a positive integer, got {value!r}")
+        if isinstance(lambdas, (str, bytes)):
+            raise ValueError(f"{type(self).__name__}: lambdas must be a sequence of numbers, got {lambdas!r}")
         lambdas = [float(v) for v in lambdas]
-        if not lambdas or any(not v > 0 for v in lambdas) or lambdas != sorted(lambdas):
-            raise ValueError(f"{type(self).__name__}: lambdas must be positive and increasing (one per quality), "
+        if not lambdas or any(not 0 < v < math.inf for v in lambdas) or lambdas != sorted(lambdas):
+            raise ValueError(f"{type(self).__name__}: lambdas must be positive, finite and increasing (one per quality), "
                              f"got {lambdas}")
         qualities = len(lambdas)
         self.config = {"N": N, "M": M, "lambdas": lambdas, "channels": channels}

@@ -6,10 +6,10 @@ import json
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 import fastae
-from fastae._io import atomic_path, write_text
+from fastae._io import atomic_path, read_safetensors, read_training_state, write_text
 
 WEIGHTS, CONFIG, STATE = "model.safetensors", "config.json", "training_state.pt"
 
@@ -63,7 +63,7 @@ def load_model(folder, device="cpu"):
 
     saved = read_config(folder)
     model = build_model(saved["model"], **saved["config"])
-    model.load_state_dict(load_file(str(Path(folder) / WEIGHTS), device=str(device)))
+    model.load_state_dict(read_safetensors(Path(folder) / WEIGHTS, device))
     return model.to(device)
 
 
@@ -71,8 +71,8 @@ def load_training_state(folder, model, optimizers):
     """Load weights and optimizer state from ``folder`` into ``model`` and ``optimizers``; returns
     (epochs done, history)."""
     check_config(folder, model)
-    model.load_state_dict(load_file(str(Path(folder) / WEIGHTS), device="cpu"))
-    state = torch.load(Path(folder) / STATE, weights_only=False)
+    model.load_state_dict(read_safetensors(Path(folder) / WEIGHTS))
+    state = read_training_state(Path(folder) / STATE)
     for name, opt in optimizers.items():
         opt.load_state_dict(state["optimizers"][name])
     torch.set_rng_state(state["rng"])

@@ -15,16 +15,17 @@ begins exactly where that model was, the context learning from there.
 """
 
 import json
+import math
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
-from safetensors.torch import load_file
 
 from fastae._device import resolve_device
-from fastae._io import atomic_path, write_text
+from fastae._io import atomic_path, read_safetensors, read_training_state, write_text
 from fastae.models.codec import CODEC_MODELS, LAMBDAS, ImageCodec, build_codec
 from fastae.train.checkpoint import CONFIG, STATE, WEIGHTS, write_config, write_weights
 
@@ -37,21 +38,34 @@ def load_photos(folder, downscale: int = 2, min_side: int = 64):
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"training data folder {folder} does not exist")
-    photos = []
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+    photos, unreadable, small = [], [], []
+    for path in sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith(".")):
         try:
             with Image.open(path) as img:
                 img = img.convert("RGB")
                 if downscale > 1:
-                    img = img.resize((img.width // downscale, img.height // downscale), Image.Resampling.LANCZOS)
+                    img = img.resize((max(img.width // downscale, 1), max(img.height // downscale, 1)),
+                                     Image.Resampling.LANCZOS)
                 arr = np.asarray(img)
-        except OSError:
+        except (OSError, ValueError):  # not an image, truncated, a decompression bomb
+            unreadable.append(path.name)
             continue
         if min(arr.shape[:2]) >= min_side:
             photos.append(torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous())
+        else:
+            small.append(path.name)
     if not photos:
-        raise ValueError(f"no image of at least {min_side}x{min_side} pixels (after downscaling by {downscale}) "
-                         f"in {folder}")
+        raise ValueError(f"no image of at least {min_side}x{min_side} pixels (after downscaling by {downscale}; "
+                         f"the crop must fit) in {folder}" + (f"; {len(small)} smaller" if small else "")
+                         + (f"; {len(unreadable)} not readable as images" if unreadable else ""))
+    if unreadable or small:
+        warnings.warn(f"{folder}: training on {len(photos)} images; left out "
+                      + ", ".join(filter(None, [f"{len(small)} smaller than {min_side}x{min_side} after downscaling "
+                                                f"({', '.join(small[:3])}{', ...' if len(small) > 3 else ''})"
+                                                if small else "",
+                                                f"{len(unreadable)} not readable as images "
+                                                f"({', '.join(unreadable[:3])}{', ...' if len(unreadable) > 3 else ''})"
+                                                if unreadable else ""])), stacklevel=2)
     return photos
 
 
@@ -110,7 +124,7 @@ def load_codec_checkpoint(folder, device="cpu") -> ImageCodec:
     if config.get("model") != "image_codec":
         raise ValueError(f"{folder} holds a {config.get('model')!r} checkpoint, not an image codec")
     model = build_codec(config["config"])
-    model.load_state_dict(load_file(str(folder / WEIGHTS)))
+    model.load_state_dict(read_safetensors(folder / WEIGHTS))
     return model.to(device)
 
 
@@ -121,7 +135,7 @@ def _warm_start(model: ImageCodec, init) -> list:
     path = init / WEIGHTS if init.is_dir() else init
     if not path.is_file():
         raise FileNotFoundError(f"init: no codec weights at {path}")
-    tensors = {k[len("model."):] if k.startswith("model.") else k: v for k, v in load_file(str(path)).items()}
+    tensors = {k[len("model."):] if k.startswith("model.") else k: v for k, v in read_safetensors(path).items()}
     own = model.state_dict()
     # The entropy models of another kind model other latents (y versus z): never copied.
     same_kind = any(k.startswith("h_a.") for k in tensors) == any(k.startswith("h_a.") for k in own)
@@ -168,17 +182,28 @@ def train_codec(data, out, steps: int = 20000, batch_size: int = 8, crop: int = 
                          f"{stride}, got steps={steps}, batch_size={batch_size}, crop={crop}")
     if stop_at is not None and not 1 <= stop_at <= steps:
         raise ValueError(f"train_codec: stop_at must be a step in 1..steps={steps}, got {stop_at}")
+    if not (isinstance(lr, (int, float)) and 0 < lr < math.inf):
+        raise ValueError(f"train_codec: lr must be a positive number, got {lr!r}")
+    for name, value in (("downscale", downscale), ("checkpoint_every", checkpoint_every)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"train_codec: {name} must be an integer >= 1, got {value!r}")
+    if time_limit is not None and not 0 <= time_limit < math.inf:
+        raise ValueError(f"train_codec: time_limit must be a number of seconds >= 0, got {time_limit!r}")
     end = steps if stop_at is None else stop_at
     device = resolve_device(device, "train_codec: device")
     out = Path(out)
+    if resume and not (out / STATE).exists():
+        raise FileNotFoundError(f"resume=True (--resume) but there is no checkpoint to resume in {out} "
+                                f"(no {STATE})")
+    CODEC_MODELS[kind](N=N, M=M, lambdas=lambdas)  # bad sizes fail here, before any folder is made
+    photos = load_photos(data, downscale, min_side=max(64, crop))
     out.mkdir(parents=True, exist_ok=True)
-    photos = load_photos(data, downscale)
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     model = CODEC_MODELS[kind](N=N, M=M, lambdas=lambdas)
     if kind != "factorized":
         model.hyper_input = hyper_input
-    if init is not None and not (resume and (out / STATE).exists()):
+    if init is not None and not resume:
         _warm_start(model, init)
     model = model.to(device)
     # The entropy models and the per-quality gains learn 10x faster than the transforms: each sees
@@ -190,12 +215,12 @@ def train_codec(data, out, steps: int = 20000, batch_size: int = 8, crop: int = 
     optimizer = torch.optim.Adam([{"params": slow, "lr": lr, "scale": 1.0},
                                   {"params": fast, "lr": lr * 10, "scale": 10.0}], lr=lr)
     start, history = 0, []
-    if resume and (out / STATE).exists():
+    if resume:
         saved = json.loads((out / CONFIG).read_text())
         if saved["config"] != model.config:
             raise ValueError(f"checkpoint {out} was written with config {saved['config']}, not {model.config}")
-        model.load_state_dict(load_file(str(out / WEIGHTS)))
-        state = torch.load(out / STATE, weights_only=False)
+        model.load_state_dict(read_safetensors(out / WEIGHTS))
+        state = read_training_state(out / STATE)
         if state.get("hyper_input", hyper_input) not in (hyper_input, None):  # checkpoints before it have none
             raise ValueError(f"checkpoint {out} was trained with hyper_input={state['hyper_input']!r}; resume it "
                              f"with the same (--hyper-input {state['hyper_input']}), not {hyper_input!r}")

@@ -107,6 +107,8 @@ def fit(model, train, val=None, epochs=50, batch_size=256, optimizer="adam", lr=
         raise ValueError(f"epochs must be a non-negative int, got {epochs!r}")
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0 < lr < math.inf:
+        raise ValueError(f"lr must be a positive number, got {lr!r}")
     rank, world = _distributed()
     device = _device(device)
     if device.type == "cuda" and world > 1:
