@@ -360,6 +360,42 @@ def test_icc_profiles_are_converted_to_srgb(tmp_path):
     assert np.array_equal(to_rgb_array(tmp_path / "grey.png")[0][:, :, 0], grey)
 
 
+@pytest.mark.parametrize("kind", sorted(CODEC_MODELS))
+def test_a_one_channel_model_codes_grey_images(kind, tmp_path):
+    torch.manual_seed(0)
+    weights = export_codec(CODEC_MODELS[kind](N=8, M=8, lambdas=(0.01, 0.1), channels=1),
+                           tmp_path / "grey.safetensors", model_id="grey")
+    codec = load_codec(quality=1, weights=weights)
+    grey = np.array(Image.fromarray(_kodak()).convert("L"))
+    data = codec.compress(grey)
+    assert read_header(data).channels == 1
+    out = codec.decompress(data)
+    assert out.shape == (*grey.shape, 1) and np.array_equal(out, codec.reconstruct(grey))
+    assert codec.compress_batch(torch.from_numpy(grey)[None, None]) == [data]
+    with pytest.raises(ValueError, match="codes grey images"):
+        codec.compress(_kodak())
+
+
+def test_unusual_pillow_inputs_and_decompress_arguments(tiny):
+    eight_bit = np.arange(200, dtype=np.int32).reshape(10, 20)
+    rgb, channels, depth = to_rgb_array(Image.fromarray(eight_bit))  # mode "I" holding 8-bit values
+    assert (channels, depth) == (1, 8) and np.array_equal(rgb[:, :, 0], eight_bit)
+    deep = Image.fromarray((eight_bit * 300).astype(np.int32))
+    assert to_rgb_array(deep)[2] == 16 and to_rgb_array(deep)[0][0, 1, 0] == round(300 / 257)
+    premultiplied = Image.new("RGBA", (4, 3), (10, 20, 30, 255)).convert("RGBa")
+    assert to_rgb_array(premultiplied)[0][0, 0].tolist() == [10, 20, 30]
+    with pytest.raises(ValueError, match="transparency"):
+        to_rgb_array(Image.new("RGBA", (4, 3), (10, 20, 30, 9)).convert("RGBa"))
+    with pytest.raises(ValueError, match="at least 1 x 1"):
+        tiny.compress(Image.new("RGB", (0, 5)))
+    data = tiny.compress(_kodak((16, 16)))
+    with pytest.raises(TypeError, match="a list of .fae files"):
+        tiny.decompress_batch(data)
+    for bad in (None, 0, 2.5):
+        with pytest.raises(ValueError, match="max_pixels must be a positive integer"):
+            tiny.decompress(data, max_pixels=bad)
+
+
 def test_codec_rejects_other_models_and_damaged_files(tiny, tmp_path):
     data = tiny.compress(_kodak())
     torch.manual_seed(1)

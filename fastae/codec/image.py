@@ -394,12 +394,14 @@ def _array_from_pil(img: Image.Image):
         mode = img.mode
     if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
         arr = np.asarray(img).astype(np.int64)
-        if arr.min() < 0 or arr.max() > 65535:
+        if arr.size and (arr.min() < 0 or arr.max() > 65535):
             raise ValueError(f"image of mode {mode!r} has values outside 0..65535; fastae codes 8 or 16-bit images")
+        if mode == "I" and (not arr.size or arr.max() <= 255):  # 32-bit mode of 8-bit values (e.g. convert("I"))
+            return np.repeat(arr.astype(np.uint8)[:, :, None], 3, axis=2), 1, 8
         arr = _to_8bit(arr)
         return np.repeat(arr[:, :, None], 3, axis=2), 1, 16
     if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
-        alpha = np.asarray(img.getchannel("A"))
+        alpha = np.asarray(img.getchannel(img.getbands()[-1]))  # "A", or "a" of the premultiplied modes
         if (alpha != 255).any():
             raise ValueError(f"image has transparency (mode {mode!r}); fastae does not code alpha: flatten it "
                              f"first, e.g. img.convert('RGB')")
@@ -446,6 +448,8 @@ def to_rgb_array(image):
         except (Image.UnidentifiedImageError, Image.DecompressionBombError) as e:
             raise ValueError(f"{path}: not an image fastae can read ({e})") from None
     if isinstance(image, Image.Image):
+        if image.width < 1 or image.height < 1:
+            raise ValueError(f"expected an image of at least 1 x 1 pixels, got {image.width} x {image.height}")
         return _array_from_pil(image)
     if isinstance(image, torch.Tensor):
         t = image.detach().cpu()
@@ -684,6 +688,7 @@ class Codec:
 
     def _compress_array(self, rgb, channels, bit_depth):
         x = torch.from_numpy(np.require(rgb, requirements="W")).permute(2, 0, 1)[None]
+        x = self._model_channels(x, channels)
         with torch.inference_mode():
             latents, index = self._encode(x, self.quality)
         return self._pack(latents, index, 0, channels, bit_depth)
@@ -694,7 +699,7 @@ class Codec:
         file is the one ``compress`` writes for that image."""
         with torch.inference_mode():
             latents, index = self._encode(batch, self.quality)
-        return [self._pack(latents, index, i, 3, 8) for i in range(latents.values.shape[0])]
+        return [self._pack(latents, index, i, self.model.channels, 8) for i in range(latents.values.shape[0])]
 
     def _pack(self, latents: Latents, index, i: int, channels: int, bit_depth: int) -> bytes:
         """The .fae bytes of image ``i`` of ``latents`` (``index``: a hyperprior's table indexes)."""
@@ -714,10 +719,19 @@ class Codec:
                         latents.width, channels, bit_depth, self.latent_shapes(latents.height, latents.width), ())
         return pack(header, streams)
 
+    def _model_channels(self, x, channels):
+        """The [1, 3, H, W] image ``x`` as the model takes it: a one-channel (grey) model codes grey images."""
+        if self.model.channels == 1:
+            if channels != 1:
+                raise ValueError(f"{self.model_id} codes grey images (a one-channel model); got a colour image: "
+                                 f"convert it first, e.g. img.convert('L')")
+            return x[:, :1]
+        return x
+
     def reconstruct(self, image) -> np.ndarray:
         """What ``decompress(compress(image))`` returns, computed on the encoder's side."""
         rgb, channels, _ = to_rgb_array(image)
-        x = torch.from_numpy(np.require(rgb, requirements="W")).permute(2, 0, 1)[None]
+        x = self._model_channels(torch.from_numpy(np.require(rgb, requirements="W")).permute(2, 0, 1)[None], channels)
         return _finish(self.decode(self.encode(x))[0], channels, "numpy")
 
     def decompress(self, data, output: str = "numpy", max_pixels: int = MAX_PIXELS):
@@ -734,6 +748,9 @@ class Codec:
         """uint8 [B, 3, H, W] images (on the codec's device) of .fae files of one size and
         quality: entropy decoding file by file, then one batched synthesis. Grey files come back
         with three equal channels (``decompress`` returns them as one)."""
+        if isinstance(files, (bytes, bytearray, memoryview, str)):
+            raise TypeError(f"decompress_batch: expected a list of .fae files' bytes, got one "
+                            f"{type(files).__name__} (decompress reads one file)")
         read = [self._read(data, max_pixels) for data in files]
         if not read:
             raise ValueError("decompress_batch: no files")
@@ -751,6 +768,8 @@ class Codec:
     def _read(self, data, max_pixels):
         """(header, Latents of one image, the latents' means or None) of a .fae file; CodecError
         for any damaged or foreign file."""
+        if isinstance(max_pixels, bool) or not isinstance(max_pixels, numbers.Integral) or max_pixels < 1:
+            raise ValueError(f"max_pixels must be a positive integer, got {max_pixels!r}")
         header, streams = unpack(data)
         if header.model_id != self.model_id or header.model_hash != self.hash:
             if header.model_id == self.model_id:
@@ -838,7 +857,7 @@ def _decode(stream: bytes, escapes: bytes, shape: tuple, tables: tuple, index: t
 def _finish(out: torch.Tensor, channels: int, output: str):
     """Decoded [3, H, W] uint8 -> the caller's form; grey images back to one channel."""
     out = out.cpu()
-    if channels == 1:
+    if channels == 1 and out.shape[0] == 3:
         out = (out.to(torch.int32).sum(0, keepdim=True) + 1).div(3, rounding_mode="floor").to(torch.uint8)
     if output == "tensor":
         return out
