@@ -83,7 +83,7 @@ _MODEL_OPTIONS = {"loss": "loss", "latent": "latent", "hidden": "hidden", "laten
 def _load_data(args):
     from fastae.data import load_dataset
 
-    x, labels = load_dataset(args.data)
+    x, labels = load_dataset(args.data, size=getattr(args, "size", None))
     if args.normal_class is not None:
         if labels is None:
             raise ValueError(f"--normal-class needs labelled data (MNIST IDX); {args.data} has no labels")
@@ -374,6 +374,8 @@ def main(argv=None):
     train.add_argument("--sparsity", choices=["l1", "kl"], help="sparse: the penalty")
     train.add_argument("--sparsity-weight", type=float)
     train.add_argument("--beta", type=float, help="vae: weight of the KL term")
+    train.add_argument("--size", type=int, help="image folders: scale each image's shorter side to SIZE and "
+                                                 "center-crop it to SIZE x SIZE (needed when the sizes differ)")
     train.add_argument("--val-fraction", type=float, default=0.1)
     train.add_argument("--normal-class", type=int, help="train on this label only (anomaly detection)")
     train.add_argument("--seed", type=int, default=0)
@@ -407,6 +409,7 @@ def main(argv=None):
     anomaly = sub.add_parser("anomaly", help="score samples by reconstruction error with a trained model")
     anomaly.add_argument("model_dir", help="a folder written by `fastae train`")
     anomaly.add_argument("--data", required=True)
+    anomaly.add_argument("--size", type=int, help="image folders: as `fastae train --size` (the size trained on)")
     anomaly.add_argument("--normal-class", type=int, help="label of the normal class: reports ROC-AUC")
     anomaly.add_argument("--quantile", type=float, default=0.99, help="threshold: this quantile of normal scores")
     anomaly.add_argument("--val-fraction", type=float, default=0.1,

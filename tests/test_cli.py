@@ -1,5 +1,6 @@
 """The fastae command line."""
 
+import json
 import re
 import subprocess
 import sys
@@ -131,3 +132,25 @@ def test_os_errors_and_interrupts_are_reported_without_a_traceback(tmp_path, cap
     monkeypatch.setattr("fastae.codec.folder.compress_folder", fails(KeyboardInterrupt()))
     assert cli.main(["compress", str(tmp_path / "src"), str(tmp_path / "out")]) == 130
     assert "interrupted (finished files are kept" in capsys.readouterr().err
+
+
+def test_train_conv_on_a_folder_of_photos_of_different_sizes(tmp_path, capsys):
+    """--size makes a folder of mixed-size photos trainable (scaled and center-cropped), and
+    anomaly reads it the same way."""
+    from PIL import Image
+
+    rng = torch.Generator().manual_seed(0)
+    data = tmp_path / "photos"
+    data.mkdir()
+    for i, (h, w) in enumerate([(40, 60), (50, 30), (32, 32)] * 4):
+        pixels = (torch.rand(h, w, 3, generator=rng) * 255).byte().numpy()
+        Image.fromarray(pixels).save(data / f"{i:02d}.png")
+    argv = ["train", "conv", "--data", str(data), "--out", str(tmp_path / "m"), "--epochs", "1", "--latent", "4",
+            "--val-fraction", "0.25"]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert "images differ in size" in err and "(fastae train: --size)" in err
+    assert cli.main(argv + ["--size", "16"]) == 0
+    assert json.loads((tmp_path / "m" / "config.json").read_text())["config"]["input_shape"] == [3, 16, 16]
+    assert cli.main(["anomaly", str(tmp_path / "m"), "--data", str(data), "--size", "16", "--val-fraction", "0.25"]) == 0
+    assert "3 samples" in capsys.readouterr().out

@@ -108,7 +108,7 @@ def load_image_folder(path: Union[str, os.PathLike], size=None, channels: Option
         for p, _, (w, h) in found[1:]:
             if (w, h) != (w0, h0):
                 raise ValueError(f"images differ in size: {first} is {h0}x{w0}, {p} is {h}x{w} (height x width); "
-                                 f"pass size= to resize them")
+                                 f"pass size= to resize them (fastae train: --size)")
     h, w = size or (h0, w0)
     # Filled in place rather than stacked, so the pixels are never held twice.
     out = torch.empty((len(found), channels, h, w), dtype=torch.uint8)
