@@ -146,6 +146,28 @@ def test_ms_ssim_small_image_fallbacks():
         ce.ms_ssim(a64, a16)
 
 
+def test_evaluate_keeps_going_on_an_image_too_small_for_ms_ssim():
+    """A 1x1 image in the folder has no MS-SSIM (None, and so has the mean) but its rate and
+    PSNR are measured, for fastae and the references alike."""
+    images = {"a.png": _smooth_image(32, 32, seed=5), "dot.png": np.full((1, 1, 3), 90, np.uint8)}
+
+    class Lossless:
+        def compress(self, image):
+            return np.asarray(image).tobytes()
+
+        def decompress(self, data):
+            return np.frombuffer(data, np.uint8).reshape(-1, 1, 3) if len(data) == 3 else \
+                np.frombuffer(data, np.uint8).reshape(32, 32, 3)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # BD-rate of a lossless "codec": not computed
+        result = ce.evaluate(lambda q: Lossless(), images, [1], references=("webp",), progress=False)
+    row = result["fastae"]["1"]["per_image"]["dot.png"]
+    assert row["ms_ssim"] is None and row["bpp"] == 24.0
+    assert result["fastae"]["1"]["per_image"]["a.png"]["ms_ssim"] == pytest.approx(1.0, abs=1e-6)
+    assert all(p["per_image"]["dot.png"]["ms_ssim"] is None for p in result["webp"].values())
+
+
 # --- Bjøntegaard ---------------------------------------------------------------------------------
 
 RATES = [0.2, 0.4, 0.7, 1.1, 1.6]

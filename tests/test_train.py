@@ -158,3 +158,19 @@ def test_distributed_data_parallel_on_two_cpu_processes(tmp_path):
     for rank in (0, 1):
         assert (tmp_path / f"out.rank{rank}").read_text() == "SAME True [1, 2]"
     assert (tmp_path / "out" / WEIGHTS).exists()
+
+
+def test_resume_with_another_optimizer_and_load_model_on_a_bad_device(tmp_path):
+    from fastae.models import build_model
+    from fastae.train import fit, load_model
+
+    torch.manual_seed(0)
+    x = torch.rand(20, 1, 8, 8)
+    fit(build_model("mlp", input_shape=[1, 8, 8], hidden=[8], latent=2), x, None, epochs=1, out=tmp_path,
+        progress=False)
+    again = build_model("mlp", input_shape=[1, 8, 8], hidden=[8], latent=2)
+    with pytest.raises(ValueError, match="another optimizer .* than SGD: resume it with the --optimizer"):
+        fit(again, x, None, epochs=2, out=tmp_path, resume=True, optimizer="sgd", progress=False)
+    assert len(fit(again, x, None, epochs=2, out=tmp_path, resume=True, progress=False)["train_loss"]) == 2
+    with pytest.raises(ValueError, match="load_model: device: 'gpu' is not a device"):
+        load_model(tmp_path, device="gpu")

@@ -252,7 +252,7 @@ def pillow_codec_points(image, codec: str = "webp", qualities: Optional[Iterable
         data = _pillow_encode(a, name, q)
         decoded = _pillow_decode(data)
         points.append({"quality": q, "bytes": len(data), "bpp": 8.0 * len(data) / (a.shape[0] * a.shape[1]),
-                       "psnr": psnr(a, decoded), "ms_ssim": ms_ssim(a, decoded)})
+                       "psnr": psnr(a, decoded), "ms_ssim": _ms_ssim_or_none(a, decoded)})
     return points
 
 
@@ -352,6 +352,13 @@ def _finite_or_none(x) -> Optional[float]:
     return x if math.isfinite(x) else None
 
 
+def _ms_ssim_or_none(a, b) -> Optional[float]:
+    """MS-SSIM, or None for an image smaller than its window (it has no MS-SSIM; its other figures stand)."""
+    if min(a.shape[:2]) < _WIN_SIZE:
+        return None
+    return _finite_or_none(ms_ssim(a, b))
+
+
 def _measure(codec, image: np.ndarray, name: str, quality) -> Dict[str, Optional[float]]:
     t0 = time.perf_counter()
     data = codec.compress(image)
@@ -365,7 +372,7 @@ def _measure(codec, image: np.ndarray, name: str, quality) -> Dict[str, Optional
         raise ValueError(f"codec.decompress() at quality {quality!r} on image {name!r} must return a uint8 "
                          f"array of shape {image.shape}, got shape {decoded.shape} dtype {decoded.dtype}")
     return {"bpp": 8.0 * len(bytes(data)) / (image.shape[0] * image.shape[1]),
-            "psnr": _finite_or_none(psnr(image, decoded)), "ms_ssim": _finite_or_none(ms_ssim(image, decoded)),
+            "psnr": _finite_or_none(psnr(image, decoded)), "ms_ssim": _ms_ssim_or_none(image, decoded),
             "encode_s": t1 - t0, "decode_s": t2 - t1}
 
 

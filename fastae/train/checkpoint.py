@@ -9,6 +9,7 @@ import torch
 from safetensors.torch import save_file
 
 import fastae
+from fastae._device import resolve_device
 from fastae._io import atomic_path, read_safetensors, read_training_state, write_text
 
 WEIGHTS, CONFIG, STATE = "model.safetensors", "config.json", "training_state.pt"
@@ -61,6 +62,7 @@ def load_model(folder, device="cpu"):
     """Rebuild the model saved in ``folder`` and load its weights."""
     from fastae.models import build_model
 
+    device = resolve_device(device, "load_model: device")
     saved = read_config(folder)
     model = build_model(saved["model"], **saved["config"])
     model.load_state_dict(read_safetensors(Path(folder) / WEIGHTS, device))
@@ -74,6 +76,11 @@ def load_training_state(folder, model, optimizers):
     model.load_state_dict(read_safetensors(Path(folder) / WEIGHTS))
     state = read_training_state(Path(folder) / STATE)
     for name, opt in optimizers.items():
-        opt.load_state_dict(state["optimizers"][name])
+        saved = state["optimizers"].get(name)
+        if saved is None or {k for g in saved["param_groups"] for k in g} != \
+                {k for g in opt.state_dict()["param_groups"] for k in g}:
+            raise ValueError(f"checkpoint {folder} was trained with another optimizer (or other optimizer "
+                             f"settings) than {type(opt).__name__}: resume it with the --optimizer it was trained with")
+        opt.load_state_dict(saved)
     torch.set_rng_state(state["rng"])
     return state["epoch"], state["history"]
