@@ -1201,3 +1201,30 @@ def test_bench_codec_side_search_counts_the_files_it_changed(tmp_path, capsys, m
     assert m, out
     assert int(m.group(1)) == sum(map(len, off)) and int(m.group(2)) == sum(map(len, on))
     assert int(m.group(3)) == sum(a != b for a, b in zip(off, on)) > 0
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda: ImageCodec(N=0, M=8), "N must be a positive integer"),
+    (lambda: HyperpriorCodec(N=8, M=-1), "M must be a positive integer"),
+    (lambda: ImageCodec(N=8.5, M=8), "N must be a positive integer"),
+    (lambda: ImageCodec(N=8, M=8, channels=0), "channels must be a positive integer"),
+    (lambda: ImageCodec(N=8, M=8, lambdas="0.1"), "lambdas must be a sequence"),
+    (lambda: ImageCodec(N=8, M=8, lambdas=[0.1, float("inf")]), "positive, finite and increasing"),
+    (lambda: export_codec(ImageCodec(N=8, M=8, lambdas=(0.1,)), "/nonexistent/x.safetensors", model_id="é"),
+     "model id must be 1..64 ASCII"),
+    (lambda: export_codec(ImageCodec(N=8, M=8, lambdas=(0.1,)), "/nonexistent/x.safetensors", model_id="x" * 65),
+     "model id must be 1..64 ASCII"),
+])
+def test_codec_models_name_bad_settings(make, message):
+    with pytest.raises(ValueError, match=message):
+        make()
+
+
+@pytest.mark.parametrize("kind", sorted(CODEC_MODELS))
+def test_codec_forward_names_bad_images(kind):
+    model = CODEC_MODELS[kind](N=8, M=8, lambdas=(0.1,))
+    with pytest.raises(ValueError, match=rf"multiples of {model.stride}"):
+        model(torch.rand(1, 3, model.stride + model.stride // 2, model.stride), 1)
+    with pytest.raises(ValueError, match=r"expected images \[B, 3, H, W\]"):
+        model(torch.rand(3, 64, 64), 1)
+    assert model(torch.rand(1, 3, model.stride, model.stride), 1)["x_hat"].shape == (1, 3, model.stride, model.stride)

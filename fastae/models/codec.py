@@ -183,6 +183,15 @@ class ImageCodec(nn.Module):
             raise ValueError(f"quality must be an integer in 1..{self.qualities}, got {quality!r}")
         return quality - 1
 
+    def _check_input(self, x: Tensor):
+        """``x`` must be [B, channels, H, W] with H and W multiples of the model's stride."""
+        if not isinstance(x, Tensor) or x.dim() != 4 or x.shape[1] != self.channels:
+            raise ValueError(f"{type(self).__name__}: expected images [B, {self.channels}, H, W], got "
+                             f"{tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__}")
+        if x.shape[2] % self.stride or x.shape[3] % self.stride or 0 in x.shape:
+            raise ValueError(f"{type(self).__name__}: height and width must be positive multiples of {self.stride} "
+                             f"(pad the images; the codec does), got {x.shape[2]} x {x.shape[3]}")
+
     def analysis(self, x: Tensor, quality: int) -> Tensor:
         """Latents scaled by the quality's gain, before rounding: [B, M, H/16, W/16]."""
         q = self._check_quality(quality)
@@ -197,6 +206,7 @@ class ImageCodec(nn.Module):
         """Training (``noise=True``: additive uniform noise stands in for rounding) or evaluation
         (``noise=False``: rounding) pass. Returns x_hat, the latents' likelihoods and the rate in
         bits per pixel estimated from them."""
+        self._check_input(x)
         y = self.analysis(x, quality).float()  # fp32 latents (and rounding noise) under AMP too
         if noise:
             y_hat = y + torch.empty_like(y).uniform_(-0.5, 0.5)
@@ -281,6 +291,7 @@ class HyperpriorCodec(ImageCodec):
         synthesis sees the rounded ones (straight-through), as at inference (Minnen & Singh 2020);
         the hyper-synthesis reads what ``hyper_input`` says."""
         q = self._check_quality(quality)
+        self._check_input(x)
         y = self.analysis(x, quality).float()
         z = self.h_a(y).float()
         z_hat = z + torch.empty_like(z).uniform_(-0.5, 0.5) if noise else torch.round(z)

@@ -177,6 +177,9 @@ def train_codec(data, out, steps: int = 20000, batch_size: int = 8, crop: int = 
     if kind == "factorized" and hyper_input != "noise":
         raise ValueError(f"train_codec: hyper_input={hyper_input!r} needs a hyperprior (kind 'hyperprior' or "
                          f"'checkerboard'); a factorized model has no hyper-synthesis")
+    for name, value in (("steps", steps), ("batch_size", batch_size), ("crop", crop)):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"train_codec: {name} must be an integer, got {value!r}")
     if steps < 1 or batch_size < 1 or crop < stride or crop % stride:
         raise ValueError(f"train_codec: expected steps >= 1, batch_size >= 1 and crop a positive multiple of "
                          f"{stride}, got steps={steps}, batch_size={batch_size}, crop={crop}")

@@ -103,6 +103,8 @@ def fit(model, train, val=None, epochs=50, batch_size=256, optimizer="adam", lr=
     Deterministic on the CPU for a fixed seed. Under torchrun, every process trains its shard with
     DistributedDataParallel and rank 0 writes the files.
     """
+    if not (hasattr(model, "phases") and hasattr(model, "config")):
+        raise TypeError(f"fit: expected a fastae autoencoder (fastae.models), got {type(model).__name__}")
     if not isinstance(epochs, int) or epochs < 0:
         raise ValueError(f"epochs must be a non-negative int, got {epochs!r}")
     if not isinstance(batch_size, int) or batch_size < 1:
@@ -126,6 +128,8 @@ def fit(model, train, val=None, epochs=50, batch_size=256, optimizer="adam", lr=
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
 
     train_set = _dataset(train, "train")
+    if len(train_set) == 0:
+        raise ValueError("fit: the training set is empty")
     sampler = DistributedSampler(train_set, world, rank, shuffle=True, seed=seed) if world > 1 else None
     generator = torch.Generator().manual_seed(seed)
     loader = DataLoader(train_set, batch_size, shuffle=sampler is None, sampler=sampler, generator=generator,
