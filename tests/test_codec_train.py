@@ -169,3 +169,21 @@ def test_hyper_input_rejects_bad_values(photos, tmp_path):
         train_codec(photos, tmp_path / "a", steps=1, crop=64, kind="hyperprior", hyper_input="ste", **TINY)
     with pytest.raises(ValueError, match="needs a hyperprior"):
         train_codec(photos, tmp_path / "b", steps=1, crop=64, kind="factorized", hyper_input="rounded", **TINY)
+
+
+def test_load_photos_names_what_it_leaves_out(tmp_path):
+    from fastae.train.codec import load_photos
+
+    rng = np.random.default_rng(0)
+    for name, side in (("a.png", 80), ("b.png", 90), ("small.png", 40)):
+        Image.fromarray(rng.integers(0, 256, (side, side, 3), dtype=np.uint8)).save(tmp_path / name)
+    (tmp_path / "broken.png").write_bytes((tmp_path / "a.png").read_bytes()[:200])
+    (tmp_path / "readme.txt").write_text("about these photos")
+    with pytest.warns(UserWarning) as caught:
+        photos = load_photos(tmp_path, downscale=1, min_side=64)
+    assert len(photos) == 2
+    (message,) = [str(w.message) for w in caught]
+    assert "1 smaller than 64x64 after downscaling (small.png)" in message
+    assert "1 not readable as images (broken.png)" in message and "readme" not in message
+    with pytest.raises(ValueError, match="no image of at least 128x128"):
+        load_photos(tmp_path, downscale=1, min_side=128)

@@ -25,6 +25,7 @@ import torch
 from PIL import Image
 
 from fastae._device import resolve_device
+from fastae.codec.folder import IMAGE_EXTENSIONS
 from fastae._io import atomic_path, read_safetensors, read_training_state, write_text
 from fastae.models.codec import CODEC_MODELS, LAMBDAS, ImageCodec, build_codec
 from fastae.train.checkpoint import CONFIG, STATE, WEIGHTS, write_config, write_weights
@@ -48,7 +49,8 @@ def load_photos(folder, downscale: int = 2, min_side: int = 64):
                                      Image.Resampling.LANCZOS)
                 arr = np.asarray(img)
         except (OSError, ValueError):  # not an image, truncated, a decompression bomb
-            unreadable.append(path.name)
+            if path.suffix.lower() in IMAGE_EXTENSIONS:  # a damaged image is worth a word; a readme is not
+                unreadable.append(path.name)
             continue
         if min(arr.shape[:2]) >= min_side:
             photos.append(torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous())
