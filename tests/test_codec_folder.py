@@ -397,3 +397,16 @@ def test_existing_files_of_another_quality_or_damaged_are_not_skipped(tmp_path):
     assert (dst / "a.fae").read_bytes() == first  # left alone
     forced = compress_folder(src, dst, q2, force=True, progress=False)
     assert forced.files == 2 and forced.ok and q2().decompress((dst / "a.fae").read_bytes()).shape == (20, 30, 3)
+
+
+def test_symlinked_folders_are_followed_once(tree, tmp_path):
+    src, expected = tree
+    top = tmp_path / "top"
+    top.mkdir()
+    (top / "photos").symlink_to(src, target_is_directory=True)
+    (top / "again").symlink_to(src, target_is_directory=True)  # a second link to the same folder
+    (Path(src) / "loop").symlink_to(top, target_is_directory=True)  # and a link back up
+    summary = compress_folder(top, tmp_path / "dst", PngCodec, progress=False)
+    assert summary.files == 4 and summary.ignored >= 2
+    written = sorted(p.relative_to(tmp_path / "dst").as_posix() for p in (tmp_path / "dst").rglob("*.fae"))
+    assert written == sorted(f"again/{rel}" for rel in expected)  # the first link in sorted order

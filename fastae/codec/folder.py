@@ -380,7 +380,8 @@ def _normalize_extensions(extensions):
 
 def _walk(src, dst, is_input, out_suffix, summary):
     """Sorted relative paths of the inputs under ``src``, and the relative folders visited.
-    Hidden entries are skipped; a ``dst`` nested inside ``src`` is not entered; other files
+    Hidden entries are skipped; symlinked folders are followed (each real folder once, so a
+    link loop ends); a ``dst`` nested inside ``src`` is not entered; other files
     are counted in ``summary.ignored`` (except our own outputs when ``dst`` is ``src``); a
     folder that cannot be listed goes to ``summary.failed``."""
     src_real, dst_real = os.path.realpath(src), os.path.realpath(dst)
@@ -391,12 +392,20 @@ def _walk(src, dst, is_input, out_suffix, summary):
         path = Path(exc.filename) if exc.filename else src
         summary.failed.append((Path(os.path.relpath(path, src)).as_posix(), _message(exc)))
 
-    for root, dirnames, filenames in os.walk(src, onerror=unreadable):
+    seen = {src_real}  # folders entered, by real path: symlinked folders are followed, each once (no loops)
+    for root, dirnames, filenames in os.walk(src, onerror=unreadable, followlinks=True):
         rel_root = Path(os.path.relpath(root, src))
-        dirnames[:] = sorted(
-            d for d in dirnames
-            if not d.startswith(".") and (same or os.path.realpath(os.path.join(root, d)) != dst_real)
-        )
+        keep = []
+        for d in sorted(dirnames):
+            real = os.path.realpath(os.path.join(root, d))
+            if d.startswith(".") or (not same and real == dst_real):
+                continue
+            if real in seen:  # a link back up the tree, or a second link to one folder
+                summary.ignored += 1
+                continue
+            seen.add(real)
+            keep.append(d)
+        dirnames[:] = keep
         dirs.append(rel_root)
         for name in sorted(filenames):
             if name.startswith("."):
