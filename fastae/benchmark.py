@@ -1291,9 +1291,13 @@ def add_parser(subparsers):
 
 def cmd_bench(args) -> int:
     suites = SUITES if args.suite == "all" else tuple(_csv(args.suite))
+    if not suites:
+        raise ValueError(f"--suite: no suite named; expected {', '.join(SUITES)} or all")
     for s in suites:
         if s not in SUITES:
             raise ValueError(f"--suite: unknown suite {s!r}; expected {', '.join(SUITES)} or all")
+    if args.plot and set(suites) <= {"codec"}:
+        raise ValueError("--plot draws each row's ratio to eager PyTorch; the codec suite has no eager rows")
     device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     activations = list(_EAGER_ACT) if args.activations == ["all"] else args.activations
     argv = getattr(args, "argv", None)
@@ -1309,6 +1313,10 @@ def cmd_bench(args) -> int:
         print(f"wrote {args.output}")
     if args.plot:
         print(f"wrote {plot_speedups(result, args.plot)}")
+    failed = sorted({r["case"] for r in result["rows"] if "setup failed" in (r.get("error") or "")})
+    if failed:  # the case could not even be prepared (e.g. --images names no image folder)
+        print(f"fastae bench: setup failed for {', '.join(failed)}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -139,6 +139,10 @@ def test_cli_rejects_bad_options():
                 "--no-peaks"])
     with pytest.raises(ValueError, match="unknown dtype"):
         _bench(["--quick", "--device", "cpu", "--dtype", "float64", "--no-progress", "--no-peaks"])
+    with pytest.raises(ValueError, match="no suite named"):
+        _bench(["--suite", "", "--no-progress"])
+    with pytest.raises(ValueError, match="the codec suite has no eager rows"):
+        _bench(["--suite", "codec", "--plot", "p.png", "--no-progress"])
 
 
 def test_codec_suite_without_a_shipped_model_still_measures_the_entropy_coder(tmp_path, monkeypatch):
@@ -171,6 +175,10 @@ def test_codec_suite_with_a_codec_file(tmp_path, kind):
         assert r["error"] is None and r["impl"] == "fastae-cpu"
         assert r["rates"]["images/s"] == pytest.approx(2 / (r["median_ms"] / 1e3))
         assert r["rates"]["MB/s"] == pytest.approx(r["rates"]["images/s"] * 256 * 384 * 3 / 1e6)
+    # images that are not there: the rows say why and the run fails
+    assert _bench(["--quick", "--device", "cpu", "--suite", "codec", "--codec-weights", str(weights),
+                   "--images", str(tmp_path / "none"), "--cases", "compress batch 2", "--min-time", "0.01",
+                   "--no-progress", "--no-peaks"]) == 1
 
 
 # ---------------------------------------------------------------------------------------------- README table
