@@ -70,3 +70,13 @@ def read_training_state(path) -> dict:
         return torch.load(path, weights_only=False)
     except (RuntimeError, EOFError, pickle.UnpicklingError) as e:
         raise ValueError(f"{path}: not a readable training state ({str(e).splitlines()[0]})") from None
+
+
+def read_json(path):
+    """The JSON in ``path``; a damaged or non-JSON file is a ValueError naming it."""
+    import json
+
+    try:
+        return json.loads(Path(path).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: not a readable JSON file ({e})") from None

@@ -119,6 +119,14 @@ def cmd_train_codec(args):
     return 0
 
 
+def _int_list(text):
+    """argparse type of --hidden: comma-separated layer widths."""
+    try:
+        return [int(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers such as 128 or 512,256, got {text!r}")
+
+
 def _default(value, default):
     """An option's value, or ``default`` when it was not given (0 is a value, checked downstream)."""
     return default if value is None else value
@@ -253,6 +261,10 @@ def cmd_eval(args):
 
     factory = _codec_factory(args)
     base = factory()
+    beyond = [q for q in args.qualities if not 1 <= q <= base.model.qualities]
+    if beyond:
+        raise ValueError(f"--qualities {' '.join(map(str, beyond))}: {base.model_id} has qualities "
+                         f"1..{base.model.qualities}")
     paths = image_files(args.data)
     if not Path(args.data).is_dir() or not paths:
         raise FileNotFoundError(f"--data {args.data}: no images found")
@@ -277,7 +289,7 @@ def cmd_eval(args):
             raise ValueError(f"--compare {path}: given twice")
         try:
             earlier = json.loads(Path(path).read_text())
-        except json.JSONDecodeError as e:
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise ValueError(f"--compare {path}: not a JSON file ({e})") from None
         meta = earlier.get("meta") if isinstance(earlier, dict) else None
         name = meta.get("model", Path(path).stem) if isinstance(meta, dict) else Path(path).stem
@@ -367,7 +379,7 @@ def main(argv=None):
     train.add_argument("--weight-decay", type=float, default=0.0, help="L2 regularisation")
     train.add_argument("--loss", choices=["mse", "bce"])
     train.add_argument("--latent", type=int)
-    train.add_argument("--hidden", type=lambda s: [int(v) for v in s.split(",")], help="e.g. 128 or 512,256")
+    train.add_argument("--hidden", type=_int_list, help="e.g. 128 or 512,256")
     train.add_argument("--latent-activation", help="activation of the code layer (mlp: relu; none gives a linear code)")
     train.add_argument("--noise", choices=["gaussian", "masking", "salt_pepper"], help="denoising: the corruption")
     train.add_argument("--noise-level", type=float)

@@ -10,7 +10,7 @@ from safetensors.torch import save_file
 
 import fastae
 from fastae._device import resolve_device
-from fastae._io import atomic_path, read_safetensors, read_training_state, write_text
+from fastae._io import atomic_path, read_json, read_safetensors, read_training_state, write_text
 
 WEIGHTS, CONFIG, STATE = "model.safetensors", "config.json", "training_state.pt"
 
@@ -43,7 +43,7 @@ def read_config(folder):
     path = Path(folder) / CONFIG
     if not path.exists():
         raise FileNotFoundError(f"no fastae checkpoint in {folder}: {CONFIG} is missing")
-    return json.loads(path.read_text())
+    return read_json(path)
 
 
 def check_config(folder, model):

@@ -26,7 +26,7 @@ from PIL import Image
 
 from fastae._device import resolve_device
 from fastae.codec.folder import IMAGE_EXTENSIONS
-from fastae._io import atomic_path, read_safetensors, read_training_state, write_text
+from fastae._io import atomic_path, read_json, read_safetensors, read_training_state, write_text
 from fastae.models.codec import CODEC_MODELS, LAMBDAS, ImageCodec, build_codec
 from fastae.train.checkpoint import CONFIG, STATE, WEIGHTS, write_config, write_weights
 
@@ -122,9 +122,12 @@ def save_codec_checkpoint(out: Path, model: ImageCodec, step: int, optimizer=Non
 def load_codec_checkpoint(folder, device="cpu") -> ImageCodec:
     """The ImageCodec saved in ``folder`` by train_codec."""
     folder = Path(folder)
-    config = json.loads((folder / CONFIG).read_text())
-    if config.get("model") != "image_codec":
-        raise ValueError(f"{folder} holds a {config.get('model')!r} checkpoint, not an image codec")
+    if not (folder / CONFIG).is_file():
+        raise FileNotFoundError(f"no codec checkpoint in {folder}: {CONFIG} is missing")
+    config = read_json(folder / CONFIG)
+    if not isinstance(config, dict) or config.get("model") != "image_codec":
+        raise ValueError(f"{folder} holds a {config.get('model') if isinstance(config, dict) else config!r} "
+                         f"checkpoint, not an image codec")
     model = build_codec(config["config"])
     model.load_state_dict(read_safetensors(folder / WEIGHTS))
     return model.to(device)
@@ -221,7 +224,7 @@ def train_codec(data, out, steps: int = 20000, batch_size: int = 8, crop: int = 
                                   {"params": fast, "lr": lr * 10, "scale": 10.0}], lr=lr)
     start, history = 0, []
     if resume:
-        saved = json.loads((out / CONFIG).read_text())
+        saved = read_json(out / CONFIG)
         if saved["config"] != model.config:
             raise ValueError(f"checkpoint {out} was written with config {saved['config']}, not {model.config}")
         model.load_state_dict(read_safetensors(out / WEIGHTS))
@@ -234,7 +237,7 @@ def train_codec(data, out, steps: int = 20000, batch_size: int = 8, crop: int = 
         torch.set_rng_state(state["torch_rng"])
         start = state["step"]
         if (out / HISTORY).exists():
-            history = json.loads((out / HISTORY).read_text())
+            history = read_json(out / HISTORY)
     elif (out / WEIGHTS).exists() and not resume:
         raise FileExistsError(f"{out} already holds a checkpoint; pass resume=True (--resume) to continue it "
                               f"or choose another folder")
