@@ -184,7 +184,7 @@ def cmd_train(args):
             if model.config.get("latent") == 2:
                 plots.plot_images(model.manifold(20).cpu(), out / "manifold.png", nrow=20)
     last = {k: v[-1] for k, v in history.items()} if history else {}
-    print(f"trained {args.model} for {args.epochs} epochs: " +
+    print(f"{args.model} at epoch {len(history.get('train_loss', []))}: " +
           ", ".join(f"{k} {v:.5g}" for k, v in last.items() if k.startswith(("train_loss", "val_"))))
     print(f"wrote {', '.join(sorted(p.name for p in out.iterdir() if not p.name.startswith('.')))} to {out}")
     return 0

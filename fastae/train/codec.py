@@ -254,6 +254,9 @@ def train_codec(data, out, steps: int = 20000, batch_size: int = 8, crop: int = 
     sums = {}
     bar = tqdm(total=end, initial=min(start, end), desc="train codec", disable=not progress, dynamic_ncols=True)
     model.train()
+    if start >= end:
+        print(f"train_codec: the checkpoint in {out} is at step {start}, not before step {end}: nothing to train "
+              f"(raise --steps to continue)")
     for step in range(start, end):
         quality = step % model.qualities + 1
         for group in optimizer.param_groups:

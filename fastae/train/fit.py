@@ -140,6 +140,9 @@ def fit(model, train, val=None, epochs=50, batch_size=256, optimizer="adam", lr=
     if compile:
         step_fn = torch.compile(step_fn)
 
+    if start >= epochs and rank == 0:
+        print(f"fit: the checkpoint in {out} is at epoch {start}, not before epochs={epochs}: nothing to train "
+              f"(raise --epochs to continue)")
     for epoch in range(start, epochs):
         if sampler is not None:
             sampler.set_epoch(epoch)
