@@ -572,12 +572,10 @@ class Codec:
         h, w = x.shape[-2:]
         x = self._pad(x).contiguous(memory_format=torch.channels_last)
         z = None
-        if self.refine:  # refinement needs the whole image in one graph
-            y = self.model.analysis(x, quality)
+        if self.refine:  # refinement optimises the latents of the whole image in one graph: no bands
+            y, z = refine_latents(self.model, x, self.model.analysis(x, quality), quality, self.refine, h, w)
         else:
             y = self._banded_analysis(x, quality)
-        if self.refine:
-            y, z = refine_latents(self.model, x, y, quality, self.refine, h, w)
         if self._loaded.h_s64 is None:
             return Latents(torch.round(y).to(torch.int32), quality, h, w), None
         z = self.model.h_a(y) if z is None else z
