@@ -25,8 +25,8 @@ import torch
 from PIL import Image
 
 from fastae._device import resolve_device
-from fastae.codec.folder import IMAGE_EXTENSIONS
 from fastae._io import atomic_path, read_json, read_safetensors, read_training_state, write_text
+from fastae.codec.folder import IMAGE_EXTENSIONS
 from fastae.models.codec import CODEC_MODELS, LAMBDAS, ImageCodec, build_codec
 from fastae.train.checkpoint import CONFIG, STATE, WEIGHTS, write_config, write_weights
 
@@ -60,14 +60,11 @@ def load_photos(folder, downscale: int = 2, min_side: int = 64):
         raise ValueError(f"no image of at least {min_side}x{min_side} pixels (after downscaling by {downscale}; "
                          f"the crop must fit) in {folder}" + (f"; {len(small)} smaller" if small else "")
                          + (f"; {len(unreadable)} not readable as images" if unreadable else ""))
-    if unreadable or small:
-        warnings.warn(f"{folder}: training on {len(photos)} images; left out "
-                      + ", ".join(filter(None, [f"{len(small)} smaller than {min_side}x{min_side} after downscaling "
-                                                f"({', '.join(small[:3])}{', ...' if len(small) > 3 else ''})"
-                                                if small else "",
-                                                f"{len(unreadable)} not readable as images "
-                                                f"({', '.join(unreadable[:3])}{', ...' if len(unreadable) > 3 else ''})"
-                                                if unreadable else ""])), stacklevel=2)
+    left = [f"{len(names)} {why} ({', '.join(names[:3])}{', ...' if len(names) > 3 else ''})"
+            for names, why in ((small, f"smaller than {min_side}x{min_side} after downscaling"),
+                               (unreadable, "not readable as images")) if names]
+    if left:
+        warnings.warn(f"{folder}: training on {len(photos)} images; left out {', '.join(left)}", stacklevel=2)
     return photos
 
 
