@@ -425,6 +425,54 @@ def test_codec_rejects_other_models_and_damaged_files(tiny, tmp_path):
             tiny.decompress(bytes(bad))
 
 
+def test_forged_files_with_valid_checksums_decode_or_raise_codec_error(tiny):
+    """The CRC catches damage, not forgery: files rebuilt with a valid CRC around changed header
+    fields (sizes, quality, latent shapes) or altered streams must decode to an image of the size
+    they claim or raise CodecError, never anything else."""
+    import dataclasses
+    import random
+
+    header, streams = unpack(tiny.compress(_kodak((40, 56))))
+    rng = random.Random(0)
+    outcomes = {"decoded": 0, "CodecError": 0}
+    for _ in range(500):
+        h, ss = header, [bytearray(s) for s in streams]
+        for _ in range(rng.randint(1, 3)):
+            r, i = rng.random(), rng.randrange(len(ss))
+            if r < 0.2:
+                h = dataclasses.replace(h, height=rng.choice([1, h.height + rng.randint(-40, 40), rng.randint(1, 3000)]))
+            elif r < 0.4:
+                h = dataclasses.replace(h, width=rng.choice([1, h.width + rng.randint(-56, 56), rng.randint(1, 3000)]))
+            elif r < 0.5:
+                h = dataclasses.replace(h, quality=rng.randint(0, 255), channels=rng.choice([1, 3, 0, 7]))
+            elif r < 0.6:
+                shapes = [list(shape) for shape in h.latent_shapes]
+                k = rng.randrange(len(shapes))
+                shapes[k][rng.randrange(3)] += rng.choice([-1, 1, 2])
+                h = dataclasses.replace(h, latent_shapes=tuple(tuple(shape) for shape in shapes))
+            elif r < 0.75 and ss[i]:
+                ss[i][rng.randrange(len(ss[i]))] ^= 1 << rng.randrange(8)
+            elif r < 0.85:
+                ss[i] = ss[i][:rng.randint(0, len(ss[i]))]
+            elif r < 0.95:
+                ss[i] += bytes(rng.randrange(256) for _ in range(rng.randint(1, 16)))
+            else:
+                j = rng.randrange(len(ss))
+                ss[i], ss[j] = ss[j], ss[i]
+        try:
+            data = pack(h, [bytes(s) for s in ss])
+        except ValueError:  # a header pack() itself refuses to write
+            continue
+        try:
+            out = tiny.decompress(data, max_pixels=1 << 22)
+        except CodecError:
+            outcomes["CodecError"] += 1
+        else:
+            assert out.dtype == np.uint8 and out.shape[:2] == (h.height, h.width)
+            outcomes["decoded"] += 1
+    assert outcomes["CodecError"] > 300 and outcomes["decoded"] > 0  # both paths were exercised
+
+
 def test_codec_error_is_exported():
     assert fastae.CodecError is CodecError
     assert issubclass(CodecError, ValueError)
