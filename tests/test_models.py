@@ -281,10 +281,14 @@ def test_bad_config_is_named(make, message):
 
 def test_bad_inputs_are_named():
     model = small("mlp")
-    with pytest.raises(ValueError, match=r"expected x of shape \[B, 1, 12, 12\] or \[B, 144\], got \[4, 12, 12\]"):
+    with pytest.raises(ValueError, match=r"expected x of shape \[B, 1, 12, 12\] or \[B, 144\] with B > 0, got \[4, 12, 12\]"):
         model(torch.rand(4, 12, 12))
     with pytest.raises(ValueError, match=r"expected x of shape .* got \[4, 143\]"):
         model.loss(torch.rand(4, 143))
+    with pytest.raises(ValueError, match=r"with B > 0, got \[0, 144\]"):
+        model.loss(torch.rand(0, 144))
+    with pytest.raises(TypeError, match="expected x to be a Tensor, got ndarray"):
+        model.loss(torch.rand(4, 144).numpy())
     with pytest.raises(ValueError, match=r"expected z of shape \[B, 8\], got \[4, 3\]"):
         model.decode(torch.rand(4, 3))
     with pytest.raises(ValueError, match=r"unknown phase 'disc'; expected one of \['ae'\]"):

@@ -127,10 +127,13 @@ class Autoencoder(nn.Module):
 
     def _flat(self, x: Tensor) -> Tensor:
         """x as ``[B, D]``, or ValueError naming the shapes accepted."""
-        if x.dim() >= 2 and tuple(x.shape[1:]) in (self.input_shape, (self.in_features,)):
+        if not isinstance(x, Tensor):
+            raise TypeError(f"{type(self).__name__}: expected x to be a Tensor, got {type(x).__name__}")
+        if x.dim() >= 2 and x.shape[0] > 0 and tuple(x.shape[1:]) in (self.input_shape, (self.in_features,)):
             return x.reshape(x.shape[0], self.in_features)
         image = ", ".join(map(str, self.input_shape))
-        raise self._error(f"expected x of shape [B, {image}] or [B, {self.in_features}], got {list(x.shape)}")
+        raise self._error(f"expected x of shape [B, {image}] or [B, {self.in_features}] with B > 0, "
+                          f"got {list(x.shape)}")
 
     def _check_phase(self, phase: str):
         names = [name for name, _ in self.phases()]
