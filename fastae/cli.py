@@ -132,10 +132,28 @@ def _default(value, default):
     return default if value is None else value
 
 
+# Options of `fastae train` that only one kind of training reads: given to the other, they are an error.
+_ZOO_ONLY = ("--epochs", "--optimizer", "--weight-decay", "--loss", "--hidden", "--latent-activation", "--noise",
+             "--noise-level", "--sparsity", "--sparsity-weight", "--beta", "--val-fraction", "--normal-class", "--size")
+_CODEC_ONLY = ("--lmbda", "--steps", "--crop", "--channels", "--downscale", "--time-limit", "--kind", "--stop-at",
+               "--compile", "--hyper-input", "--init", "--model-id", "--weights-dtype")
+
+
+def _given(argv, options):
+    """The options of ``options`` that appear in ``argv`` (as ``--opt`` or ``--opt=value``)."""
+    return [o for o in options if any(a == o or a.startswith(o + "=") for a in argv)]
+
+
 def cmd_train(args):
     import inspect
 
-    if args.model == "codec":
+    codec = args.model == "codec"
+    stray = _given(args.argv, _ZOO_ONLY if codec else _CODEC_ONLY)
+    if stray:
+        other = "the autoencoder zoo (mlp, conv, vae, ...)" if codec else "train codec"
+        raise ValueError(f"{', '.join(stray)} {'does' if len(stray) == 1 else 'do'} not apply to train "
+                         f"{args.model} (only to {other})")
+    if codec:
         return cmd_train_codec(args)
 
     from fastae.data import train_val_split

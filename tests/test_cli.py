@@ -88,6 +88,10 @@ def test_train_writes_its_artifacts_and_anomaly_reads_them(tmp_path, capsys, mod
     (["train", "mlp", "--data", "{mnist}", "--out", "{tmp}", "--lr", "0"], "lr must be a positive number"),
     (["train", "mlp", "--data", "{mnist}", "--out", "{tmp}", "--batch-size", "0"], "batch_size must be a positive"),
     (["train", "mlp", "--data", "{mnist}", "--out", "{tmp}", "--hidden", "a"], "expected comma-separated integers"),
+    (["train", "mlp", "--data", "{mnist}", "--out", "{tmp}", "--steps", "5", "--crop=64"],
+     "--steps, --crop do not apply to train mlp (only to train codec)"),
+    (["train", "codec", "--data", "{mnist}", "--out", "{tmp}", "--epochs", "5"],
+     "--epochs does not apply to train codec (only to the autoencoder zoo"),
 ])
 def test_bad_input_is_reported_without_a_traceback(tmp_path, capsys, argv, message):
     argv = [a.format(mnist=MNIST, tmp=tmp_path) for a in argv]
