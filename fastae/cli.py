@@ -244,7 +244,7 @@ def _codec_factory(args):
     from fastae.codec.image import load_codec
 
     device = resolve_device(args.device, "--device")
-    factory = functools.partial(load_codec, quality=getattr(args, "quality", 1), model=args.model, device=device,
+    factory = functools.partial(load_codec, quality=getattr(args, "quality", None), model=args.model, device=device,
                                 weights=args.weights, refine=getattr(args, "refine", 0),
                                 side_search=getattr(args, "side_search", True))
     factory()  # fail now, with a clear message, on an unknown model, quality or weights file
@@ -279,6 +279,8 @@ def cmd_eval(args):
 
     factory = _codec_factory(args)
     base = factory()
+    if args.qualities is None:  # every quality of the model
+        args.qualities = list(range(1, base.model.qualities + 1))
     beyond = [q for q in args.qualities if not 1 <= q <= base.model.qualities]
     if beyond:
         raise ValueError(f"--qualities {' '.join(map(str, beyond))}: {base.model_id} has qualities "
@@ -449,7 +451,7 @@ def main(argv=None):
 
     def codec_options(p, quality=True, encoder=True):
         if quality:
-            p.add_argument("--quality", type=int, default=4, help="1 (smallest) .. 8 (best)")
+            p.add_argument("--quality", type=int, help="1 (smallest) .. 8 (best); default 4 (or a custom model's highest)")
         if encoder:
             p.add_argument("--refine", type=int, default=0, metavar="STEPS",
                            help="encoder-side latent refinement steps per image (0: off; e.g. 50): smaller files "
@@ -481,7 +483,7 @@ def main(argv=None):
     evaluate = sub.add_parser("eval", help="rate-distortion of the codec on an image folder against JPEG and WebP")
     evaluate.add_argument("--data", required=True, help="e.g. ../shared/data/kodak")
     codec_options(evaluate, quality=False)
-    evaluate.add_argument("--qualities", type=int, nargs="+", default=list(range(1, 9)))
+    evaluate.add_argument("--qualities", type=int, nargs="+", help="default: every quality of the model (1..8)")
     evaluate.add_argument("--references", nargs="*", default=["webp", "jpeg"], choices=["webp", "jpeg"])
     evaluate.add_argument("--limit", type=int, help="only the first N images")
     evaluate.add_argument("--output", default="rd.json", help="per-image JSON (the plot goes beside it as .png)")

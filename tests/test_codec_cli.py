@@ -108,6 +108,15 @@ def test_compress_rejects_bad_arguments(trained, tmp_path, capsys):
     assert cli.main(["compress", str(tmp_path), str(tmp_path / "d"), "--weights", str(trained),
                      "--quality", "9"]) == 2
     assert "quality must be an integer in 1..2" in capsys.readouterr().err
+    # without --quality a model of fewer than 4 qualities codes at its highest
+    from fastae.codec.image import load_codec
+
+    (tmp_path / "one").mkdir()
+    with Image.open(KODAK / "kodim03.png") as img:
+        img.convert("RGB").crop((0, 0, 40, 30)).save(tmp_path / "one" / "a.png")
+    assert cli.main(["compress", str(tmp_path / "one"), str(tmp_path / "d2"), "--weights", str(trained), "--quiet"]) == 0
+    assert read_header((tmp_path / "d2" / "a.fae").read_bytes()).quality == 2
+    assert load_codec(weights=trained).quality == 2 and load_codec().quality == 4
     assert cli.main(["compress", str(tmp_path), str(tmp_path / "d"), "--model", "nope"]) == 2
     assert "unknown model 'nope'" in capsys.readouterr().err
     assert cli.main(["compress", str(tmp_path), str(tmp_path / "d"), "--weights", str(trained), "--refine", "-1"]) == 2

@@ -315,10 +315,11 @@ def shipped_models() -> list:
     return sorted(p.stem for p in WEIGHTS_DIR.glob("*.safetensors"))
 
 
-def load_codec(quality: int = 4, model: str = DEFAULT_MODEL, device="cpu", weights=None, refine: int = 0,
-               side_search: bool = True) -> "Codec":
+def load_codec(quality: Optional[int] = None, model: str = DEFAULT_MODEL, device="cpu", weights=None,
+               refine: int = 0, side_search: bool = True) -> "Codec":
     """The pretrained codec ``model`` (shipped in the package) at ``quality`` (1 = smallest files,
-    8 = best images). ``weights``: a file written by ``export_codec`` instead of a shipped model.
+    8 = best images; None: 4, or the model's highest quality if it has fewer). ``weights``: a file
+    written by ``export_codec`` instead of a shipped model.
     ``refine``: steps of encoder-side latent refinement per image (0: off; see fastae.codec.refine),
     slower compression for a lower rate-distortion cost, files any decoder of the model reads.
     ``side_search``: a hyperprior model searches other hyper-latents for an image whose first ones
@@ -333,6 +334,8 @@ def load_codec(quality: int = 4, model: str = DEFAULT_MODEL, device="cpu", weigh
         path = Path(weights)
     device = resolve_device(device, "load_codec: device")
     loaded = _load_cached(str(path.resolve()), str(device))
+    if quality is None:
+        quality = min(4, loaded.model.qualities)
     return Codec(loaded, quality, refine, side_search)
 
 
