@@ -476,8 +476,10 @@ def main(argv=None):
     decompress.add_argument("src")
     decompress.add_argument("dst")
     codec_options(decompress, quality=False, encoder=False)
-    decompress.add_argument("--workers", type=int, default=1)
-    decompress.add_argument("--force", action="store_true")
+    decompress.add_argument("--workers", type=int, default=1, help="processes (CPU)")
+    decompress.add_argument("--force", action="store_true",
+                            help="redo and overwrite PNGs that are already there (with DST = the folder of the "
+                                 "originals, that replaces them with their decoded copies)")
     decompress.set_defaults(func=cmd_decompress)
 
     evaluate = sub.add_parser("eval", help="rate-distortion of the codec on an image folder against JPEG and WebP")
