@@ -76,7 +76,8 @@ class GDN(nn.Module):
         beta = lower_bound(self.beta, self.beta_bound) ** 2 - self.pedestal
         gamma = lower_bound(self.gamma, self.gamma_bound) ** 2 - self.pedestal
         norm = F.conv2d(x * x, gamma[:, :, None, None], beta)
-        if not torch.is_grad_enabled():  # inference: the same values in place, one full-size tensor less
+        if not torch.is_grad_enabled() and norm.dtype == x.dtype:  # inference: the same values in place, one
+            # full-size tensor less (the dtypes match, so no promotion is lost)
             return (norm.sqrt_() if self.inverse else norm.rsqrt_()).mul_(x)
         return x * torch.sqrt(norm) if self.inverse else x * torch.rsqrt(norm)
 
