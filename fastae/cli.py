@@ -188,6 +188,10 @@ def cmd_train(args):
                   optimizer=args.optimizer, lr=_default(args.lr, 1e-3), weight_decay=args.weight_decay,
                   device=args.device,
                   seed=args.seed, out=out, resume=args.resume)
+    from fastae.train.checkpoint import record
+
+    # how the samples were split, so that `fastae anomaly` scores the same held-out ones by default
+    record(out, data={"val_fraction": args.val_fraction, "seed": args.seed, "size": args.size})
     model.eval()
     val_x = x[val_idx].to(next(model.parameters()).device)
     with torch.no_grad():
@@ -210,12 +214,16 @@ def cmd_train(args):
 
 def cmd_anomaly(args):
     from fastae import anomaly
-    from fastae.train import load_model
-
     from fastae.data import train_val_split
+    from fastae.train import load_model
+    from fastae.train.checkpoint import read_config
 
     if not 0 < args.quantile < 1:
         raise ValueError(f"--quantile must be in (0, 1), got {args.quantile}")
+    split = read_config(args.model_dir).get("data") or {}  # how `fastae train` split the data (newer checkpoints)
+    for option in ("val_fraction", "seed", "size"):
+        if getattr(args, option) is None:
+            setattr(args, option, split.get(option, {"val_fraction": 0.1, "seed": 0, "size": None}[option]))
     if not 0 <= args.val_fraction < 1:
         raise ValueError(f"--val-fraction must be in [0, 1) (0: score every sample), got {args.val_fraction}")
     model = load_model(args.model_dir, device="cuda" if torch.cuda.is_available() else "cpu")
@@ -441,12 +449,13 @@ def main(argv=None):
     anomaly = sub.add_parser("anomaly", help="score samples by reconstruction error with a trained model")
     anomaly.add_argument("model_dir", help="a folder written by `fastae train`")
     anomaly.add_argument("--data", required=True)
-    anomaly.add_argument("--size", type=int, help="image folders: as `fastae train --size` (the size trained on)")
+    anomaly.add_argument("--size", type=int, help="image folders: as `fastae train --size` (default: as recorded)")
     anomaly.add_argument("--normal-class", type=int, help="label of the normal class: reports ROC-AUC")
     anomaly.add_argument("--quantile", type=float, default=0.99, help="threshold: this quantile of normal scores")
-    anomaly.add_argument("--val-fraction", type=float, default=0.1,
-                         help="score the samples training held out (as `fastae train`); 0: score all")
-    anomaly.add_argument("--seed", type=int, default=0, help="the seed training split the data with")
+    anomaly.add_argument("--val-fraction", type=float,
+                         help="score the samples training held out (default: the fraction training used, recorded "
+                              "in its config.json, else 0.1); 0: score all")
+    anomaly.add_argument("--seed", type=int, help="the seed training split the data with (default: as recorded)")
     anomaly.set_defaults(func=cmd_anomaly)
 
     def codec_options(p, quality=True, encoder=True):

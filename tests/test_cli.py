@@ -158,6 +158,11 @@ def test_train_conv_on_a_folder_of_photos_of_different_sizes(tmp_path, capsys):
     assert json.loads((tmp_path / "m" / "config.json").read_text())["config"]["input_shape"] == [3, 16, 16]
     assert cli.main(["anomaly", str(tmp_path / "m"), "--data", str(data), "--size", "16", "--val-fraction", "0.25"]) == 0
     assert "3 samples" in capsys.readouterr().out
+    # by default anomaly scores the samples training held out, with the size it trained on (recorded)
+    assert json.loads((tmp_path / "m" / "config.json").read_text())["data"] == {"val_fraction": 0.25, "seed": 0,
+                                                                                "size": 16}
+    assert cli.main(["anomaly", str(tmp_path / "m"), "--data", str(data)]) == 0
+    assert "3 samples" in capsys.readouterr().out
 
 
 def test_a_damaged_config_is_named(tmp_path, capsys):
