@@ -144,8 +144,36 @@ def _given(argv, options):
     return [o for o in options if any(a == o or a.startswith(o + "=") for a in argv)]
 
 
+SPLIT = "split.json"  # in a zoo checkpoint: how `fastae train` split the data, for resuming and `fastae anomaly`
+_SPLIT_OPTIONS = {"val_fraction": "--val-fraction", "seed": "--seed", "size": "--size"}
+
+
+def _data_split(args, folder, strict: bool):
+    """Take the split recorded in ``folder`` for the options not given. ``strict`` (a resumed
+    training): an option given with another value than recorded is refused; otherwise (anomaly,
+    which may score another part of the data) the given value wins."""
+    from fastae._io import read_json
+
+    path = Path(folder) / SPLIT
+    if not path.exists():
+        return
+    recorded = read_json(path)
+    for key, option in _SPLIT_OPTIONS.items():
+        if key not in recorded:
+            continue
+        if _given(args.argv, [option]):
+            if strict and getattr(args, key) != recorded[key]:
+                raise ValueError(f"{option} {getattr(args, key)}: {folder} was trained with {option} {recorded[key]} "
+                                 f"(recorded in {path}); leave it out to use the same split")
+            continue
+        setattr(args, key, recorded[key])
+
+
 def cmd_train(args):
     import inspect
+    import json
+
+    from fastae._io import write_text
 
     codec = args.model == "codec"
     stray = _given(args.argv, _ZOO_ONLY if codec else _CODEC_ONLY)
@@ -165,6 +193,8 @@ def cmd_train(args):
     out = Path(args.out)
     if not args.resume and ((out / WEIGHTS).exists() or (out / STATE).exists()):
         raise FileExistsError(f"{out} already holds a checkpoint; pass --resume to continue it or choose another --out")
+    if args.resume:
+        _data_split(args, out, strict=True)
     x, labels = _load_data(args)
     train_idx, val_idx = train_val_split(len(x), args.val_fraction, args.seed)
     if args.normal_class is not None:  # anomaly detection: learn the normal class only
@@ -173,6 +203,7 @@ def cmd_train(args):
         raise ValueError(f"--val-fraction {args.val_fraction} of {len(x)} samples leaves {len(train_idx)} to train on "
                          f"and {len(val_idx)} to validate on (the validation loss and the plots need at least one); "
                          f"use e.g. 0.1 and more data")
+    write_text(out / SPLIT, json.dumps({k: getattr(args, k) for k in _SPLIT_OPTIONS}) + "\n")
     config = {"input_shape": list(x.shape[1:])}
     accepted = inspect.signature(MODELS[args.model]).parameters
     for option, key in _MODEL_OPTIONS.items():
@@ -188,10 +219,6 @@ def cmd_train(args):
                   optimizer=args.optimizer, lr=_default(args.lr, 1e-3), weight_decay=args.weight_decay,
                   device=args.device,
                   seed=args.seed, out=out, resume=args.resume)
-    from fastae.train.checkpoint import record
-
-    # how the samples were split, so that `fastae anomaly` scores the same held-out ones by default
-    record(out, data={"val_fraction": args.val_fraction, "seed": args.seed, "size": args.size})
     model.eval()
     val_x = x[val_idx].to(next(model.parameters()).device)
     with torch.no_grad():
@@ -220,10 +247,8 @@ def cmd_anomaly(args):
 
     if not 0 < args.quantile < 1:
         raise ValueError(f"--quantile must be in (0, 1), got {args.quantile}")
-    split = read_config(args.model_dir).get("data") or {}  # how `fastae train` split the data (newer checkpoints)
-    for option in ("val_fraction", "seed", "size"):
-        if getattr(args, option) is None:
-            setattr(args, option, split.get(option, {"val_fraction": 0.1, "seed": 0, "size": None}[option]))
+    read_config(args.model_dir)  # a folder without a checkpoint fails here, before the data is read
+    _data_split(args, args.model_dir, strict=False)  # the held-out samples training recorded, unless given
     if not 0 <= args.val_fraction < 1:
         raise ValueError(f"--val-fraction must be in [0, 1) (0: score every sample), got {args.val_fraction}")
     model = load_model(args.model_dir, device="cuda" if torch.cuda.is_available() else "cpu")
@@ -296,13 +321,13 @@ def cmd_eval(args):
     paths = image_files(args.data)
     if not Path(args.data).is_dir() or not paths:
         raise FileNotFoundError(f"--data {args.data}: no images found")
+    out = Path(args.output)
+    plot = out.with_suffix(".png") if args.plot is None else Path(args.plot)
+    _check_eval_outputs(out, plot, paths, args.compare or [], Path(args.data))
     if args.limit is not None:
         if args.limit < 1:
             raise ValueError(f"--limit must be >= 1 (the first N images), got {args.limit}")
         paths = paths[:args.limit]
-    out = Path(args.output)
-    plot = out.with_suffix(".png") if args.plot is None else Path(args.plot)
-    _check_eval_outputs(out, plot, paths, args.compare or [])
     images = {}
     for p in paths:
         try:
@@ -363,9 +388,10 @@ def cmd_eval(args):
     return 0
 
 
-def _check_eval_outputs(out: Path, plot: Path, images, compare):
+def _check_eval_outputs(out: Path, plot: Path, images, compare, data: Path):
     """Before an evaluation of many minutes: the JSON and the plot go to two different writable
-    files, neither of them an input (an image evaluated or a --compare result)."""
+    files, neither of them an input (an image of --data or a --compare result), and the plot not
+    into --data, where the next evaluation would take it for an image."""
     import os
 
     inputs = {p.resolve(): f"the image {p} in --data" for p in images}
@@ -375,6 +401,9 @@ def _check_eval_outputs(out: Path, plot: Path, images, compare):
             raise ValueError(f"{option} {path} is {inputs[path.resolve()]}: it would be overwritten")
     if out.resolve() == plot.resolve():
         raise ValueError(f"--output and --plot are the same file ({out}); the plot would overwrite the results")
+    if plot.resolve().is_relative_to(data.resolve()):
+        raise ValueError(f"--plot {plot} is inside --data {data}: the next evaluation would read it as an image; "
+                         f"write it elsewhere (--plot, or an --output outside --data)")
     for option, path in (("--output", out), ("--plot", plot)):
         if path.is_dir():
             raise IsADirectoryError(f"{option} {path} is a folder; give a file name")
@@ -395,7 +424,9 @@ def main(argv=None):
     from fastae.models import MODELS
     from fastae.train import OPTIMIZERS
 
-    train = sub.add_parser("train", help="train an autoencoder on MNIST IDX files or an image folder")
+    # no abbreviations: an option of the other kind of training must be recognised (`_given`), not guessed
+    train = sub.add_parser("train", help="train an autoencoder on MNIST IDX files or an image folder",
+                           allow_abbrev=False)
     train.add_argument("model", choices=sorted(MODELS) + ["codec"],
                        help="a zoo model, or codec: the learned image codec (random crops of a photo folder)")
     train.add_argument("--data", required=True, help="a folder of MNIST IDX files (e.g. ../shared/data/mnist) or images")
@@ -446,16 +477,18 @@ def main(argv=None):
                             "half the file; the tables are derived from the rounded weights)")
     train.set_defaults(func=cmd_train)
 
-    anomaly = sub.add_parser("anomaly", help="score samples by reconstruction error with a trained model")
+    anomaly = sub.add_parser("anomaly", help="score samples by reconstruction error with a trained model",
+                             allow_abbrev=False)
     anomaly.add_argument("model_dir", help="a folder written by `fastae train`")
     anomaly.add_argument("--data", required=True)
     anomaly.add_argument("--size", type=int, help="image folders: as `fastae train --size` (default: as recorded)")
     anomaly.add_argument("--normal-class", type=int, help="label of the normal class: reports ROC-AUC")
     anomaly.add_argument("--quantile", type=float, default=0.99, help="threshold: this quantile of normal scores")
-    anomaly.add_argument("--val-fraction", type=float,
-                         help="score the samples training held out (default: the fraction training used, recorded "
-                              "in its config.json, else 0.1); 0: score all")
-    anomaly.add_argument("--seed", type=int, help="the seed training split the data with (default: as recorded)")
+    anomaly.add_argument("--val-fraction", type=float, default=0.1,
+                         help="score the samples training held out (default: the fraction training recorded in "
+                              "split.json, else 0.1); 0: score all")
+    anomaly.add_argument("--seed", type=int, default=0, help="the seed training split the data with (default: as "
+                                                             "recorded)")
     anomaly.set_defaults(func=cmd_anomaly)
 
     def codec_options(p, quality=True, encoder=True):

@@ -69,7 +69,7 @@ def test_train_writes_its_artifacts_and_anomaly_reads_them(tmp_path, capsys, mod
     argv = ["train", model, "--data", str(MNIST), "--out", str(out), "--epochs", "5", "--normal-class", "1"]
     assert cli.main(argv + extra) == 0
     expected = {"model.safetensors", "config.json", "training_state.pt", "history.json", "loss.png",
-                "reconstructions.png", "latent.png"} | files
+                "reconstructions.png", "latent.png", "split.json"} | files
     assert {p.name for p in out.iterdir()} == expected
     assert "val_mse" in capsys.readouterr().out
     assert cli.main(["anomaly", str(out), "--data", str(MNIST), "--normal-class", "1"]) == 0
@@ -92,6 +92,7 @@ def test_train_writes_its_artifacts_and_anomaly_reads_them(tmp_path, capsys, mod
      "--steps, --crop do not apply to train mlp (only to train codec)"),
     (["train", "codec", "--data", "{mnist}", "--out", "{tmp}", "--epochs", "5"],
      "--epochs does not apply to train codec (only to the autoencoder zoo"),
+    (["train", "codec", "--data", "{mnist}", "--out", "{tmp}", "--epoch", "5"], "unrecognized arguments: --epoch"),
 ])
 def test_bad_input_is_reported_without_a_traceback(tmp_path, capsys, argv, message):
     argv = [a.format(mnist=MNIST, tmp=tmp_path) for a in argv]
@@ -159,10 +160,17 @@ def test_train_conv_on_a_folder_of_photos_of_different_sizes(tmp_path, capsys):
     assert cli.main(["anomaly", str(tmp_path / "m"), "--data", str(data), "--size", "16", "--val-fraction", "0.25"]) == 0
     assert "3 samples" in capsys.readouterr().out
     # by default anomaly scores the samples training held out, with the size it trained on (recorded)
-    assert json.loads((tmp_path / "m" / "config.json").read_text())["data"] == {"val_fraction": 0.25, "seed": 0,
-                                                                                "size": 16}
+    assert json.loads((tmp_path / "m" / "split.json").read_text()) == {"val_fraction": 0.25, "seed": 0, "size": 16}
     assert cli.main(["anomaly", str(tmp_path / "m"), "--data", str(data)]) == 0
     assert "3 samples" in capsys.readouterr().out
+    assert cli.main(["anomaly", str(tmp_path / "m"), "--data", str(data), "--val-fraction", "0"]) == 0
+    assert "12 samples" in capsys.readouterr().out  # a given option wins
+    # a resume takes the recorded split, and refuses another one
+    assert cli.main(argv[:-2] + ["--epochs", "2", "--resume"]) == 0
+    assert json.loads((tmp_path / "m" / "split.json").read_text())["val_fraction"] == 0.25
+    capsys.readouterr()
+    assert cli.main(argv[:-2] + ["--epochs", "3", "--resume", "--val-fraction", "0.5", "--size", "16"]) == 2
+    assert "--val-fraction 0.5: " in capsys.readouterr().err
 
 
 def test_a_damaged_config_is_named(tmp_path, capsys):

@@ -289,9 +289,9 @@ def test_exif_orientation_is_applied(tmp_path, orientation):
     path = _with_orientation(tmp_path / "photo.png", raw, orientation)
     want = _ORIENTED[orientation](raw)
     assert np.array_equal(to_rgb_array(path)[0], want)
-    with Image.open(path) as img:
-        assert np.array_equal(to_rgb_array(img)[0], want)
-    assert np.array_equal(to_rgb_array(raw)[0], raw)  # arrays are taken as they are
+    with Image.open(path) as img:  # a PIL image is taken as its pixels are: its tag may be stale
+        assert np.array_equal(to_rgb_array(img)[0], raw)
+    assert np.array_equal(to_rgb_array(raw)[0], raw)  # arrays too
 
 
 def test_codec_codes_a_sideways_photo_upright(tiny, tmp_path):
@@ -305,6 +305,16 @@ def test_codec_codes_a_sideways_photo_upright(tiny, tmp_path):
         with pytest.raises(SyntaxError):
             img.getexif()
     assert np.array_equal(to_rgb_array(tmp_path / "damaged.png")[0], raw)  # damaged EXIF: pixels as stored
+    # an orientation tag beside a damaged GPS block (which Pillow cannot write back): still turned
+    exif = Image.Exif()
+    exif[0x0112], exif[0x8825] = 6, {1: "N", 2: (1.0, 2.0, 3.0)}
+    block = bytearray(exif.tobytes())
+    at = block.index(bytes.fromhex("00020001"))
+    block[at:at + 2] = b"\x00\xbb"  # the GPS block now claims 187 entries
+    Image.fromarray(raw).save(tmp_path / "gps.jpg", exif=bytes(block), quality=95)
+    with Image.open(tmp_path / "gps.jpg") as img:
+        stored = np.asarray(img.convert("RGB"))
+    assert np.array_equal(to_rgb_array(tmp_path / "gps.jpg")[0], np.rot90(stored, -1))
 
 
 def _s15(v):
@@ -351,10 +361,20 @@ def test_icc_profiles_are_converted_to_srgb(tmp_path):
     in_memory = Image.fromarray(raw)
     in_memory.info["icc_profile"] = _icc_profile("Linear RGB (fastae test)")
     assert np.array_equal(to_rgb_array(in_memory)[0], got)  # PIL images as files
-    # A profile that says it is sRGB, a damaged one, and a grey image's are left alone.
-    for icc in (_icc_profile("sRGB IEC61966-2.1"), b"not a profile"):
+    # The name is not trusted: a linear profile called sRGB is converted too.
+    Image.fromarray(raw).save(tmp_path / "named.png", icc_profile=_icc_profile("sRGB linear"))
+    assert np.array_equal(to_rgb_array(tmp_path / "named.png")[0], got)
+    # sRGB itself (its pixels kept exactly), a damaged profile, and a grey image's are left alone.
+    from PIL import ImageCms
+
+    srgb = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    for icc in (srgb, _icc_profile("sRGB-like", gamma=2.2), b"not a profile"):
         Image.fromarray(raw).save(tmp_path / "kept.png", icc_profile=icc)
-        assert np.array_equal(to_rgb_array(tmp_path / "kept.png")[0], raw)
+        kept = to_rgb_array(tmp_path / "kept.png")[0]
+        if icc == srgb or icc == b"not a profile":
+            assert np.array_equal(kept, raw)
+        else:  # gamma 2.2 is close to sRGB's curve but not within a level everywhere: converted
+            assert 0 < np.abs(kept.astype(int) - raw).max() <= 12
     grey = raw[:, :, 0]
     Image.fromarray(grey).save(tmp_path / "grey.png", icc_profile=_icc_profile("Linear RGB (fastae test)"))
     assert np.array_equal(to_rgb_array(tmp_path / "grey.png")[0][:, :, 0], grey)

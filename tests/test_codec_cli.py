@@ -197,7 +197,12 @@ def test_eval_writes_json_and_plot(trained, tmp_path, capsys):
     (tmp_path / "elsewhere.json").write_text(json.dumps(dict(result, fastae={
         q: dict(v, per_image={"b.png": v["per_image"]["a.png"]}) for q, v in result["fastae"].items()})))
     base = ["eval", "--data", str(data), "--weights", str(trained), "--qualities", "1", "--references", "--quiet"]
+    with Image.open(KODAK / "kodim03.png") as img:
+        img.convert("RGB").crop((200, 100, 296, 196)).save(data / "b.png")
     for extra, message in ((["--output", str(data / "a.png")], "is the image"),
+                           (["--output", str(data / "rd.json")], "is inside --data"),
+                           (["--output", str(tmp_path / "x.json"), "--limit", "1", "--plot", str(data / "b.png")],
+                            "is the image"),  # protected though --limit leaves it out
                            (["--output", str(tmp_path / "x.json"), "--plot", str(tmp_path / "x.json")], "the same file"),
                            (["--output", str(tmp_path / "y.json"), "--compare", str(tmp_path / "y.json")],
                             "is the --compare file"),

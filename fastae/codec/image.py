@@ -16,12 +16,14 @@ channel that is fully opaque is dropped, any other alpha is rejected (ValueError
 code transparency; flatten it first, e.g. ``img.convert("RGB")``). 16-bit images are reduced to
 8 bits (the header records the original depth; the decoded image is 8-bit).
 
-Pixels as viewers show them: a PIL image or file with an EXIF orientation tag (phone photos store
-their pixels sideways and say so in EXIF) is turned upright first, so a 4000 x 3000 photo tagged
-"rotate 90" decodes to 3000 x 4000; a colour image with an embedded ICC profile other than sRGB
-(Display P3, Adobe RGB, CMYK profiles) is converted to sRGB by Pillow's LittleCMS, since the .fae
-file keeps no profile and the decoded image is sRGB. A damaged EXIF block or profile is ignored
-(the pixels are coded as stored); arrays and tensors are taken as they are.
+Files as viewers show them: an image file with an EXIF orientation tag (phone photos store their
+pixels sideways and say so in EXIF) is turned upright first, so a 4000 x 3000 photo tagged
+"rotate 90" decodes to 3000 x 4000. A PIL image is taken as its pixels are (Pillow's own
+transpose keeps a stale tag; use ``ImageOps.exif_transpose`` first for one opened by hand). A
+colour file or PIL image with an embedded ICC profile other than sRGB (Display P3, Adobe RGB,
+linear light, CMYK profiles) is converted to sRGB by Pillow's LittleCMS, since the .fae file keeps
+no profile and the decoded image is sRGB. A damaged EXIF block or profile is ignored (the pixels
+are coded as stored); arrays and tensors are taken as they are.
 
 Hyperprior models: the Gaussian of each latent is chosen by ``h_s`` from the decoded
 hyper-latents, and encoder and decoder must pick the same integer table, or the rest of the
@@ -48,7 +50,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageOps
+from PIL import Image
 from safetensors.torch import save_file
 
 from fastae._device import resolve_device
@@ -348,17 +350,21 @@ def _to_8bit(a: np.ndarray) -> np.ndarray:
 
 
 _EXIF_ORIENTATION = 0x0112
+# EXIF orientation -> the transpose that shows the stored pixels as viewers do (as ImageOps.exif_transpose)
+_UPRIGHT = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+            5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+            8: Image.Transpose.ROTATE_90}
 
 
 def _upright(img: Image.Image) -> Image.Image:
-    """``img`` rotated/flipped as its EXIF orientation tag (2..8) says viewers show it."""
+    """``img`` (read from a file) rotated/flipped as its EXIF orientation tag says viewers show it.
+    Only the tag is read: a damaged EXIF block elsewhere changes nothing."""
     try:
         orientation = img.getexif().get(_EXIF_ORIENTATION, 1)
     except Exception:  # Pillow raises SyntaxError, OSError, ValueError... on a damaged EXIF block
         return img
-    if orientation not in range(2, 9):
-        return img
-    return ImageOps.exif_transpose(img)
+    method = _UPRIGHT.get(orientation) if isinstance(orientation, int) else None
+    return img if method is None else img.transpose(method)
 
 
 def _srgb_profile():
@@ -368,7 +374,9 @@ def _srgb_profile():
 
 
 def _to_srgb(img: Image.Image) -> Image.Image:
-    """An RGB or CMYK ``img`` with a non-sRGB ICC profile converted to sRGB (the others unchanged)."""
+    """An RGB or CMYK ``img`` with an ICC profile, in sRGB. An RGB profile that maps every colour
+    of a 6x6x6 test cube to itself within one level is taken to be sRGB, and the pixels are kept
+    as they are (LittleCMS would move some by one level); names are not trusted ("sRGB linear")."""
     icc = img.info.get("icc_profile")
     if not icc or img.mode not in ("RGB", "CMYK"):
         return img
@@ -378,10 +386,15 @@ def _to_srgb(img: Image.Image) -> Image.Image:
         warnings.warn("Pillow lacks ImageCms (LittleCMS): the image's ICC profile is ignored", stacklevel=3)
         return img
     try:
-        profile = ImageCms.ImageCmsProfile(io.BytesIO(icc))
-        if ImageCms.getProfileDescription(profile).strip().lower().startswith("srgb"):
-            return img
-        return ImageCms.profileToProfile(img, profile, _srgb_profile(), outputMode="RGB")
+        transform = ImageCms.buildTransform(ImageCms.ImageCmsProfile(io.BytesIO(icc)), _srgb_profile(), img.mode,
+                                            "RGB")
+        if img.mode == "RGB":
+            levels = np.linspace(0, 255, 6).round().astype(np.uint8)
+            cube = np.stack(np.meshgrid(levels, levels, levels, indexing="ij"), -1).reshape(36, 6, 3)
+            moved = np.asarray(ImageCms.applyTransform(Image.fromarray(cube), transform)).astype(np.int16) - cube
+            if np.abs(moved).max() <= 1:
+                return img
+        return ImageCms.applyTransform(img, transform)
     except (ImageCms.PyCMSError, OSError, ValueError):  # a damaged or unusable profile: the pixels as stored
         return img
 
@@ -390,7 +403,6 @@ def _array_from_pil(img: Image.Image):
     """(H x W x 3 uint8 array, channels, bit depth) following the channel and orientation policy of
     the module docstring."""
     bit_depth = 8
-    img = _upright(img)
     mode = img.mode
     if mode == "P":
         img = img.convert("RGBA" if "transparency" in img.info else "RGB")
@@ -447,7 +459,7 @@ def to_rgb_array(image):
         try:
             with Image.open(path) as img:
                 img.load()
-                return _array_from_pil(img)
+                return _array_from_pil(_upright(img))
         except (Image.UnidentifiedImageError, Image.DecompressionBombError) as e:
             raise ValueError(f"{path}: not an image fastae can read ({e})") from None
     if isinstance(image, Image.Image):

@@ -28,13 +28,6 @@ def write_config(out, name: str, config: dict, **progress):
     write_text(Path(out) / CONFIG, json.dumps(body, indent=2) + "\n")
 
 
-def record(out, **fields):
-    """Add ``fields`` to ``out``/config.json (e.g. how the data was split, for ``fastae anomaly``)."""
-    body = read_config(out)
-    body.update(fields)
-    write_text(Path(out) / CONFIG, json.dumps(body, indent=2) + "\n")
-
-
 def save_checkpoint(out, model, epoch, optimizers=None, history=None, extra=None):
     """Write the checkpoint files of ``model`` after ``epoch`` epochs into the folder ``out``."""
     out = Path(out)
