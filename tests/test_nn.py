@@ -41,6 +41,7 @@ def test_fused_mlp_layers():
     "make, message",
     [
         (lambda: FusedLinear(0, 3), r"expected in_features to be a positive int, got 0"),
+        (lambda: FusedLinear(True, 3), r"expected in_features to be a positive int, got True"),
         (lambda: FusedLinear(3, 2, activation="swish"), r"unknown activation 'swish'"),
         (lambda: FusedMLP([5]), r"expected at least two sizes \(in and out\), got \[5\]"),
         (lambda: FusedMLP([5, 3], out_activation="softmax"), r"unknown activation 'softmax'"),
@@ -49,6 +50,12 @@ def test_fused_mlp_layers():
 def test_bad_config_is_named(make, message):
     with pytest.raises(ValueError, match=message):
         make()
+
+
+def test_a_dtype_the_op_refuses_is_refused_at_construction():
+    with pytest.raises(TypeError, match="dtype must be float32, float16 or bfloat16"):
+        FusedLinear(3, 2, dtype=torch.float64)
+    assert FusedLinear(3, 2, dtype=torch.bfloat16).weight.dtype == torch.bfloat16
 
 
 def _train_grads(model, x):

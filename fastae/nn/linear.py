@@ -5,7 +5,7 @@ from typing import Optional, Sequence
 import torch
 from torch import nn
 
-from fastae.ops._common import check_choice
+from fastae.ops._common import DTYPES, check_choice
 from fastae.ops.linear import ACTIVATIONS, linear_act
 
 
@@ -20,9 +20,11 @@ class FusedLinear(nn.Module):
                  device=None, dtype=None):
         super().__init__()
         for name, value in (("in_features", in_features), ("out_features", out_features)):
-            if not isinstance(value, int) or value < 1:
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"FusedLinear: expected {name} to be a positive int, got {value!r}")
         check_choice("FusedLinear", "activation", activation, ACTIVATIONS)
+        if dtype is not None and dtype not in DTYPES:  # the op would refuse every call
+            raise TypeError(f"FusedLinear: dtype must be float32, float16 or bfloat16 (the fused op's), got {dtype}")
         self.in_features, self.out_features, self.activation = in_features, out_features, activation
         factory = {"device": device, "dtype": dtype}
         self.weight = nn.Parameter(torch.empty(out_features, in_features, **factory))
