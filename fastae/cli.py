@@ -95,10 +95,9 @@ def _load_data(args):
 
 def cmd_train_codec(args):
     from fastae.codec.image import export_codec
+    from fastae.codec.format import check_model_id
     from fastae.models.codec import LAMBDAS
     from fastae.train.codec import load_codec_checkpoint, train_codec
-
-    from fastae.codec.format import check_model_id
 
     lambdas = LAMBDAS if args.lmbda is None else args.lmbda
     out = Path(args.out)
@@ -187,7 +186,6 @@ def cmd_train(args):
     from fastae.data import train_val_split
     from fastae.models import MODELS, build_model
     from fastae.train import fit, plots
-
     from fastae.train.checkpoint import STATE, WEIGHTS
 
     out = Path(args.out)
@@ -217,8 +215,7 @@ def cmd_train(args):
     model = build_model(args.model, **config)
     history = fit(model, x[train_idx], x[val_idx], epochs=args.epochs, batch_size=_default(args.batch_size, 256),
                   optimizer=args.optimizer, lr=_default(args.lr, 1e-3), weight_decay=args.weight_decay,
-                  device=args.device,
-                  seed=args.seed, out=out, resume=args.resume)
+                  device=args.device, seed=args.seed, out=out, resume=args.resume)
     model.eval()
     val_x = x[val_idx].to(next(model.parameters()).device)
     with torch.no_grad():

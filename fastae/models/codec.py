@@ -158,6 +158,7 @@ class ImageCodec(nn.Module):
         for name, value in (("N", N), ("M", M), ("channels", channels)):
             if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
                 raise ValueError(f"{type(self).__name__}: {name} must be a positive integer, got {value!r}")
+        N, M, channels = int(N), int(M), int(channels)  # numpy integers too: the config is written as JSON
         if isinstance(lambdas, (str, bytes)):
             raise ValueError(f"{type(self).__name__}: lambdas must be a sequence of numbers, got {lambdas!r}")
         lambdas = [float(v) for v in lambdas]
