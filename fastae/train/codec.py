@@ -200,12 +200,11 @@ def train_codec(data, out, steps: int = 20000, batch_size: int = 8, crop: int = 
     if resume and not (out / STATE).exists():
         raise FileNotFoundError(f"resume=True (--resume) but there is no checkpoint to resume in {out} "
                                 f"(no {STATE})")
-    CODEC_MODELS[kind](N=N, M=M, lambdas=lambdas)  # bad sizes fail here, before any folder is made
-    photos = load_photos(data, downscale, min_side=max(64, crop))
+    torch.manual_seed(seed)
+    model = CODEC_MODELS[kind](N=N, M=M, lambdas=lambdas)  # bad sizes fail here, before any folder is made
+    photos = load_photos(data, downscale, min_side=max(64, crop))  # (no torch randomness: the weights are as seeded)
     out.mkdir(parents=True, exist_ok=True)
     generator = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)
-    model = CODEC_MODELS[kind](N=N, M=M, lambdas=lambdas)
     if kind != "factorized":
         model.hyper_input = hyper_input
     if init is not None and not resume:
