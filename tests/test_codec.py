@@ -622,9 +622,9 @@ def test_large_images_run_in_bands_with_the_same_result(tiny, monkeypatch):
     if latents.side is not None:  # the float64 entropy networks were banded too
         bands, by_rows = [], ci._by_rows
 
-        def spy(fn, inputs, *args):
+        def spy(fn, inputs, *args, **kwargs):
             calls = []
-            out = by_rows(lambda *x: calls.append(1) or fn(*x), inputs, *args)
+            out = by_rows(lambda *x: calls.append(1) or fn(*x), inputs, *args, **kwargs)
             bands.append(len(calls))
             return out
 

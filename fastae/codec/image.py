@@ -268,26 +268,33 @@ def _read_model_file(path, device) -> _Loaded:
 ENTROPY_POSITIONS = 1 << 13
 
 
-def _by_rows(fn, inputs, ratio: int, halo: int, positions: int):
-    """``fn(*inputs)`` for a ``fn`` that maps [B, C, R, W] tensors (``None`` passes through) to
-    [B, C', ratio*R, ratio*W] and whose outputs see fewer than ``halo`` input rows either side:
-    computed on bands of about ``positions`` input positions, each with ``halo`` rows of its
-    neighbours, and the bands' rows put together."""
-    first = inputs[0]
-    rows, width = first.shape[2], first.shape[0] * first.shape[3]
+def _by_rows(fn, inputs, bands, halo: int, scale_in: int = 1, scale_out: int = 1):
+    """``fn(*inputs)`` computed band by band and the bands' rows put together. ``bands``: (first,
+    end) rows of a grid, each computed with ``halo`` rows of its neighbours either side; an input
+    has ``scale_in`` rows per grid row (``None`` passes through), the output ``scale_out``. ``fn``
+    must map rows to rows and see fewer than ``halo`` grid rows either side of each output row."""
+    if len(bands) == 1:
+        return fn(*inputs)
+    rows = bands[-1][1]
+    out = None
+    for a, b in bands:
+        lo, hi = max(a - halo, 0), min(b + halo, rows)
+        part = fn(*(None if t is None else t[:, :, lo * scale_in:hi * scale_in] for t in inputs))
+        part = part[:, :, (a - lo) * scale_out:(b - lo) * scale_out]
+        if out is None:
+            out = part.new_empty((part.shape[0], part.shape[1], rows * scale_out, part.shape[3]))
+        out[:, :, a * scale_out:b * scale_out] = part
+    return out
+
+
+def _entropy_bands(grid: torch.Tensor, halo: int, positions: int):
+    """The bands of an entropy network's input ``grid`` [B, C, R, W]: about ``positions`` of its
+    positions (the batch counted) each; one band when they would be barely fewer."""
+    rows, width = grid.shape[2], grid.shape[0] * grid.shape[3]
     step = max(2 * halo, positions // max(width, 1))
     if rows <= step + 2 * halo:
-        return fn(*inputs)
-    out = None
-    for a in range(0, rows, step):
-        b = min(a + step, rows)
-        lo, hi = max(a - halo, 0), min(b + halo, rows)
-        part = fn(*(None if t is None else t[:, :, lo:hi] for t in inputs))
-        part = part[:, :, (a - lo) * ratio:(b - lo) * ratio]
-        if out is None:
-            out = part.new_empty((part.shape[0], part.shape[1], rows * ratio, part.shape[3]))
-        out[:, :, a * ratio:b * ratio] = part
-    return out
+        return [(0, rows)]
+    return [(a, min(a + step, rows)) for a in range(0, rows, step)]
 
 
 class _BandedHyperSynthesis(torch.nn.Module):
@@ -298,14 +305,15 @@ class _BandedHyperSynthesis(torch.nn.Module):
         self.h_s, self.ratio = h_s, ratio
 
     def forward(self, side):
-        return _by_rows(self.h_s, (side,), self.ratio, 2, ENTROPY_POSITIONS // self.ratio ** 2)
+        bands = _entropy_bands(side, 2, ENTROPY_POSITIONS // self.ratio ** 2)
+        return _by_rows(self.h_s, (side,), bands, 2, scale_out=self.ratio)
 
 
 class _BandedContext(CheckerboardContext):
     """A CheckerboardContext whose passes run by ``_by_rows`` (its 5x5 convolution sees 2 rows)."""
 
     def forward(self, hyper, anchors=None):
-        return _by_rows(super().forward, (hyper, anchors), 1, 2, ENTROPY_POSITIONS)
+        return _by_rows(super().forward, (hyper, anchors), _entropy_bands(hyper, 2, ENTROPY_POSITIONS), 2)
 
 
 @functools.lru_cache(maxsize=8)
@@ -657,40 +665,22 @@ class Codec:
     def _banded_analysis(self, x, quality):
         """``model.analysis`` of the padded batch ``x``, band by band (see BAND_PIXELS)."""
         ls = self.model.latent_stride
-        bands = self._bands(x.shape[2] // ls, x.shape[3] // ls)
-        if len(bands) == 1:
-            return self.model.analysis(x, quality)
-        rows = x.shape[2] // ls
-        parts = []
-        for a, b in bands:
-            lo, hi = max(a - HALO, 0), min(b + HALO, rows)
-            parts.append(self.model.analysis(x[:, :, lo * ls:hi * ls].contiguous(memory_format=torch.channels_last),
-                                             quality)[:, :, a - lo:b - lo])
-        return torch.cat(parts, dim=2)
+        return _by_rows(lambda part: self.model.analysis(part.contiguous(memory_format=torch.channels_last), quality),
+                        (x,), self._bands(x.shape[2] // ls, x.shape[3] // ls), HALO, scale_in=ls)
 
     def _synthesize(self, latents: Latents, means, dtype):
         y = latents.values.to(self.device, torch.float32)
         if means is not None:
             y = y + means
         y = y.contiguous(memory_format=torch.channels_last)
-        ls, rows = self.model.latent_stride, y.shape[2]
-        bands = self._bands(rows, y.shape[3])
-        out = None
-        for a, b in bands:  # each band's rows of the image, finished (cropped, clamped, converted) at once
-            lo, hi = max(a - HALO, 0), min(b + HALO, rows)
-            x = self.model.synthesis(y[:, :, lo:hi], latents.quality)[:, :, (a - lo) * ls:(b - lo) * ls]
-            top, end = a * ls, min(b * ls, latents.height)
-            if top >= end:
-                break
-            x = x[:, :, :end - top, :latents.width].clamp(0, 1)
-            x = (x * 255).round().to(torch.uint8) if dtype == torch.uint8 else x.to(dtype)
-            if len(bands) == 1:
-                return x
-            if out is None:
-                out = torch.empty((x.shape[0], x.shape[1], latents.height, latents.width), dtype=x.dtype,
-                                  device=x.device)
-            out[:, :, top:end] = x
-        return out
+
+        def finished(part):  # each band's pixels clamped and converted at once: no float image is ever whole
+            x = self.model.synthesis(part, latents.quality).clamp(0, 1)
+            return (x * 255).round().to(torch.uint8) if dtype == torch.uint8 else x.to(dtype)
+
+        ls = self.model.latent_stride
+        x = _by_rows(finished, (y,), self._bands(*y.shape[2:]), HALO, scale_out=ls)
+        return x[:, :, :latents.height, :latents.width]
 
     # -- files ------------------------------------------------------------------------------------
 
