@@ -8,6 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
+import fastae
 from fastae import cli
 from fastae.codec import read_header
 from tests._util import KODAK, PHOTOS
@@ -117,6 +118,7 @@ def test_compress_rejects_bad_arguments(trained, tmp_path, capsys):
     assert cli.main(["compress", str(tmp_path / "one"), str(tmp_path / "d2"), "--weights", str(trained), "--quiet"]) == 0
     assert read_header((tmp_path / "d2" / "a.fae").read_bytes()).quality == 2
     assert load_codec(weights=trained).quality == 2 and load_codec().quality == 4
+    assert fastae.load_codec(weights=trained).quality == 2  # the package's own entry point too
     assert cli.main(["compress", str(tmp_path), str(tmp_path / "d"), "--model", "nope"]) == 2
     assert "unknown model 'nope'" in capsys.readouterr().err
     assert cli.main(["compress", str(tmp_path), str(tmp_path / "d"), "--weights", str(trained), "--refine", "-1"]) == 2
