@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import os
 import re
 import time
@@ -124,11 +125,11 @@ def _mb(n):
 
 
 def image_files(folder) -> list:
-    """The files under ``folder`` (recursively, sorted) whose suffix is one of IMAGE_EXTENSIONS,
-    hidden files and folders (name starting with ``.``) left out as by ``compress_folder``."""
+    """The files under ``folder`` (recursively, sorted) whose suffix is one of IMAGE_EXTENSIONS:
+    the inputs ``compress_folder`` would take (hidden entries left out, symlinked folders followed once)."""
     root = Path(folder)
-    return sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
-                  and not any(part.startswith(".") for part in p.relative_to(root).parts))
+    inputs, _ = _walk(root, root, lambda name: _suffix(name) in IMAGE_EXTENSIONS, FAE_SUFFIX, Summary())
+    return sorted(root / rel for rel in inputs)
 
 
 def compress_folder(src, dst, make_codec, workers=1, force=False, progress=True, extensions=None):
@@ -138,15 +139,13 @@ def compress_folder(src, dst, make_codec, workers=1, force=False, progress=True,
     ``extensions``: image suffixes to take (default :data:`IMAGE_EXTENSIONS`), case-insensitive.
     """
     exts = IMAGE_EXTENSIONS if extensions is None else _normalize_extensions(extensions)
-    codec = []  # made on the first existing output to check
+    codec = functools.cache(make_codec)  # made on the first existing output to check
 
     def check_existing(path):
         """Why the .fae already at ``path`` is not this run's output (None: it is, skip it)."""
         from fastae.codec.format import CodecError, read_header
 
-        if not codec:
-            codec.append(make_codec())
-        c = codec[0]
+        c = codec()
         if not all(hasattr(c, a) for a in ("model_id", "hash", "quality")):  # not a fastae Codec: nothing to compare
             return None
         try:

@@ -87,9 +87,7 @@ def check_model_id(model_id) -> str:
 def pack(header: Header, streams) -> bytes:
     """The bytes of a .fae file: ``header`` (its stream_lengths are taken from ``streams``), the streams, CRC32."""
     streams = [bytes(s) for s in streams]
-    model_id = header.model_id.encode("ascii")
-    _require(1 <= len(model_id) <= MAX_MODEL_ID, f"model id must be 1..{MAX_MODEL_ID} ASCII characters",
-             header.model_id, error=ValueError)
+    model_id = check_model_id(header.model_id).encode("ascii")
     _require(len(header.model_hash) == 8, "model hash must be 8 bytes", header.model_hash, error=ValueError)
     _require(1 <= header.height <= MAX_SIDE and 1 <= header.width <= MAX_SIDE,
              f"height and width must be in 1..{MAX_SIDE}", (header.height, header.width), error=ValueError)
