@@ -106,7 +106,8 @@ def cmd_train_codec(args):
                           lr=_default(args.lr, 3e-4), N=args.channels, M=_default(args.latent, 160), lambdas=lambdas,
                           downscale=args.downscale, device=args.device, seed=args.seed, resume=args.resume,
                           time_limit=args.time_limit, kind=args.kind, init=args.init,
-                          compile=args.compile, stop_at=args.stop_at, hyper_input=args.hyper_input)
+                          compile=args.compile, stop_at=args.stop_at, hyper_input=args.hyper_input,
+                          widths=args.widths)
     weights = export_codec(load_codec_checkpoint(out), out / "codec.safetensors", model_id=args.model_id,
                            weights_dtype=args.weights_dtype)
     last = {}
@@ -134,7 +135,7 @@ def _default(value, default):
 # Options of `fastae train` that only one kind of training reads: given to the other, they are an error.
 _ZOO_ONLY = ("--epochs", "--optimizer", "--weight-decay", "--loss", "--hidden", "--latent-activation", "--noise",
              "--noise-level", "--sparsity", "--sparsity-weight", "--beta", "--val-fraction", "--normal-class", "--size")
-_CODEC_ONLY = ("--lmbda", "--steps", "--crop", "--channels", "--downscale", "--time-limit", "--kind", "--stop-at",
+_CODEC_ONLY = ("--lmbda", "--steps", "--crop", "--channels", "--widths", "--downscale", "--time-limit", "--kind", "--stop-at",
                "--compile", "--hyper-input", "--init", "--model-id", "--weights-dtype")
 
 
@@ -454,7 +455,9 @@ def main(argv=None):
                        help="rate-distortion weight(s), one per quality (default: the 8 of the shipped model)")
     codec.add_argument("--steps", type=int, default=24000, help="training steps (one quality per step, in turn)")
     codec.add_argument("--crop", type=int, default=128, help="random crop size")
-    codec.add_argument("--channels", type=int, default=96, help="transform channels N")
+    codec.add_argument("--channels", type=int, default=96, help="transform channels N (and hyper-latent channels)")
+    codec.add_argument("--widths", type=int, nargs=3, metavar=("W2", "W4", "W8"),
+                       help="the transforms' channels at 1/2, 1/4 and 1/8 of the image size (default N at each)")
     codec.add_argument("--downscale", type=int, default=2, help="shrink the photos by this factor first")
     codec.add_argument("--time-limit", type=float, help="seconds; stop after a checkpoint (continue with --resume)")
     codec.add_argument("--kind", choices=["factorized", "hyperprior", "checkerboard"], default="factorized",
@@ -467,7 +470,8 @@ def main(argv=None):
     codec.add_argument("--hyper-input", choices=["noise", "rounded"], default="noise",
                        help="what the hyper-synthesis reads in training: the hyper-latents plus uniform noise, or "
                             "rounded (straight-through) as at inference")
-    codec.add_argument("--init", help="start from the transforms of this checkpoint folder or codec file")
+    codec.add_argument("--init", help="start from the transforms of this checkpoint folder or codec file (a narrower "
+                                      "model of the same kind is widened to this one, coding as it did)")
     codec.add_argument("--model-id", default="fastae-codec-custom", help="model id written into .fae files")
     codec.add_argument("--weights-dtype", choices=["float32", "float16"], default="float32",
                        help="precision of the convolution weights in the exported codec.safetensors (float16: "

@@ -143,22 +143,38 @@ class FactorizedPrior(nn.Module):
         return (upper - lower).reshape(c, -1).clamp_min(0)
 
 
+def _check_widths(owner: str, widths, N: int) -> tuple:
+    """The transforms' channels at 1/2, 1/4 and 1/8 of the image size (``None``: N at each)."""
+    if widths is None:
+        return (N, N, N)
+    if isinstance(widths, (str, bytes)) or not hasattr(widths, "__len__") or len(widths) != 3 or any(
+            isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1 for v in widths):
+        raise ValueError(f"{owner}: widths must be three positive integers (channels at 1/2, 1/4 and 1/8 of the "
+                         f"image size), got {widths!r}")
+    return tuple(int(v) for v in widths)
+
+
 class ImageCodec(nn.Module):
     """Variable-rate learned image codec. ``x``: [B, 3, H, W] in [0, 1], H and W multiples of 16.
 
     ``quality`` is 1..``qualities`` (higher = more bits, better image); the shipped model has 8.
+    ``N`` is the transforms' width (and the hyper-latents' channels in the models with a
+    hyperprior); ``widths`` optionally gives the analysis and synthesis other channel counts at
+    1/2, 1/4 and 1/8 of the image size, e.g. narrow where the layers are large and costly and wide
+    near the latents, where width is cheap.
     """
 
     kind = "factorized"
     stride = 16  # total downsampling of the analysis transform; inputs are padded to a multiple of it
     latent_stride = 16  # downsampling of the latents y
 
-    def __init__(self, N: int = 128, M: int = 192, lambdas=LAMBDAS, channels: int = 3):
+    def __init__(self, N: int = 128, M: int = 192, lambdas=LAMBDAS, channels: int = 3, widths=None):
         super().__init__()
         for name, value in (("N", N), ("M", M), ("channels", channels)):
             if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
                 raise ValueError(f"{type(self).__name__}: {name} must be a positive integer, got {value!r}")
         N, M, channels = int(N), int(M), int(channels)  # numpy integers too: the config is written as JSON
+        widths = _check_widths(type(self).__name__, widths, N)
         if isinstance(lambdas, (str, bytes)):
             raise ValueError(f"{type(self).__name__}: lambdas must be a sequence of numbers, got {lambdas!r}")
         lambdas = [float(v) for v in lambdas]
@@ -167,12 +183,17 @@ class ImageCodec(nn.Module):
                              f"got {lambdas}")
         qualities = len(lambdas)
         self.config = {"N": N, "M": M, "lambdas": lambdas, "channels": channels}
+        if widths != (N, N, N):  # configs of uniform width (every model before widths existed) stay as they were
+            self.config["widths"] = list(widths)
         if self.kind != "factorized":
             self.config["kind"] = self.kind
         self.N, self.M, self.lambdas, self.qualities, self.channels = N, M, lambdas, qualities, channels
-        self.g_a = nn.Sequential(_conv(channels, N), GDN(N), _conv(N, N), GDN(N), _conv(N, N), GDN(N), _conv(N, M))
-        self.g_s = nn.Sequential(_deconv(M, N), GDN(N, inverse=True), _deconv(N, N), GDN(N, inverse=True),
-                                 _deconv(N, N), GDN(N, inverse=True), _deconv(N, channels))
+        self.widths = widths
+        w2, w4, w8 = widths
+        self.g_a = nn.Sequential(_conv(channels, w2), GDN(w2), _conv(w2, w4), GDN(w4), _conv(w4, w8), GDN(w8),
+                                 _conv(w8, M))
+        self.g_s = nn.Sequential(_deconv(M, w8), GDN(w8, inverse=True), _deconv(w8, w4), GDN(w4, inverse=True),
+                                 _deconv(w4, w2), GDN(w2, inverse=True), _deconv(w2, channels))
         # Per-quality latent gains, stored as logs; initialised to a geometric ladder so that the
         # qualities start apart (coarser quantization for low quality).
         ladder = torch.linspace(math.log(0.5), math.log(3.0), qualities) if qualities > 1 else torch.zeros(1)
@@ -267,8 +288,8 @@ class HyperpriorCodec(ImageCodec):
     kind = "hyperprior"
     stride = 64
 
-    def __init__(self, N: int = 128, M: int = 192, lambdas=LAMBDAS, channels: int = 3):
-        super().__init__(N=N, M=M, lambdas=lambdas, channels=channels)
+    def __init__(self, N: int = 128, M: int = 192, lambdas=LAMBDAS, channels: int = 3, widths=None):
+        super().__init__(N=N, M=M, lambdas=lambdas, channels=channels, widths=widths)
         self.priors = nn.ModuleList(FactorizedPrior(N) for _ in range(self.qualities))
         self.h_a = nn.Sequential(nn.Conv2d(M, N, 3, padding=1), nn.LeakyReLU(inplace=True), _conv(N, N),
                                  nn.LeakyReLU(inplace=True), _conv(N, N))
@@ -366,8 +387,8 @@ class CheckerboardCodec(HyperpriorCodec):
 
     kind = "checkerboard"
 
-    def __init__(self, N: int = 128, M: int = 192, lambdas=LAMBDAS, channels: int = 3):
-        super().__init__(N=N, M=M, lambdas=lambdas, channels=channels)
+    def __init__(self, N: int = 128, M: int = 192, lambdas=LAMBDAS, channels: int = 3, widths=None):
+        super().__init__(N=N, M=M, lambdas=lambdas, channels=channels, widths=widths)
         self.ctx = CheckerboardContext(M)
 
     def entropy_parameters(self, z_hat: Tensor, y: Tensor = None):

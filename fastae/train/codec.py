@@ -25,7 +25,7 @@ import torch
 from PIL import Image
 
 from fastae._device import resolve_device
-from fastae._io import atomic_path, read_json, read_safetensors, read_training_state, write_text
+from fastae._io import atomic_path, read_json, read_safetensors, read_training_state, safetensors_metadata, write_text
 from fastae.codec.folder import IMAGE_EXTENSIONS
 from fastae.models.codec import CODEC_MODELS, LAMBDAS, ImageCodec, build_codec
 from fastae.train.checkpoint import CONFIG, STATE, WEIGHTS, write_config, write_weights
@@ -130,14 +130,42 @@ def load_codec_checkpoint(folder, device="cpu") -> ImageCodec:
     return model.to(device)
 
 
-def _warm_start(model: ImageCodec, init) -> list:
-    """Copy into ``model`` every tensor of the checkpoint folder or codec file ``init`` that has the
-    same name and shape (a codec file's are prefixed "model."); the names copied."""
+def _read_init(init):
+    """(config or None, weights) of the checkpoint folder or codec file ``init`` (a codec file's weight
+    names lose their "model." prefix; its tables are left out)."""
     init = Path(init)
     path = init / WEIGHTS if init.is_dir() else init
     if not path.is_file():
         raise FileNotFoundError(f"init: no codec weights at {path}")
-    tensors = {k[len("model."):] if k.startswith("model.") else k: v for k, v in read_safetensors(path).items()}
+    tensors = read_safetensors(path)
+    if init.is_dir():
+        config = read_json(init / CONFIG).get("config") if (init / CONFIG).is_file() else None
+        return config, path, tensors
+    meta = safetensors_metadata(path)
+    config = json.loads(meta["config"]) if "config" in meta else None
+    return config, path, {k[len("model."):]: v.float() for k, v in tensors.items() if k.startswith("model.")}
+
+
+def _warm_start(model: ImageCodec, init) -> list:
+    """Start ``model`` from the checkpoint folder or codec file ``init``; the names taken from it.
+
+    A model of the same kind that is nowhere wider than ``model`` (and whose qualities begin
+    ``model``'s) is widened to it, preserving what it computes (``fastae.train.widen``); otherwise
+    every tensor of the same name and shape is copied (e.g. the transforms of a factorized model
+    into a hyperprior model)."""
+    config, path, tensors = _read_init(init)
+    if config is not None and config.get("kind", "factorized") == model.kind and config != model.config:
+        from fastae.train.widen import widen_codec
+
+        narrow = build_codec(config)
+        narrow.load_state_dict(tensors)
+        try:
+            wide = widen_codec(narrow, N=model.N, M=model.M, widths=model.widths, lambdas=model.lambdas,
+                               seed=torch.initial_seed())
+        except ValueError as e:
+            raise ValueError(f"init: {path} ({config}) cannot start this model ({model.config}): {e}") from None
+        model.load_state_dict(wide.state_dict())
+        return sorted(model.state_dict())
     own = model.state_dict()
     # The entropy models of another kind model other latents (y versus z): never copied.
     same_kind = any(k.startswith("h_a.") for k in tensors) == any(k.startswith("h_a.") for k in own)
@@ -155,7 +183,7 @@ def train_codec(data, out, steps: int = 20000, batch_size: int = 8, crop: int = 
                 N: int = 128, M: int = 192, lambdas=LAMBDAS, downscale: int = 2, device="auto", seed: int = 0,
                 checkpoint_every: int = 250, resume: bool = False, amp: bool = True, progress: bool = True,
                 time_limit: float = None, kind: str = "factorized", init=None, compile: bool = False,
-                stop_at: int = None, hyper_input: str = "noise"):
+                stop_at: int = None, hyper_input: str = "noise", widths=None):
     """Train an ImageCodec on random crops of the photos in ``data``; checkpoints in ``out``.
 
     ``time_limit`` (seconds) stops early after a checkpoint (resume later with ``resume=True``);
@@ -165,7 +193,8 @@ def train_codec(data, out, steps: int = 20000, batch_size: int = 8, crop: int = 
     compiled on the quality's first step): faster steps after a few minutes of compiling, and
     weights that differ from an eager run's by floating-point rounding.
     ``hyper_input`` ("noise" or "rounded"): what a hyperprior's hyper-synthesis reads in training
-    (``HyperpriorCodec.hyper_input``).
+    (``HyperpriorCodec.hyper_input``). ``widths``: the transforms' channels at 1/2, 1/4 and 1/8 of
+    the image size (default N at each). ``init`` of a narrower model of the same kind widens it.
     Returns the history: a list of {"step", "quality", "loss", "bpp", "psnr"} averaged over
     ``checkpoint_every`` steps per quality.
     """
@@ -201,7 +230,7 @@ def train_codec(data, out, steps: int = 20000, batch_size: int = 8, crop: int = 
         raise FileNotFoundError(f"resume=True (--resume) but there is no checkpoint to resume in {out} "
                                 f"(no {STATE})")
     torch.manual_seed(seed)
-    model = CODEC_MODELS[kind](N=N, M=M, lambdas=lambdas)  # bad sizes fail here, before any folder is made
+    model = CODEC_MODELS[kind](N=N, M=M, lambdas=lambdas, widths=widths)  # bad sizes fail here, before any folder is made
     photos = load_photos(data, downscale, min_side=max(64, crop))  # (no torch randomness: the weights are as seeded)
     out.mkdir(parents=True, exist_ok=True)
     generator = torch.Generator().manual_seed(seed)
