@@ -308,6 +308,7 @@ def cmd_eval(args):
     from fastae.codec.image import to_rgb_array
     from fastae.codec.folder import image_files
 
+    rd.check_references(args.references)  # a missing plugin fails now, not after fastae's part
     factory = _codec_factory(args)
     base = factory()
     if args.qualities is None:  # every quality of the model
@@ -377,7 +378,7 @@ def cmd_eval(args):
     print(f"{len(images)} images, qualities {args.qualities}")
     for name in ["fastae", *args.references, *compared]:
         at = result["psnr_at"].get(name, {})
-        print(f"  {name:6s} PSNR at 0.25/0.5/1.0 bpp: " +
+        print(f"  {name:8s} PSNR at 0.25/0.5/1.0 bpp: " +
               " / ".join("n/a" if at.get(k) is None else f"{at[k]:.2f}" for k in ("0.25", "0.5", "1.0")))
     for ref in [*args.references, *compared]:
         value = result["bd_rate"].get(ref)
@@ -525,11 +526,13 @@ def main(argv=None):
                                  "originals, that replaces them with their decoded copies)")
     decompress.set_defaults(func=cmd_decompress)
 
-    evaluate = sub.add_parser("eval", help="rate-distortion of the codec on an image folder against JPEG and WebP")
+    evaluate = sub.add_parser("eval", help="rate-distortion of the codec on an image folder against JPEG, WebP, AVIF, "
+                                           "HEIC and JPEG XL")
     evaluate.add_argument("--data", required=True, help="e.g. ../shared/data/kodak")
     codec_options(evaluate, quality=False)
     evaluate.add_argument("--qualities", type=int, nargs="+", help="default: every quality of the model (1..8)")
-    evaluate.add_argument("--references", nargs="*", default=["webp", "jpeg"], choices=["webp", "jpeg"])
+    evaluate.add_argument("--references", nargs="*", default=["webp", "jpeg"], choices=["webp", "jpeg", "avif", "heic", "jxl"],
+                          help="classic codecs measured in the same run (heic, jxl: pip install 'fastae[eval]')")
     evaluate.add_argument("--limit", type=int, help="only the first N images")
     evaluate.add_argument("--output", default="rd.json", help="per-image JSON (the plot goes beside it as .png)")
     evaluate.add_argument("--plot", help="RD plot path (default: --output with .png)")
@@ -548,6 +551,9 @@ def main(argv=None):
     except (ValueError, TypeError, FileNotFoundError, FileExistsError, FloatingPointError) as e:  # bad input: say what, no traceback
         print(f"fastae {args.command}: {e}", file=sys.stderr)
         return 2
+    except ModuleNotFoundError as e:  # an optional library the command needs: the message names what to install
+        print(f"fastae {args.command}: {e}", file=sys.stderr)
+        return 1
     except OSError as e:  # a folder not writable, a path that is a folder, a disk full: say which, no traceback
         print(f"fastae {args.command}: {e}", file=sys.stderr)
         return 1

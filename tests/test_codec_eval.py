@@ -343,8 +343,8 @@ def test_evaluate_single_reference_and_errors():
     assert set(r) == {"fastae", "webp", "bd_rate", "bd_psnr", "psnr_at"}
     assert r["bd_rate"] == {"webp": None} and r["psnr_at"]["fastae"] == {"0.25": None, "0.5": None, "1.0": None}
     json.dumps(r, allow_nan=False)
-    with pytest.raises(ValueError, match="unknown reference codec 'avif'"):
-        ce.evaluate(_JpegCodec, images, [50], references=("avif",), progress=False)
+    with pytest.raises(ValueError, match="unknown reference codec 'bpg'"):
+        ce.evaluate(_JpegCodec, images, [50], references=("bpg",), progress=False)
     with pytest.raises(ValueError, match="HxWx3 uint8.*\\(4, 4\\)"):
         ce.evaluate(_JpegCodec, {"x": np.zeros((4, 4), np.uint8)}, [50], progress=False)
 
@@ -364,6 +364,14 @@ def test_plot_rd(result, tmp_path):
     with Image.open(path) as im:
         assert im.format == "PNG"
         im.load()
-        assert im.size == (700, 500)
+        assert im.size == (1200, 600)
+    # Every curve is named, and the legend lies outside the axes: it covers no data.
+    fig = ce.rd_figure(result)
+    fig.canvas.draw()
+    legend, ax = fig.legends[0], fig.axes[0]
+    assert [t.get_text().split(" (")[0] for t in legend.get_texts()] == ["fastae", "WebP", "JPEG"]
+    box, axes_box = legend.get_window_extent(), ax.get_window_extent()
+    assert box.x0 >= axes_box.x1 and box.x1 <= fig.bbox.x1 and box.y1 <= fig.bbox.y1  # beside the axes, not cut off
+    assert all(label.get_text() for label in ax.get_xticklabels() + ax.get_yticklabels())
     with pytest.raises(ValueError, match="at least one codec curve"):
         ce.plot_rd({"bd_rate": {}}, tmp_path / "empty.png")

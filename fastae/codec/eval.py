@@ -1,10 +1,11 @@
-"""Rate-distortion evaluation of an image codec against WebP and JPEG, measured in the same run.
+"""Rate-distortion evaluation of an image codec against the classic codecs, measured in the same run.
 
 This is what ``fastae eval --data DIR`` runs. A codec is measured at a few quality settings on a
 set of images; each (quality, image) pair gives a rate in bits per pixel (``8 * len(bytes) / (H * W)``,
-the whole compressed file) and a distortion (PSNR in dB, MS-SSIM). The reference codecs (Pillow's
-WebP and JPEG, encoded and decoded in memory) are measured on the same images, and the curves are
-compared with the Bjøntegaard delta rate (BD-rate) and delta PSNR (BD-PSNR).
+the whole compressed file) and a distortion (PSNR in dB, MS-SSIM). The reference codecs (through
+Pillow, encoded and decoded in memory: WebP and JPEG; AVIF where Pillow has libavif; HEIC and JPEG
+XL with the ``eval`` extra's plugins; see ``REFERENCES``) are measured on the same images, and the
+curves are compared with the Bjøntegaard delta rate (BD-rate) and delta PSNR (BD-PSNR).
 
 Usage::
 
@@ -38,11 +39,13 @@ MS-SSIM needs the optional ``pytorch_msssim`` package (``pip install fastae[eval
 matplotlib; both are imported only when used.
 """
 
+import functools
 import io
 import math
 import os
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Union
 
@@ -53,7 +56,7 @@ from fastae._io import atomic_path
 PathLike = Union[str, os.PathLike]
 
 __all__ = [
-    "psnr", "ms_ssim", "pillow_codec_points", "bd_rate", "bd_psnr", "psnr_at_rate", "evaluate", "plot_rd",
+    "psnr", "ms_ssim", "pillow_codec_points", "REFERENCES", "Reference", "check_references", "rd_figure", "bd_rate", "bd_psnr", "psnr_at_rate", "evaluate", "plot_rd",
     "DEFAULT_QUALITIES", "MS_SSIM_WEIGHTS", "PSNR_AT_BPP",
 ]
 
@@ -61,18 +64,40 @@ __all__ = [
 MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
 _WIN_SIZE = 11  # Gaussian window of SSIM (sigma 1.5), the pytorch_msssim default
 
-#: Default Pillow quality ladders. On the Kodak set (768x512 photos) they give mean rates of about
-#: 0.13 .. 2.3 bpp (JPEG, 4:2:0, optimized) and 0.1 .. 1.9 bpp (WebP, method 6), covering the
-#: 0.1 .. 1.5 bpp range where learned codecs are usually compared.
-DEFAULT_QUALITIES = {
-    "jpeg": (5, 10, 15, 20, 30, 40, 50, 60, 70, 80, 90),
-    "webp": (0, 5, 10, 20, 30, 40, 50, 60, 70, 80, 90),
+@dataclass(frozen=True)
+class Reference:
+    """A classic codec measured beside fastae, through Pillow: its label, Pillow's format name and
+    save arguments (besides ``quality``), its quality ladder, and the plugin module it needs."""
+    label: str
+    format: str
+    options: Dict[str, Any]
+    ladder: tuple
+    plugin: Optional[str] = None  # module to import (it registers the format with Pillow)
+    install: str = "pip install 'fastae[eval]'"
+
+
+#: The reference codecs. Settings as in the usual comparisons: JPEG 4:2:0 optimized; WebP method 6
+#: (slowest, best); AVIF (Pillow's libavif, AOM) speed 6, 4:4:4; HEIC through pillow-heif (libheif,
+#: x265: HEVC intra, the coder of BPG) 4:4:4; JPEG XL through pillow-jxl-plugin (libjxl) effort 7.
+#: The ladders span about 0.1 .. 2.5 bpp on Kodak (AVIF and HEIC reach about 43 dB at the top).
+REFERENCES = {
+    "webp": Reference("WebP", "WEBP", {"method": 6}, (0, 5, 10, 20, 30, 40, 50, 60, 70, 80, 90)),
+    "jpeg": Reference("JPEG", "JPEG", {"subsampling": 2, "optimize": True},  # 2 = 4:2:0
+                      (5, 10, 15, 20, 30, 40, 50, 60, 70, 80, 90)),
+    "avif": Reference("AVIF", "AVIF", {"speed": 6, "subsampling": "4:4:4"}, (5, 10, 20, 30, 40, 50, 60, 70, 80, 90),
+                      install="pip install -U pillow (a Pillow built with libavif: 11.2 or newer)"),
+    "heic": Reference("HEIC (x265)", "HEIF", {"chroma": 444}, (5, 10, 15, 20, 25, 30, 35, 40, 45, 50, 55, 60, 65),
+                      plugin="pillow_heif"),
+    "jxl": Reference("JPEG XL", "JXL", {"effort": 7}, (1, 5, 10, 20, 35, 50, 65, 80, 90, 95), plugin="pillow_jxl"),
 }
+
+#: Each reference codec's quality ladder.
+DEFAULT_QUALITIES = {name: ref.ladder for name, ref in REFERENCES.items()}
 
 #: Rates (bpp) at which :func:`evaluate` reports each codec's interpolated PSNR.
 PSNR_AT_BPP = (0.25, 0.5, 1.0)
 
-_CODEC_NAMES = {"fastae": "fastae", "webp": "WebP", "jpeg": "JPEG"}
+_CODEC_NAMES = {"fastae": "fastae", **{name: ref.label for name, ref in REFERENCES.items()}}
 _SUMMARY_KEYS = ("meta", "bd_rate", "bd_psnr", "psnr_at")
 
 
@@ -198,12 +223,9 @@ def _check_image(name: str, image) -> np.ndarray:
 def _pillow_encode(image: np.ndarray, codec: str, quality) -> bytes:
     from PIL import Image
 
+    ref = REFERENCES[codec]
     buf = io.BytesIO()
-    im = Image.fromarray(image)
-    if codec == "jpeg":
-        im.save(buf, format="JPEG", quality=int(quality), subsampling=2, optimize=True)  # 2 = 4:2:0
-    else:
-        im.save(buf, format="WEBP", quality=int(quality), method=6)
+    Image.fromarray(image).save(buf, format=ref.format, quality=int(quality), **ref.options)
     return buf.getvalue()
 
 
@@ -214,18 +236,47 @@ def _pillow_decode(data: bytes) -> np.ndarray:
         return np.asarray(im.convert("RGB"))
 
 
+@functools.lru_cache(maxsize=None)
+def _available(codec: str) -> Optional[str]:
+    """None when Pillow can write and read ``codec`` here, else why not and what to install."""
+    from PIL import features
+
+    ref = REFERENCES[codec]
+    if ref.plugin is not None:
+        try:
+            module = __import__(ref.plugin)
+        except ImportError:
+            return f"{ref.label} needs the {ref.plugin.replace('_', '-')} package: {ref.install}"
+        if ref.plugin == "pillow_heif":  # registers HEIF with Pillow (pillow_jxl does so on import)
+            module.register_heif_opener()
+    elif codec == "avif" and not features.check("avif"):
+        return f"{ref.label}: this Pillow was built without AVIF support: {ref.install}"
+    return None
+
+
 def _check_codec_name(codec: str) -> str:
     name = str(codec).lower()
-    if name not in DEFAULT_QUALITIES:
-        raise ValueError(f"unknown reference codec {codec!r}: expected one of {sorted(DEFAULT_QUALITIES)}")
+    if name not in REFERENCES:
+        raise ValueError(f"unknown reference codec {codec!r}: expected one of {sorted(REFERENCES)}")
     return name
+
+
+def check_references(references: Iterable[str]) -> List[str]:
+    """The reference codec names, checked: ValueError for an unknown one, ModuleNotFoundError (naming
+    what to install) for one that this Pillow cannot write."""
+    names = [_check_codec_name(r) for r in references]
+    for name in names:
+        why = _available(name)
+        if why is not None:
+            raise ModuleNotFoundError(why)
+    return names
 
 
 class _PillowCodec:
     """compress()/decompress() through Pillow at one quality: the reference codecs in :func:`evaluate`."""
 
     def __init__(self, codec: str, quality):
-        self.codec, self.quality = _check_codec_name(codec), quality
+        self.codec, self.quality = check_references([codec])[0], quality
 
     def compress(self, image: np.ndarray) -> bytes:
         return _pillow_encode(image, self.codec, self.quality)
@@ -235,14 +286,12 @@ class _PillowCodec:
 
 
 def pillow_codec_points(image, codec: str = "webp", qualities: Optional[Iterable] = None) -> List[Dict[str, Any]]:
-    """Encode an HxWx3 uint8 image with Pillow's WebP or JPEG at each quality, in memory, and decode it.
-
-    JPEG: ``quality=q, subsampling=4:2:0, optimize=True``; WebP: ``quality=q, method=6`` (slowest,
-    best). ``qualities`` defaults to ``DEFAULT_QUALITIES[codec]``. Returns one dict per quality, in
+    """Encode an HxWx3 uint8 image with a reference codec (``REFERENCES``: webp, jpeg, avif, heic,
+    jxl) at each quality, in memory, and decode it. ``qualities`` defaults to the codec's ladder. Returns one dict per quality, in
     the given order: ``{"quality", "bytes", "bpp", "psnr", "ms_ssim"}`` where ``bytes`` is the size
     of the whole file and ``bpp = 8 * bytes / (H * W)``.
     """
-    name = _check_codec_name(codec)
+    name = check_references([codec])[0]
     a = _check_image("image", image)
     qualities = DEFAULT_QUALITIES[name] if qualities is None else list(qualities)
     points = []
@@ -410,7 +459,7 @@ def evaluate(codec: Callable[[Any], Any], images: Mapping[str, Any], qualities: 
             checkpoint trained for that quality). Called once per quality.
         images: name -> HxWx3 uint8 array.
         qualities: the quality settings passed to ``codec``; any JSON-representable values.
-        references: Pillow codecs to measure in the same run, from ``"webp"``, ``"jpeg"``.
+        references: codecs to measure in the same run, from ``REFERENCES`` (webp, jpeg, avif, heic, jxl).
         progress: show a tqdm bar over all (codec, quality, image) measurements.
         reference_qualities: optional codec name -> quality ladder, overriding ``DEFAULT_QUALITIES``.
 
@@ -439,7 +488,7 @@ def evaluate(codec: Callable[[Any], Any], images: Mapping[str, Any], qualities: 
     keys = [str(q) for q in qualities]
     if len(set(keys)) != len(keys):
         raise ValueError(f"qualities must be distinct, got {qualities}")
-    references = [_check_codec_name(r) for r in references]
+    references = check_references(references)
     overrides = {_check_codec_name(k): list(v) for k, v in (reference_qualities or {}).items()}
     ladders = {r: overrides.get(r, list(DEFAULT_QUALITIES[r])) for r in references}
 
@@ -496,36 +545,53 @@ def add_comparison(result: Dict[str, Any], earlier: Mapping[str, Any], name: str
 # Plot
 # ---------------------------------------------------------------------------------------------
 
+#: Line styles of the plot: fastae solid, the references dashed or dotted, each its own marker.
+_STYLES = {"fastae": "o-", "webp": "s--", "jpeg": "^:", "avif": "D--", "heic": "v--", "jxl": "P:"}
+
+
 def plot_rd(result: Mapping[str, Any], path: PathLike) -> Path:
     """Write a PNG of PSNR (dB) against bpp with one line per codec in ``result`` (from :func:`evaluate`),
-    the legend giving fastae's BD-rate against each reference. Written atomically; returns the path.
+    each named in a legend outside the axes (so it never covers a curve) with fastae's BD-rate
+    against it. Written atomically; returns the path.
 
     Uses matplotlib's ``Figure`` with the Agg canvas (no pyplot, no display needed).
     """
+    fig = rd_figure(result)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    return Path(path)
+
+
+def rd_figure(result: Mapping[str, Any]):
+    """The matplotlib Figure that :func:`plot_rd` writes."""
+    from matplotlib import colormaps
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     curves = [k for k in result if k not in _SUMMARY_KEYS]
     if not curves:
         raise ValueError(f"expected a result from evaluate() with at least one codec curve, got keys {list(result)}")
-    fig = Figure(figsize=(7, 5))
+    fig = Figure(figsize=(12, 6), layout="constrained")  # constrained: the axes take what the legend leaves
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     bd = result.get("bd_rate", {})
-    styles = {"fastae": "o-", "webp": "s--", "jpeg": "^:"}
-    for name in curves:
+    colours = colormaps["tab10"].colors
+    for i, name in enumerate(curves):
         rates, psnrs = _curve_points(result[name])
         label = _CODEC_NAMES.get(name, name)
         if name in bd:
-            value = bd[name]
-            label += " (fastae BD-rate " + ("n/a" if value is None else f"{value:+.1f}%") + ")"
-        ax.plot(rates, psnrs, styles.get(name, "o-"), label=label, markersize=4)
+            label += " (" + ("n/a" if bd[name] is None else f"{bd[name]:+.1f}%") + ")"
+        # past ten curves the colours repeat: the line style tells those apart
+        style = _STYLES.get(name, "o" + ("-", "-.", "--")[i // len(colours) % 3])
+        ax.plot(rates, psnrs, style, label=label, markersize=4, color=colours[i % len(colours)],
+                linewidth=2.2 if name == "fastae" else 1.2)
     ax.set_xlabel("bits per pixel (bpp)")
     ax.set_ylabel("PSNR (dB, RGB)")
-    ax.set_title("Rate-distortion (mean over images)")
+    meta = result.get("meta", {})
+    on = f" on {meta['images']} images" if isinstance(meta, dict) and meta.get("images") else ""
+    model = f": {meta['model']}" if isinstance(meta, dict) and meta.get("model") else ""
+    ax.set_title(f"Rate-distortion{on}, mean per quality{model}", loc="left", fontsize=11)
     ax.grid(True, alpha=0.3)
-    ax.legend(loc="lower right")
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    return Path(path)
+    fig.legend(loc="outside right upper", fontsize=9, title="fastae's BD-rate against each" if bd else None,
+               title_fontsize=9)
+    return fig
