@@ -332,7 +332,8 @@ def main(argv=None) -> int:
                                      epilog="\n\n".join(__doc__.split("\n\n")[1:]))
     parser.add_argument("runs", nargs="*", help="results JSON files (default: the newest GPU run in --results)")
     parser.add_argument("--results", default=str(RESULTS), help=f"folder searched for runs (default {RESULTS})")
-    parser.add_argument("--markdown", action="store_true", help="print markdown (the README section) instead of the table")
+    parser.add_argument("--markdown", action="store_true",
+                        help="print markdown (the README section) instead of the table")
     parser.add_argument("--readme", metavar="FILE", help="rewrite this file's section between the markers")
     parser.add_argument("--plot", metavar="PNG", help="write the chart of each row's ratio to eager (one run)")
     args = parser.parse_args(argv)
