@@ -1,6 +1,6 @@
 """Image codec throughput: batched encode / decode transforms and whole-file compress / decompress
-(entropy coding included), in images/s and MB/s of raw RGB, per batch size — the cases of
-`fastae bench --suite codec` (fastae/benchmark.py).
+(entropy coding included), in images/s and MB/s of raw RGB, per batch size — the image cases of
+`fastae bench --suite codec` (fastae/bench/codec.py).
 
     pytest bench/test_codec.py --benchmark-only --benchmark-group-by=group
 
@@ -8,7 +8,7 @@ The codec is the shipped model (fastae/codec/weights/), or the file named by FAS
 (written by `fastae train codec`); without either every test skips, saying so. Images: the Kodak
 set beside the repository (../shared/data/kodak) or FASTAE_BENCH_IMAGES, else synthetic smooth
 images. On the CPU the shapes are small (256x384, batch 1 and 2); on a GPU Kodak-sized, batch 1/8/32.
-extra_info holds images_per_s and MB_per_s; the entropy coder alone is bench/test_entropy_coder.py.
+The entropy coder alone is bench/test_entropy_coder.py.
 """
 
 import os
@@ -16,21 +16,13 @@ from pathlib import Path
 
 import pytest
 
-from fastae import benchmark as fb
+from fastae.bench import adapter
 
 KODAK = Path(__file__).resolve().parents[2] / "shared" / "data" / "kodak"
 IMAGES = os.environ.get("FASTAE_BENCH_IMAGES") or (str(KODAK) if KODAK.is_dir() else None)
-_notes = fb._Notes()
-PARAMS = [(c, impl) for c, impl in fb.pytest_params("codec", match="codec ", notes=_notes,
-                                                      codec_weights=os.environ.get("FASTAE_CODEC_WEIGHTS"),
-                                                      images=IMAGES)]
-if not PARAMS:
-    PARAMS = [pytest.param(None, None, marks=pytest.mark.skip(reason=" ".join(_notes) or "no codec case"),
-                           id="no-shipped-codec")]
-else:
-    PARAMS = [pytest.param(c, impl, id=f"{impl}-{c.name}".replace(" ", "_")) for c, impl in PARAMS]
+PARAMS = adapter.params("codec", match="codec ", codec_weights=os.environ.get("FASTAE_CODEC_WEIGHTS"), images=IMAGES)
 
 
 @pytest.mark.parametrize("case, impl", PARAMS)
 def test_codec(benchmark, case, impl):
-    fb.pytest_benchmark(benchmark, case, impl, rounds=5 if fb.default_device().type == "cpu" else 20)
+    adapter.run_benchmark(benchmark, case, impl, rounds=5 if case.device.type == "cpu" else 20)

@@ -540,9 +540,9 @@ def main(argv=None):
                           help="earlier `fastae eval` results (other models, same images): plotted, with BD-rate against each")
     evaluate.set_defaults(func=cmd_eval)
 
-    from fastae import benchmark
+    from fastae.bench.cli import add_parser as add_bench_parser
 
-    benchmark.add_parser(sub)
+    add_bench_parser(sub)
 
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)

@@ -38,11 +38,11 @@ KODAK = SHARED_DATA / "kodak"
 PHOTOS = SHARED_DATA / "photos-train"
 
 
-def bench_script(name: str):
-    """The module of bench/NAME.py (the bench scripts are not a package), loaded for a test."""
+def experiment_script(name: str):
+    """The module of experiments/NAME.py (the experiments are not a package), loaded for a test."""
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / "bench" / f"{name}.py")
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / "experiments" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

@@ -5,7 +5,7 @@ latents, g_s(g_a(x)), beside the synthesis fed the rounded ones (what the codec 
 the 8-bit rounding). When the two meet, a finer quantization buys little: the transforms set the
 ceiling.
 
-    python bench/codec_ceiling.py --data ../shared/data/kodak [--weights FILE] [--qualities 1 4 8]
+    python experiments/codec_ceiling.py --data ../shared/data/kodak [--weights FILE] [--qualities 1 4 8]
 """
 
 import argparse

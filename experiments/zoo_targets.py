@@ -1,7 +1,7 @@
 """The zoo's measured targets on MNIST (9,000 train / 1,000 val from the t10k files), as the
 README reports them:
 
-    python bench/zoo_targets.py --data ../shared/data/mnist [--epochs 50] [--json out.json]
+    python experiments/zoo_targets.py --data ../shared/data/mnist [--epochs 50] [--json out.json]
 
 - the classic tutorial MLP (784-128-64, ReLU, sigmoid, Adam 1e-3, batch 256, MSE): val MSE;
 - PCA with 64 components on the same split, and an MLP recipe with the same latent size that

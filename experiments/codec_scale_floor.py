@@ -6,7 +6,7 @@ codec only: the shipped file is not changed). Prints the total bytes per floor a
 choose a floor on training photos, never on the evaluation images. The codec codes the analysis'
 own hyper-latents (side_search=False), so that the floor alone moves the bytes.
 
-    python bench/codec_scale_floor.py --data data-2x/photos-train [--weights FILE] [--qualities 1 4]
+    python experiments/codec_scale_floor.py --data data-2x/photos-train [--weights FILE] [--qualities 1 4]
         [--floors 0 1 2 3 4 6 8]
 """
 

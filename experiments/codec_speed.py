@@ -9,7 +9,7 @@ context run in float64: fastae/codec/image.py). --streams sums, over the whole f
 quality, the bytes of each part of the files: a checkerboard model's anchors (streams 0-1), the
 other latents (2-3, coded with the context), the hyper-latents (4-5).
 
-    python bench/codec_speed.py --data ../shared/data/kodak [--weights FILE] [--qualities 1 4 8]
+    python experiments/codec_speed.py --data ../shared/data/kodak [--weights FILE] [--qualities 1 4 8]
         [--images 12] [--refine 30] [--table-flips] [--streams]
 """
 

@@ -7,7 +7,7 @@ the time of each. ``--share`` and ``--outlier-bits`` override the trigger
 steps and step size;
 choose them on training photos, never on the evaluation images.
 
-    python bench/codec_side_search.py --data data-2x/photos-train [--weights FILE] [--qualities 1 4 8]
+    python experiments/codec_side_search.py --data data-2x/photos-train [--weights FILE] [--qualities 1 4 8]
         [--share 0.05] [--outlier-bits 16] [--steps 2] [--lr 0.1]
 """
 

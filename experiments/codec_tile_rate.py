@@ -7,7 +7,7 @@ tiles look dearer for every model alike) and the PSNR. An entropy model that gen
 the tiles at about the same rate at every size; fastae-checkerboard-v2, trained on 128x128
 crops, did not (the README's "Measured on Kodak").
 
-    python bench/codec_tile_rate.py --data ../shared/data/kodak [--weights FILE ...] [--qualities 4 8]
+    python experiments/codec_tile_rate.py --data ../shared/data/kodak [--weights FILE ...] [--qualities 4 8]
 """
 
 import argparse

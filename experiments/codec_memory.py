@@ -4,7 +4,7 @@ Each step runs in a fresh process, and the figure is that process's peak residen
 (``ru_maxrss``) less its peak after loading the codec. The image is a Kodak photo tiled to
 SIZE x SIZE (real content, so the file has a realistic rate).
 
-    python bench/codec_memory.py --image ../shared/data/kodak/kodim05.png --sizes 2048 4096 [--quality 4]
+    python experiments/codec_memory.py --image ../shared/data/kodak/kodim05.png --sizes 2048 4096 [--quality 4]
         [--weights FILE] [--json out.json]
 """
 
@@ -65,7 +65,7 @@ def main(argv=None):
                       flush=True)
             rows.append(row)
     if args.json:
-        Path(args.json).write_text(json.dumps({"command": " ".join(["python", "bench/codec_memory.py", *sys.argv[1:]]),
+        Path(args.json).write_text(json.dumps({"command": " ".join(["python", "experiments/codec_memory.py", *sys.argv[1:]]),
                                                "rows": rows}, indent=1))
 
 

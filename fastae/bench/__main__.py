@@ -1,0 +1,5 @@
+import sys
+
+from fastae.bench.cli import main
+
+sys.exit(main())

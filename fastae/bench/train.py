@@ -1,0 +1,98 @@
+"""The ``train`` suite: one train step (forward, backward, Adam) of the MLP autoencoder
+784-128-64-128-784 and of the conv autoencoder, fastae's models beside the same networks in plain
+torch.nn, eager and compiled; samples/s."""
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fastae.bench.cases import DTYPES, Case, Lazy, Prepared, compiled, ratio_target
+
+
+class PlainMLPAutoencoder(nn.Module):
+    """fastae's MLPAutoencoder defaults in plain torch.nn: 784-128-64-128-784, ReLU, sigmoid, MSE."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(784, 128), nn.ReLU(), nn.Linear(128, 64), nn.ReLU(),
+                                 nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 784), nn.Sigmoid())
+
+    def loss(self, x):
+        x = x.reshape(x.shape[0], -1)
+        return {"loss": F.mse_loss(self.net(x).float(), x)}
+
+
+class PlainConvAutoencoder(nn.Module):
+    """fastae's ConvAutoencoder defaults (1x28x28, channels 32, 64, latent 32, linear code) in plain torch.nn."""
+
+    def __init__(self):
+        super().__init__()
+        self.encoder = nn.Sequential(nn.Conv2d(1, 32, 3, 2, 1), nn.ReLU(), nn.Conv2d(32, 64, 3, 2, 1), nn.ReLU(),
+                                     nn.Flatten(), nn.Linear(64 * 7 * 7, 32))
+        self.decoder = nn.Sequential(nn.Linear(32, 64 * 7 * 7), nn.ReLU(), nn.Unflatten(1, (64, 7, 7)),
+                                     nn.ConvTranspose2d(64, 32, 3, 2, 1, output_padding=1), nn.ReLU(),
+                                     nn.ConvTranspose2d(32, 1, 3, 2, 1, output_padding=1), nn.Sigmoid())
+
+    def loss(self, x):
+        return {"loss": F.mse_loss(self.decoder(self.encoder(x)).float(), x)}
+
+
+_MLP_FLOPS_PER_SAMPLE = 6 * (784 * 128 + 128 * 64 + 64 * 128 + 128 * 784)  # matmuls, fwd + bwd
+
+
+def train_cases(device, dtypes, quick, compile_on, notes) -> list:
+    device = torch.device(device)
+    cuda = device.type == "cuda"
+    impls = ("fastae", "fastae+compile", "eager", "compile") if compile_on else ("fastae", "eager")
+    notes.add("train: fastae = fastae.models (auto backend); eager / compile = the same network in plain torch.nn; "
+              "one step = forward, backward, Adam; bfloat16 rows run under autocast")
+    cases = []
+    for model in ("mlp", "conv"):
+        if quick:
+            batches = [256] if model == "mlp" else [64]
+        else:
+            batches = [256, 4096, 65536] if model == "mlp" else [256, 4096]
+        for dtype in dtypes:
+            for batch in batches:
+                target = None
+                if cuda and model == "mlp":
+                    target = ratio_target("≥2x eager", eager=2.0)
+                cases.append(Case(
+                    "train", f"{model}-ae train step batch {batch} {dtype}", impls,
+                    _train_setup(device, model, DTYPES[dtype], batch), dtype=dtype,
+                    flops=_MLP_FLOPS_PER_SAMPLE * batch if model == "mlp" else None,
+                    rates={"samples/s": batch}, target=target))
+    return cases
+
+
+def _train_setup(device, model_name, dtype, batch):
+    def setup():
+        from fastae.models import build_model
+
+        torch.manual_seed(0)
+        shape = (batch, 784) if model_name == "mlp" else (batch, 1, 28, 28)
+        x = torch.rand(*shape, generator=torch.Generator(device="cpu").manual_seed(0)).to(device)
+        amp = dtype != torch.float32
+
+        def make(impl):
+            def build():
+                if impl.startswith("fastae"):
+                    model = build_model(model_name).to(device)
+                else:
+                    model = (PlainMLPAutoencoder() if model_name == "mlp" else PlainConvAutoencoder()).to(device)
+                opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+                loss_fn = compiled(model.loss) if impl.endswith("compile") else model.loss
+
+                def step():
+                    with torch.autocast(device.type, dtype=dtype, enabled=amp):
+                        loss = loss_fn(x)["loss"]
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    opt.step()
+
+                return step
+            return build
+
+        return Prepared({impl: Lazy(make(impl)) for impl in ("fastae", "fastae+compile", "eager", "compile")})
+
+    return setup
