@@ -305,8 +305,7 @@ def cmd_eval(args):
 
     from fastae._io import write_text
     from fastae.codec import eval as rd
-    from fastae.codec.image import to_rgb_array
-    from fastae.codec.folder import image_files
+    from fastae.data import list_images, read_rgb
 
     factory = _codec_factory(args)
     base = factory()
@@ -316,8 +315,8 @@ def cmd_eval(args):
     if beyond:
         raise ValueError(f"--qualities {' '.join(map(str, beyond))}: {base.model_id} has qualities "
                          f"1..{base.model.qualities}")
-    paths = image_files(args.data)
-    if not Path(args.data).is_dir() or not paths:
+    paths = list_images(args.data) if Path(args.data).is_dir() else []
+    if not paths:
         raise FileNotFoundError(f"--data {args.data}: no images found")
     out = Path(args.output)
     plot = out.with_suffix(".png") if args.plot is None else Path(args.plot)
@@ -329,7 +328,7 @@ def cmd_eval(args):
     images = {}
     for p in paths:
         try:
-            images[str(p.relative_to(args.data))] = to_rgb_array(p)[0]
+            images[str(p.relative_to(args.data))] = read_rgb(p)
         except (OSError, ValueError) as e:  # name the image: one bad file should not read as a bad option
             raise ValueError(f"--data: {p}: {e}") from None
     # read the earlier results first: a bad --compare fails now, not after the evaluation

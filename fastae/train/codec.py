@@ -26,7 +26,7 @@ from PIL import Image
 
 from fastae._device import resolve_device
 from fastae._io import atomic_path, read_json, read_safetensors, read_training_state, safetensors_metadata, write_text
-from fastae.codec.folder import IMAGE_EXTENSIONS
+from fastae.data.images import list_images, read_rgb
 from fastae.models.codec import CODEC_MODELS, LAMBDAS, ImageCodec, build_codec
 from fastae.train.checkpoint import CONFIG, STATE, WEIGHTS, write_config, write_weights
 
@@ -34,26 +34,24 @@ HISTORY = "history.json"
 
 
 def load_photos(folder, downscale: int = 2, min_side: int = 64):
-    """Every image Pillow reads under ``folder``, RGB, shrunk by ``downscale`` (Lanczos): a list
-    of uint8 tensors [3, H, W]. Downscaling by 2 removes most camera noise and demosaicing artefacts."""
+    """Every image file under ``folder`` (``fastae.data.list_images``, read by ``read_rgb``: upright,
+    sRGB), shrunk by ``downscale`` (Lanczos): a list of uint8 tensors [3, H, W]. Downscaling by 2
+    removes most camera noise and demosaicing artefacts."""
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"training data folder {folder} does not exist")
     photos, unreadable, small = [], [], []
-    for path in sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith(".")):
+    for path in list_images(folder):
         try:
-            with Image.open(path) as img:
-                img = img.convert("RGB")
-                if downscale > 1:
-                    img = img.resize((max(img.width // downscale, 1), max(img.height // downscale, 1)),
-                                     Image.Resampling.LANCZOS)
-                arr = np.asarray(img)
-        except (OSError, ValueError):  # not an image, truncated, a decompression bomb
-            if path.suffix.lower() in IMAGE_EXTENSIONS:  # a damaged image is worth a word; a readme is not
-                unreadable.append(path.name)
+            img = Image.fromarray(read_rgb(path))
+        except (OSError, ValueError):  # truncated, not really an image, a decompression bomb
+            unreadable.append(path.name)
             continue
-        if min(arr.shape[:2]) >= min_side:
-            photos.append(torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous())
+        if downscale > 1:
+            img = img.resize((max(img.width // downscale, 1), max(img.height // downscale, 1)),
+                             Image.Resampling.LANCZOS)
+        if min(img.size) >= min_side:
+            photos.append(torch.from_numpy(np.array(img)).permute(2, 0, 1).contiguous())
         else:
             small.append(path.name)
     if not photos:
