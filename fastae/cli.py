@@ -97,7 +97,8 @@ def cmd_train_codec(args):
     from fastae.codec.image import export_codec
     from fastae.codec.format import check_model_id
     from fastae.models.codec import LAMBDAS
-    from fastae.train.codec import load_codec_checkpoint, train_codec
+    from fastae.train import load_model
+    from fastae.train.codec import train_codec
 
     lambdas = LAMBDAS if args.lmbda is None else args.lmbda
     out = Path(args.out)
@@ -108,7 +109,7 @@ def cmd_train_codec(args):
                           time_limit=args.time_limit, kind=args.kind, init=args.init,
                           compile=args.compile, stop_at=args.stop_at, hyper_input=args.hyper_input,
                           widths=args.widths)
-    weights = export_codec(load_codec_checkpoint(out), out / "codec.safetensors", model_id=args.model_id,
+    weights = export_codec(load_model(out), out / "codec.safetensors", model_id=args.model_id,
                            weights_dtype=args.weights_dtype)
     last = {}
     for row in history:
