@@ -31,6 +31,11 @@ def _describe_build(info):
             f"{info.get('compiler', 'compiler not recorded')}, C++11 ABI {int(info['cxx11_abi'])}; {state}")
 
 
+# A module a command needs but this install lacks -> what installs it (main says so in one line).
+_INSTALL = {"scipy": "'fastae[eval]'", "pytorch_msssim": "'fastae[eval]'", "triton": "'fastae[triton]'",
+            "constriction": "'fastae[bench]'", "pytest_benchmark": "'fastae[bench]'", "PIL": "pillow"}
+
+
 def cmd_info(args):
     info = fastae.build_info()
     print(f"fastae     {fastae.__version__}")
@@ -308,6 +313,11 @@ def cmd_eval(args):
     from fastae.codec import eval as rd
     from fastae.data import list_images, read_rgb
 
+    import importlib
+
+    for module in ("pytorch_msssim", "scipy.interpolate"):  # MS-SSIM and BD-rates, needed after minutes of work:
+        importlib.import_module(module)  # a missing one stops the command now
+
     factory = _codec_factory(args)
     base = factory()
     if args.qualities is None:  # every quality of the model
@@ -548,6 +558,13 @@ def main(argv=None):
     except (ValueError, TypeError, FileNotFoundError, FileExistsError, FloatingPointError) as e:  # bad input: say what, no traceback
         print(f"fastae {args.command}: {e}", file=sys.stderr)
         return 2
+    except ModuleNotFoundError as e:  # a library this install lacks: which, and what installs it
+        module = (e.name or "").split(".")[0]
+        if module in ("", "fastae"):  # fastae's own modules are never optional: a bug, keep its traceback
+            raise
+        print(f"fastae {args.command}: needs {module}, which is not installed: pip install "
+              f"{_INSTALL.get(module, module)}", file=sys.stderr)
+        return 1
     except OSError as e:  # a folder not writable, a path that is a folder, a disk full: say which, no traceback
         print(f"fastae {args.command}: {e}", file=sys.stderr)
         return 1

@@ -1,6 +1,6 @@
 """Checkpoints of both trainers (``fit`` and ``train_codec``): one folder of four files.
 
-    model.safetensors   the weights (metadata: the model name and how far training got)
+    model.safetensors   the weights (metadata: the model name)
     config.json         {"fastae": version, "model": name, "config": {...}, "epoch" | "step": n}
     training_state.pt   for resuming: optimizer states, the torch (and CUDA) RNG states, the data
                         generator's state, the history and trainer settings
@@ -11,8 +11,9 @@
     model = load_model(out)                                              # any fastae model or codec
 
 ``save_checkpoint`` writes every file under a temporary name and renames them only when all are
-complete, ``config.json`` last, so a kill while writing leaves the previous checkpoint; the
-progress counter in every file lets ``resume_checkpoint`` refuse a set left half-renamed.
+complete, training_state.pt first and config.json last, so a kill while writing leaves the
+previous checkpoint, and one between two renames leaves the two files of different progress,
+which ``resume_checkpoint`` refuses.
 Checkpoints written before this module (the zoo's ``{"epoch", "optimizers", "rng", "history"}``
 state, the codec trainer's ``{"step", "optimizer", "generator", "torch_rng", "hyper_input"}``
 state with its history in history.json) load and resume as they are.
@@ -28,7 +29,7 @@ from safetensors.torch import save_file
 
 import fastae
 from fastae._device import resolve_device
-from fastae._io import atomic_path, read_json, read_safetensors, read_training_state, safetensors_metadata
+from fastae._io import atomic_path, read_json, read_safetensors, read_training_state
 
 WEIGHTS, CONFIG, STATE, HISTORY = "model.safetensors", "config.json", "training_state.pt", "history.json"
 CODEC = "image_codec"  # the model name of checkpoints of fastae.train.codec (its models have no ``name``)
@@ -70,9 +71,9 @@ def save_checkpoint(out, model, done: int, optimizers=None, history=None, *, uni
     written = [CONFIG, *([HISTORY] if history is not None else []), WEIGHTS,
                *([STATE] if optimizers is not None else [])]
     with contextlib.ExitStack() as files:
-        # Renamed in the reverse order of entry, only after every file is written: config.json last.
+        # Renamed in the reverse order of entry, only after every file is written: the state first, config.json last.
         tmp = {f: files.enter_context(atomic_path(out / f)) for f in written}
-        save_file(weights, str(tmp[WEIGHTS]), metadata={"model": name, unit: str(done)})
+        save_file(weights, str(tmp[WEIGHTS]), metadata={"model": name})  # one key: safetensors orders several randomly
         if optimizers is not None:
             torch.save({"format": _FORMAT, "unit": unit, "done": done,
                         "optimizers": {k: o.state_dict() for k, o in optimizers.items()},
@@ -166,14 +167,10 @@ def resume_checkpoint(folder, model, optimizers: dict, generator=None, *, unit: 
     state = _read_state(folder)
     if state["unit"] != unit:
         raise ValueError(f"checkpoint {folder} counts {state['unit']}s, not {unit}s: the other trainer wrote it")
-    progress = {CONFIG: read_config(folder).get(unit), STATE: state["done"]}
-    counted = safetensors_metadata(folder / WEIGHTS).get(unit)  # absent before this module
-    if counted is not None:
-        progress[WEIGHTS] = int(counted)
-    if len(set(progress.values())) > 1:
-        found = ", ".join(f"{f} at {unit} {n}" for f, n in progress.items())
-        raise ValueError(f"checkpoint {folder} is inconsistent ({found}): a save was interrupted; "
-                         f"start again or restore the folder from a copy")
+    saved = read_config(folder).get(unit)
+    if saved != state["done"]:  # renamed first and last: equal unless a save was cut between its renames
+        raise ValueError(f"checkpoint {folder} is inconsistent ({CONFIG} at {unit} {saved}, {STATE} at {unit} "
+                         f"{state['done']}): a save was interrupted; start again or restore the folder from a copy")
     model.load_state_dict(read_safetensors(folder / WEIGHTS))
     for key, opt in optimizers.items():
         saved = state["optimizers"].get(key)
