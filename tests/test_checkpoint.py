@@ -91,6 +91,7 @@ def test_a_fit_checkpoint_of_the_old_layout_resumes_as_one_run(tmp_path):
     assert json.loads((tmp_path / "old" / HISTORY).read_text())["epoch"] == [1, 2, 3]
 
 
+@pytest.mark.slow
 def test_a_codec_checkpoint_of_the_old_layout_resumes_as_one_run(photos, tmp_path):
     expected = train_codec(photos, tmp_path / "straight", steps=4, **TINY_CODEC)
     train_codec(photos, tmp_path / "old", steps=4, stop_at=2, **TINY_CODEC)

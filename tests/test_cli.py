@@ -55,6 +55,7 @@ def test_console_script_runs():
     assert "backends:" in out.stdout
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model, extra, files", [
     ("mlp", ["--hidden", "32", "--latent", "8"], set()),
     ("vae", ["--hidden", "32", "--latent", "2", "--loss", "bce"], {"samples.png", "manifold.png"}),
@@ -134,6 +135,7 @@ def test_os_errors_and_interrupts_are_reported_without_a_traceback(tmp_path, cap
     assert "interrupted (finished files are kept" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_train_conv_on_a_folder_of_photos_of_different_sizes(tmp_path, capsys):
     """--size makes a folder of mixed-size photos trainable (scaled and center-cropped), and
     anomaly reads it the same way."""
@@ -204,6 +206,7 @@ def _photos(folder, n=2, side=64):
     return folder
 
 
+@pytest.mark.slow
 def test_every_command_runs_without_the_extras(tmp_path, capsys, hide):
     """`pip install fastae` (no extras): every command does its work; eval, which needs the eval
     extra, stops before any work with one line naming it."""

@@ -144,6 +144,7 @@ os._exit(0)  # skip interpreter teardown, where gloo's threads sometimes abort; 
 """
 
 
+@pytest.mark.slow
 def test_distributed_data_parallel_on_two_cpu_processes(tmp_path):
     script = tmp_path / "ddp.py"
     script.write_text(_DDP_SCRIPT)

@@ -71,9 +71,10 @@ def save_checkpoint(out, model, done: int, optimizers=None, history=None, *, uni
     written = [CONFIG, *([HISTORY] if history is not None else []), WEIGHTS,
                *([STATE] if optimizers is not None else [])]
     with contextlib.ExitStack() as files:
-        # Renamed in the reverse order of entry, only after every file is written: the state first, config.json last.
+        # Renamed in the reverse order of entry once every file is written: the state first, config.json last.
         tmp = {f: files.enter_context(atomic_path(out / f)) for f in written}
-        save_file(weights, str(tmp[WEIGHTS]), metadata={"model": name})  # one key: safetensors orders several randomly
+        # One metadata key: safetensors writes several in a random order, and the same weights must give the same file.
+        save_file(weights, str(tmp[WEIGHTS]), metadata={"model": name})
         if optimizers is not None:
             torch.save({"format": _FORMAT, "unit": unit, "done": done,
                         "optimizers": {k: o.state_dict() for k, o in optimizers.items()},
@@ -167,9 +168,9 @@ def resume_checkpoint(folder, model, optimizers: dict, generator=None, *, unit: 
     state = _read_state(folder)
     if state["unit"] != unit:
         raise ValueError(f"checkpoint {folder} counts {state['unit']}s, not {unit}s: the other trainer wrote it")
-    saved = read_config(folder).get(unit)
-    if saved != state["done"]:  # renamed first and last: equal unless a save was cut between its renames
-        raise ValueError(f"checkpoint {folder} is inconsistent ({CONFIG} at {unit} {saved}, {STATE} at {unit} "
+    recorded = read_config(folder).get(unit)
+    if recorded != state["done"]:  # renamed first and last: equal unless a save was cut between its renames
+        raise ValueError(f"checkpoint {folder} is inconsistent ({CONFIG} at {unit} {recorded}, {STATE} at {unit} "
                          f"{state['done']}): a save was interrupted; start again or restore the folder from a copy")
     model.load_state_dict(read_safetensors(folder / WEIGHTS))
     for key, opt in optimizers.items():
