@@ -307,13 +307,12 @@ def cmd_decompress(args):
 
 
 def cmd_eval(args):
+    import importlib
     import json
 
     from fastae._io import write_text
     from fastae.codec import eval as rd
     from fastae.data import list_images, read_rgb
-
-    import importlib
 
     for module in ("pytorch_msssim", "scipy.interpolate"):  # MS-SSIM and BD-rates, needed after minutes of work:
         importlib.import_module(module)  # a missing one stops the command now

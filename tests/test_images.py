@@ -192,10 +192,15 @@ def test_read_rgb_gives_the_pixels_the_codec_codes_for_every_opaque_mode(tmp_pat
         assert np.array_equal(got, to_rgb_array(path)[0]), path.name
         if wanted[path.name] is not None:
             assert np.array_equal(got, wanted[path.name]), path.name
+    upright_linear = Image.fromarray(np.rot90(np.asarray(Image.open(tmp_path / "rgb.png")), 1).copy())
+    upright_linear.save(tmp_path / "linear.png", icc_profile=_icc_profile("Linear RGB (fastae test)"))
+    converted = read_rgb(tmp_path / "linear.png")  # turned (EXIF 8: a quarter turn anticlockwise) and converted
+    assert np.array_equal(read_rgb(tmp_path / "sideways-linear.png"), converted)
+    assert np.abs(converted.astype(int) - np.asarray(upright_linear)).max() > 50
     with Image.open(tmp_path / "palette.gif") as img:
         assert np.array_equal(read_rgb(tmp_path / "palette.gif"), np.asarray(img.convert("RGB")))
     folder = load_image_folder(tmp_path, size=(6, 9), crop="resize")  # every file, as read_rgb reads it
-    assert len(folder) == len(wanted)
+    assert len(folder) == len(wanted) + 1  # linear.png too: none skipped
 
 
 def test_transparency_is_dropped_for_training_and_refused_by_the_codec(tmp_path):

@@ -82,11 +82,6 @@ def walk(folder: PathLike, exclude: Optional[PathLike] = None, onerror=None) -> 
         yield Path(os.path.relpath(root, folder)), sorted(n for n in filenames if not n.startswith(".")), repeats
 
 
-def is_image_name(name: str, extensions=IMAGE_EXTENSIONS) -> bool:
-    """Whether the file ``name`` has an image suffix (case-insensitive)."""
-    return os.path.splitext(name)[1].lower() in extensions
-
-
 def list_images(folder: PathLike) -> list:
     """The image files under ``folder``, recursively, as sorted Paths (see the module docstring:
     ``IMAGE_EXTENSIONS``, hidden entries left out, symlinked folders followed once). The files that
@@ -98,7 +93,8 @@ def list_images(folder: PathLike) -> list:
         raise FileNotFoundError(f"{folder}: no such folder")
     if not folder.is_dir():
         raise NotADirectoryError(f"{folder}: expected a folder of images, got a file")
-    return sorted(folder / rel / name for rel, names, _ in walk(folder) for name in names if is_image_name(name))
+    return sorted(folder / rel / name for rel, names, _ in walk(folder) for name in names
+                  if os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS)
 
 
 # ---------------------------------------------------------------------------------------------- one image
