@@ -57,9 +57,7 @@ import time
 from pathlib import Path
 
 from fastae._io import TEMP_SUFFIX, atomic_path
-from fastae.data.images import IMAGE_EXTENSIONS, walk
-# image_files: the inputs compress_folder takes; its old name here, still imported by fastae/benchmark.py and bench/
-from fastae.data.images import list_images as image_files
+from fastae.data.images import IMAGE_EXTENSIONS, list_images, walk
 
 __all__ = ["IMAGE_EXTENSIONS", "Summary", "compress_folder", "decompress_folder", "image_files"]
 FAE_SUFFIX = ".fae"
@@ -123,6 +121,12 @@ def _mb(n):
 
 # ---------------------------------------------------------------------------------------------
 # Public entry points
+
+
+def image_files(folder) -> list:
+    """``fastae.data.list_images``, or [] when ``folder`` is not a folder: the old entry point that
+    fastae/benchmark.py and the bench/ scripts still call (they report an empty list themselves)."""
+    return list_images(folder) if Path(folder).is_dir() else []
 
 
 def compress_folder(src, dst, make_codec, workers=1, force=False, progress=True, extensions=None):
