@@ -31,6 +31,12 @@ def _describe_build(info):
             f"{info.get('compiler', 'compiler not recorded')}, C++11 ABI {int(info['cxx11_abi'])}; {state}")
 
 
+# A module a command needs but this install lacks -> what installs it (main says so in one line).
+_INSTALL = {"scipy": "'fastae[eval]'", "pytorch_msssim": "'fastae[eval]'", "pillow_heif": "'fastae[eval]'",
+            "pillow_jxl": "'fastae[eval]'", "triton": "'fastae[triton]'", "constriction": "'fastae[bench]'",
+            "pytest_benchmark": "'fastae[bench]'", "PIL": "pillow"}
+
+
 def cmd_info(args):
     info = fastae.build_info()
     print(f"fastae     {fastae.__version__}")
@@ -97,7 +103,8 @@ def cmd_train_codec(args):
     from fastae.codec.image import export_codec
     from fastae.codec.format import check_model_id
     from fastae.models.codec import LAMBDAS
-    from fastae.train.codec import load_codec_checkpoint, train_codec
+    from fastae.train import load_model
+    from fastae.train.codec import train_codec
 
     lambdas = LAMBDAS if args.lmbda is None else args.lmbda
     out = Path(args.out)
@@ -108,7 +115,7 @@ def cmd_train_codec(args):
                           time_limit=args.time_limit, kind=args.kind, init=args.init,
                           compile=args.compile, stop_at=args.stop_at, hyper_input=args.hyper_input,
                           widths=args.widths)
-    weights = export_codec(load_codec_checkpoint(out), out / "codec.safetensors", model_id=args.model_id,
+    weights = export_codec(load_model(out), out / "codec.safetensors", model_id=args.model_id,
                            weights_dtype=args.weights_dtype)
     last = {}
     for row in history:
@@ -301,12 +308,15 @@ def cmd_decompress(args):
 
 
 def cmd_eval(args):
+    import importlib
     import json
 
     from fastae._io import write_text
     from fastae.codec import eval as rd
-    from fastae.codec.image import to_rgb_array
-    from fastae.codec.folder import image_files
+    from fastae.data import list_images, read_rgb
+
+    for module in ("pytorch_msssim", "scipy.interpolate"):  # MS-SSIM and BD-rates, needed after minutes of work:
+        importlib.import_module(module)  # a missing one stops the command now
 
     rd.check_references(args.references)  # a missing plugin fails now, not after fastae's part
     factory = _codec_factory(args)
@@ -317,8 +327,8 @@ def cmd_eval(args):
     if beyond:
         raise ValueError(f"--qualities {' '.join(map(str, beyond))}: {base.model_id} has qualities "
                          f"1..{base.model.qualities}")
-    paths = image_files(args.data)
-    if not Path(args.data).is_dir() or not paths:
+    paths = list_images(args.data) if Path(args.data).is_dir() else []
+    if not paths:
         raise FileNotFoundError(f"--data {args.data}: no images found")
     out = Path(args.output)
     plot = out.with_suffix(".png") if args.plot is None else Path(args.plot)
@@ -330,7 +340,7 @@ def cmd_eval(args):
     images = {}
     for p in paths:
         try:
-            images[str(p.relative_to(args.data))] = to_rgb_array(p)[0]
+            images[str(p.relative_to(args.data))] = read_rgb(p)
         except (OSError, ValueError) as e:  # name the image: one bad file should not read as a bad option
             raise ValueError(f"--data: {p}: {e}") from None
     # read the earlier results first: a bad --compare fails now, not after the evaluation
@@ -551,8 +561,15 @@ def main(argv=None):
     except (ValueError, TypeError, FileNotFoundError, FileExistsError, FloatingPointError) as e:  # bad input: say what, no traceback
         print(f"fastae {args.command}: {e}", file=sys.stderr)
         return 2
-    except ModuleNotFoundError as e:  # an optional library the command needs: the message names what to install
-        print(f"fastae {args.command}: {e}", file=sys.stderr)
+    except ModuleNotFoundError as e:  # a library this install lacks: which, and what installs it
+        if e.name is None:  # raised by fastae with its own message (e.g. a reference codec's plugin)
+            print(f"fastae {args.command}: {e}", file=sys.stderr)
+            return 1
+        module = e.name.split(".")[0]
+        if module == "fastae":  # fastae's own modules are never optional: a bug, keep its traceback
+            raise
+        print(f"fastae {args.command}: needs {module}, which is not installed: pip install "
+              f"{_INSTALL.get(module, module)}", file=sys.stderr)
         return 1
     except OSError as e:  # a folder not writable, a path that is a folder, a disk full: say which, no traceback
         print(f"fastae {args.command}: {e}", file=sys.stderr)

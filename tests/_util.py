@@ -32,6 +32,11 @@ def assert_close(actual, expected, atol, rtol):
     torch.testing.assert_close(actual.float(), expected.float(), atol=atol * scale, rtol=rtol)
 
 
+# Fixtures checked in under tests/data: mnist/ holds the first 300 digits of MNIST's t10k files
+# (images and labels, in their original gzipped IDX format).
+FIXTURES = Path(__file__).resolve().parent / "data"
+MNIST = FIXTURES / "mnist"
+
 # Real data beside the repository (../shared/data); tests that need it skip when it is absent.
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 KODAK = SHARED_DATA / "kodak"

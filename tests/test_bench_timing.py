@@ -13,7 +13,6 @@ def test_measure_times_a_known_sleep():
     m = measure(lambda: time.sleep(0.01), "cpu", warmup=1, min_time=0.05, min_repeats=3)
     assert m["repeats"] >= 3
     assert 0.01 <= m["min_s"] <= m["q1_s"] <= m["median_s"] <= m["q3_s"]
-    assert m["median_s"] < 0.01 + 0.04  # a sleep overshoots, but not by 40 ms
     assert m["iqr_s"] == pytest.approx(m["q3_s"] - m["q1_s"])
     assert m["first_s"] >= 0.01
 

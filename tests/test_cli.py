@@ -4,15 +4,16 @@ import json
 import re
 import subprocess
 import sys
-from pathlib import Path
 
+import numpy as np
 import pytest
-
 import torch
+from PIL import Image
 
 import fastae
 from fastae import cli
 from fastae.ops import linear as ops_linear
+from tests._util import MNIST
 
 
 def test_info_names_versions_build_and_backends(capsys):
@@ -54,19 +55,16 @@ def test_console_script_runs():
     assert "backends:" in out.stdout
 
 
-MNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
-needs_mnist = pytest.mark.skipif(not MNIST.exists(), reason=f"{MNIST} is missing")
-
-
-@needs_mnist
+@pytest.mark.slow
 @pytest.mark.parametrize("model, extra, files", [
-    ("mlp", [], set()),
-    ("vae", ["--latent", "2", "--loss", "bce"], {"samples.png", "manifold.png"}),
+    ("mlp", ["--hidden", "32", "--latent", "8"], set()),
+    ("vae", ["--hidden", "32", "--latent", "2", "--loss", "bce"], {"samples.png", "manifold.png"}),
     ("conv", ["--latent", "8"], set()),
 ])
 def test_train_writes_its_artifacts_and_anomaly_reads_them(tmp_path, capsys, model, extra, files):
     out = tmp_path / model
-    argv = ["train", model, "--data", str(MNIST), "--out", str(out), "--epochs", "5", "--normal-class", "1"]
+    argv = ["train", model, "--data", str(MNIST), "--out", str(out), "--epochs", "10", "--batch-size", "8",
+            "--lr", "0.01", "--normal-class", "1"]
     assert cli.main(argv + extra) == 0
     expected = {"model.safetensors", "config.json", "training_state.pt", "history.json", "loss.png",
                 "reconstructions.png", "latent.png", "split.json"} | files
@@ -77,7 +75,6 @@ def test_train_writes_its_artifacts_and_anomaly_reads_them(tmp_path, capsys, mod
     assert 0.5 < auc <= 1.0  # trained on ones only: other digits reconstruct worse
 
 
-@needs_mnist
 @pytest.mark.parametrize("argv, message", [
     (["train", "mlp", "--data", "{mnist}", "--out", "{tmp}", "--beta", "2"], "--beta does not apply to model 'mlp'"),
     (["train", "mlp", "--data", "{tmp}", "--out", "{tmp}/o"], "expected MNIST IDX files"),
@@ -104,7 +101,6 @@ def test_bad_input_is_reported_without_a_traceback(tmp_path, capsys, argv, messa
         assert code == 2 and message in capsys.readouterr().err
 
 
-@needs_mnist
 def test_train_is_repeatable_and_never_overwrites_a_checkpoint(tmp_path, capsys):
     """The same command gives the same weights (the seed covers the initial weights), and a second
     run into the same folder without --resume refuses instead of replacing the checkpoint."""
@@ -139,6 +135,7 @@ def test_os_errors_and_interrupts_are_reported_without_a_traceback(tmp_path, cap
     assert "interrupted (finished files are kept" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_train_conv_on_a_folder_of_photos_of_different_sizes(tmp_path, capsys):
     """--size makes a folder of mixed-size photos trainable (scaled and center-cropped), and
     anomaly reads it the same way."""
@@ -177,3 +174,80 @@ def test_a_damaged_config_is_named(tmp_path, capsys):
     (tmp_path / "config.json").write_text("{not json")
     assert cli.main(["anomaly", str(tmp_path), "--data", str(tmp_path)]) == 2
     assert f"{tmp_path / 'config.json'}: not a readable JSON file" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------- the core install
+
+OPTIONAL = ("scipy", "pytorch_msssim", "triton", "constriction", "pytest_benchmark")  # the extras' libraries
+
+
+@pytest.fixture
+def hide(monkeypatch):
+    """``hide(*modules)``: importing them fails as it does where they are not installed."""
+    from fastae.ops import _backend
+
+    def hide_(*modules):
+        for name in modules:
+            for loaded in [m for m in sys.modules if m == name or m.startswith(name + ".")]:
+                monkeypatch.delitem(sys.modules, loaded)
+            monkeypatch.setitem(sys.modules, name, None)
+        _backend._status.cache_clear()  # what backends exist is cached: look again
+
+    yield hide_
+    monkeypatch.undo()
+    _backend._status.cache_clear()
+
+
+def _photos(folder, n=2, side=64):
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 256, (side, side, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    return folder
+
+
+@pytest.mark.slow
+def test_every_command_runs_without_the_extras(tmp_path, capsys, hide):
+    """`pip install fastae` (no extras): every command does its work; eval, which needs the eval
+    extra, stops before any work with one line naming it."""
+    hide(*OPTIONAL)
+    assert cli.main(["info"]) == 0
+    assert "triton     not installed" in capsys.readouterr().out
+    zoo = tmp_path / "mlp"
+    assert cli.main(["train", "mlp", "--data", str(MNIST), "--out", str(zoo), "--epochs", "1", "--hidden", "8",
+                     "--latent", "2"]) == 0
+    assert {"model.safetensors", "loss.png", "reconstructions.png", "latent.png"} <= {p.name for p in zoo.iterdir()}
+    assert cli.main(["anomaly", str(zoo), "--data", str(MNIST)]) == 0
+    photos, codec = _photos(tmp_path / "photos"), tmp_path / "codec"
+    assert cli.main(["train", "codec", "--data", str(photos), "--out", str(codec), "--steps", "2", "--crop", "32",
+                     "--batch-size", "1", "--channels", "8", "--latent", "8", "--lmbda", "0.01", "0.1",
+                     "--downscale", "1", "--model-id", "tiny-core"]) == 0
+    weights = ["--weights", str(codec / "codec.safetensors"), "--quiet"]
+    assert cli.main(["compress", str(photos), str(tmp_path / "fae"), *weights]) == 0
+    assert cli.main(["decompress", str(tmp_path / "fae"), str(tmp_path / "png"), *weights]) == 0
+    assert sorted(p.name for p in (tmp_path / "png").iterdir()) == ["0.png", "1.png"]
+    capsys.readouterr()
+    assert cli.main(["eval", "--data", str(photos), *weights, "--output", str(tmp_path / "rd.json")]) == 1
+    assert capsys.readouterr().err == ("fastae eval: needs pytorch_msssim, which is not installed: "
+                                       "pip install 'fastae[eval]'\n")
+
+
+@pytest.mark.parametrize("module", ["scipy", "pytorch_msssim"])
+def test_eval_names_the_extra_it_lacks_before_any_work(tmp_path, capsys, hide, module):
+    hide(module)
+    photos = _photos(tmp_path / "photos", n=1, side=16)
+    assert cli.main(["eval", "--data", str(photos), "--qualities", "1", "--output", str(tmp_path / "rd.json")]) == 1
+    err = capsys.readouterr().err
+    assert err == f"fastae eval: needs {module}, which is not installed: pip install 'fastae[eval]'\n"
+    assert not (tmp_path / "rd.json").exists()
+
+
+def test_a_missing_core_library_is_one_line_and_trains_nothing(tmp_path, capsys, hide, monkeypatch):
+    import fastae.train
+
+    hide("matplotlib")
+    monkeypatch.delitem(sys.modules, "fastae.train.plots", raising=False)  # imported again, it needs matplotlib
+    monkeypatch.delattr(fastae.train, "plots", raising=False)
+    assert cli.main(["train", "mlp", "--data", str(MNIST), "--out", str(tmp_path / "m"), "--epochs", "1"]) == 1
+    assert capsys.readouterr().err == "fastae train: needs matplotlib, which is not installed: pip install matplotlib\n"
+    assert not (tmp_path / "m" / "model.safetensors").exists()

@@ -10,7 +10,8 @@ from safetensors.torch import load_file
 
 from fastae.codec.image import export_codec, load_codec
 from fastae.models.codec import CheckerboardCodec, HyperpriorCodec, ImageCodec
-from fastae.train.codec import load_codec_checkpoint, load_photos, random_crops, train_codec
+from fastae.train import load_model
+from fastae.train.codec import load_photos, random_crops, train_codec
 
 TINY = dict(N=8, M=8, lambdas=(0.01, 0.1), batch_size=2, downscale=1, progress=False, checkpoint_every=2)
 
@@ -40,11 +41,11 @@ def test_resume_equals_one_run(photos, tmp_path, kind):
     crop = 64
     one = train_codec(photos, tmp_path / "one", steps=6, crop=crop, kind=kind, amp=False, **TINY)
     train_codec(photos, tmp_path / "two", steps=6, crop=crop, kind=kind, amp=False, time_limit=0, **TINY)
-    assert load_codec_checkpoint(tmp_path / "two").state_dict() is not None
+    assert load_model(tmp_path / "two").state_dict() is not None
     assert len(load_file(str(tmp_path / "two" / "model.safetensors"))) > 0
     two = train_codec(photos, tmp_path / "two", steps=6, crop=crop, kind=kind, amp=False, resume=True, **TINY)
     assert one == two  # same losses, step by step
-    a, b = load_codec_checkpoint(tmp_path / "one"), load_codec_checkpoint(tmp_path / "two")
+    a, b = load_model(tmp_path / "one"), load_model(tmp_path / "two")
     assert type(a).kind == kind and _same_weights(a, b)
 
 
@@ -56,9 +57,9 @@ def test_stop_at_keeps_the_learning_rate_schedule_of_steps(photos, tmp_path):
     assert json.loads((tmp_path / "two" / "config.json").read_text())["step"] == 4
     assert part == one[:len(part)] and len(part) < len(one)
     train_codec(photos, tmp_path / "short", steps=4, crop=64, amp=False, **TINY)
-    assert not _same_weights(load_codec_checkpoint(tmp_path / "short"), load_codec_checkpoint(tmp_path / "two"))
+    assert not _same_weights(load_model(tmp_path / "short"), load_model(tmp_path / "two"))
     two = train_codec(photos, tmp_path / "two", steps=6, crop=64, amp=False, resume=True, **TINY)
-    assert two == one and _same_weights(load_codec_checkpoint(tmp_path / "one"), load_codec_checkpoint(tmp_path / "two"))
+    assert two == one and _same_weights(load_model(tmp_path / "one"), load_model(tmp_path / "two"))
     for bad in (0, 7):
         with pytest.raises(ValueError, match="stop_at"):
             train_codec(photos, tmp_path / "bad", steps=6, stop_at=bad, crop=64, **TINY)
@@ -77,7 +78,7 @@ def test_compiled_training_matches_eager(photos, tmp_path):
     assert [(r["step"], r["quality"]) for r in compiled] == [(r["step"], r["quality"]) for r in eager]
     for a, b in zip(eager, compiled):
         assert b["loss"] == pytest.approx(a["loss"], rel=1e-4) and b["bpp"] == pytest.approx(a["bpp"], rel=1e-4)
-    a, b = load_codec_checkpoint(tmp_path / "eager").state_dict(), load_codec_checkpoint(tmp_path / "compiled").state_dict()
+    a, b = load_model(tmp_path / "eager").state_dict(), load_model(tmp_path / "compiled").state_dict()
     assert a.keys() == b.keys()
     for k in a:
         torch.testing.assert_close(b[k], a[k], rtol=1e-3, atol=1e-5, msg=k)
@@ -92,7 +93,7 @@ def test_hyperprior_crop_must_be_a_multiple_of_64(photos, tmp_path):
 
 def test_warm_start_copies_the_transforms_not_the_entropy_models(photos, tmp_path):
     train_codec(photos, tmp_path / "fact", steps=2, crop=64, amp=False, **TINY)
-    factorized = load_codec_checkpoint(tmp_path / "fact")
+    factorized = load_model(tmp_path / "fact")
     config = {k: v for k, v in TINY.items() if k not in ("N", "M")}
     with pytest.raises(ValueError, match="analysis and synthesis transforms"):  # N=16: no layer of g_a has the same shape
         train_codec(photos, tmp_path / "hp-n16", steps=1, crop=64, N=16, M=8, kind="hyperprior",
@@ -121,9 +122,9 @@ def test_hyperprior_training_lowers_the_loss_and_exports(photos, tmp_path):
 
     batch = random_crops(load_photos(photos, downscale=1), 4, 64, generator)
     train_codec(photos, tmp_path, steps=1, crop=64, kind="hyperprior", amp=False, **TINY)
-    before = load_codec_checkpoint(tmp_path)
+    before = load_model(tmp_path)
     train_codec(photos, tmp_path, steps=40, crop=64, kind="hyperprior", amp=False, resume=True, lr=1e-3, **TINY)
-    after = load_codec_checkpoint(tmp_path)
+    after = load_model(tmp_path)
     torch.manual_seed(0)
     loss = [m.eval().rd_loss(batch, 2)["loss"].item() for m in (before, after)]
     assert loss[1] < 0.8 * loss[0], loss
@@ -156,7 +157,7 @@ def test_train_codec_passes_hyper_input_to_the_model(photos, tmp_path):
     rounded = train_codec(photos, tmp_path / "rounded", steps=2, crop=64, kind="hyperprior", amp=False,
                           hyper_input="rounded", **TINY)
     assert noise[0]["loss"] != rounded[0]["loss"]
-    assert not _same_weights(load_codec_checkpoint(tmp_path / "noise"), load_codec_checkpoint(tmp_path / "rounded"))
+    assert not _same_weights(load_model(tmp_path / "noise"), load_model(tmp_path / "rounded"))
     # a run is resumed with the setting it was trained with, not silently switched
     with pytest.raises(ValueError, match="trained with hyper_input='rounded'; resume it with the same"):
         train_codec(photos, tmp_path / "rounded", steps=4, crop=64, kind="hyperprior", amp=False, resume=True, **TINY)

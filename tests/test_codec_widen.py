@@ -9,7 +9,8 @@ from PIL import Image
 
 from fastae.codec.image import export_codec
 from fastae.models.codec import CheckerboardCodec, HyperpriorCodec, ImageCodec, build_codec
-from fastae.train.codec import load_codec_checkpoint, train_codec
+from fastae.train import load_model
+from fastae.train.codec import train_codec
 from fastae.train.widen import widen_codec
 
 KINDS = [ImageCodec, HyperpriorCodec, CheckerboardCodec]
@@ -98,7 +99,7 @@ def test_train_codec_init_widens_a_narrower_codec_file(tmp_path):
     train_codec(photos, out, steps=1, stop_at=1, crop=64, batch_size=1, downscale=1, N=8, M=12, widths=(8, 8, 12),
                 lambdas=(0.01, 0.05, 0.2), kind="checkerboard", init=tmp_path / "narrow.safetensors",
                 amp=False, progress=False, lr=1e-12, hyper_input="rounded")
-    wide = load_codec_checkpoint(out).eval()
+    wide = load_model(out).eval()
     assert wide.config["M"] == 12 and build_codec(wide.config).widths == (8, 8, 12)
     x = torch.rand(1, 3, 64, 64)
     with torch.no_grad():  # after one step at a vanishing learning rate the wide model still codes as the narrow

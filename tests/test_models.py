@@ -153,6 +153,7 @@ def train(model, x, steps=40):
     return history
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", MODELS)
 def test_training_lowers_the_loss(name):
     history = train(small(name), blobs(64))

@@ -42,10 +42,8 @@ def ratio_ticks(lo, hi) -> list:
 def speedup_figure(result):
     """The matplotlib figure of ``result`` (a ``fastae bench`` run, as ``report.load_run`` gives
     it): every row other than eager that has a ratio to eager."""
-    try:
-        import matplotlib
-    except ImportError:
-        raise ValueError("--plot needs matplotlib (pip install 'fastae[plot]')") from None
+    import matplotlib  # a core dependency
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.lines import Line2D

@@ -57,10 +57,9 @@ import time
 from pathlib import Path
 
 from fastae._io import TEMP_SUFFIX, atomic_path
+from fastae.data.images import IMAGE_EXTENSIONS, list_images, walk
 
 __all__ = ["IMAGE_EXTENSIONS", "Summary", "compress_folder", "decompress_folder", "image_files"]
-
-IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".gif"})
 FAE_SUFFIX = ".fae"
 _STALE_AGE_S = 3600.0  # when the DST lock is not ours alone: age above which a temp file is stale
 
@@ -125,11 +124,9 @@ def _mb(n):
 
 
 def image_files(folder) -> list:
-    """The files under ``folder`` (recursively, sorted) whose suffix is one of IMAGE_EXTENSIONS:
-    the inputs ``compress_folder`` would take (hidden entries left out, symlinked folders followed once)."""
-    root = Path(folder)
-    inputs, _ = _walk(root, root, lambda name: _suffix(name) in IMAGE_EXTENSIONS, FAE_SUFFIX, Summary())
-    return sorted(root / rel for rel in inputs)
+    """``fastae.data.list_images``, or [] when ``folder`` is not a folder: the old entry point that
+    fastae/benchmark.py and the bench/ scripts still call (they report an empty list themselves)."""
+    return list_images(folder) if Path(folder).is_dir() else []
 
 
 def compress_folder(src, dst, make_codec, workers=1, force=False, progress=True, extensions=None):
@@ -378,37 +375,22 @@ def _normalize_extensions(extensions):
 
 
 def _walk(src, dst, is_input, out_suffix, summary):
-    """Sorted relative paths of the inputs under ``src``, and the relative folders visited.
-    Hidden entries are skipped; symlinked folders are followed (each real folder once, so a
-    link loop ends); a ``dst`` nested inside ``src`` is not entered; other files
-    are counted in ``summary.ignored`` (except our own outputs when ``dst`` is ``src``); a
-    folder that cannot be listed goes to ``summary.failed``."""
-    src_real, dst_real = os.path.realpath(src), os.path.realpath(dst)
-    same = src_real == dst_real
+    """Sorted relative paths of the inputs under ``src``, and the relative folders visited, by
+    fastae.data's walk (hidden entries skipped, symlinked folders followed once); a ``dst`` nested
+    inside ``src`` is not entered; other files and repeated folder links are counted in
+    ``summary.ignored`` (except our own outputs when ``dst`` is ``src``); a folder that cannot be
+    listed goes to ``summary.failed``."""
+    same = os.path.realpath(src) == os.path.realpath(dst)
     inputs, dirs = [], []
 
     def unreadable(exc):  # a folder that cannot be listed is a failure, not silently skipped
         path = Path(exc.filename) if exc.filename else src
         summary.failed.append((Path(os.path.relpath(path, src)).as_posix(), _message(exc)))
 
-    seen = {src_real}  # folders entered, by real path: symlinked folders are followed, each once (no loops)
-    for root, dirnames, filenames in os.walk(src, onerror=unreadable, followlinks=True):
-        rel_root = Path(os.path.relpath(root, src))
-        keep = []
-        for d in sorted(dirnames):
-            real = os.path.realpath(os.path.join(root, d))
-            if d.startswith(".") or (not same and real == dst_real):
-                continue
-            if real in seen:  # a link back up the tree, or a second link to one folder
-                summary.ignored += 1
-                continue
-            seen.add(real)
-            keep.append(d)
-        dirnames[:] = keep
+    for rel_root, names, repeats in walk(src, exclude=None if same else dst, onerror=unreadable):
+        summary.ignored += repeats
         dirs.append(rel_root)
-        for name in sorted(filenames):
-            if name.startswith("."):
-                continue
+        for name in names:
             if is_input(name):
                 inputs.append(rel_root / name)
             elif not (same and _suffix(name) == out_suffix):

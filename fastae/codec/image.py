@@ -39,10 +39,8 @@ of 5,898,240 latents with fastae-checkerboard-v2 (28 with fastae-hyperprior-v4's
 import copy
 import functools
 import hashlib
-import io
 import math
 import numbers
-import warnings
 from dataclasses import dataclass
 from typing import Optional
 from pathlib import Path
@@ -60,6 +58,7 @@ from fastae.codec.format import CODER_RANS, CodecError, Header, check_model_id, 
 from fastae.codec.refine import check_refine, needs_side_search, refine_latents, search_side
 from fastae.codec.tables import (check_tables, code_lengths, from_symbols, pack_varints, tables_from_pmf, to_symbols,
                                  unpack_varints)
+from fastae.data.images import open_image, to_8bit as _to_8bit, to_srgb as _to_srgb
 from fastae.models.codec import (CheckerboardContext, HyperpriorCodec, ImageCodec, build_codec, checkerboard,
                                  scale_table)
 
@@ -352,61 +351,6 @@ def load_codec(quality: Optional[int] = None, model: str = DEFAULT_MODEL, device
 # ---------------------------------------------------------------------------------------------- inputs
 
 
-def _to_8bit(a: np.ndarray) -> np.ndarray:
-    """16-bit values 0..65535 to the nearest 8-bit value (v / 257, rounded)."""
-    return ((a.astype(np.int64) + 128) // 257).astype(np.uint8)
-
-
-_EXIF_ORIENTATION = 0x0112
-# EXIF orientation -> the transpose that shows the stored pixels as viewers do (as ImageOps.exif_transpose)
-_UPRIGHT = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
-            5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
-            8: Image.Transpose.ROTATE_90}
-
-
-def _upright(img: Image.Image) -> Image.Image:
-    """``img`` (read from a file) rotated/flipped as its EXIF orientation tag says viewers show it.
-    Only the tag is read: a damaged EXIF block elsewhere changes nothing."""
-    try:
-        orientation = img.getexif().get(_EXIF_ORIENTATION, 1)
-    except Exception:  # Pillow raises SyntaxError, OSError, ValueError... on a damaged EXIF block
-        return img
-    method = _UPRIGHT.get(orientation) if isinstance(orientation, int) else None
-    return img if method is None else img.transpose(method)
-
-
-def _srgb_profile():
-    from PIL import ImageCms
-
-    return ImageCms.createProfile("sRGB")
-
-
-def _to_srgb(img: Image.Image) -> Image.Image:
-    """An RGB or CMYK ``img`` with an ICC profile, in sRGB. An RGB profile that maps every colour
-    of a 6x6x6 test cube to itself within one level is taken to be sRGB, and the pixels are kept
-    as they are (LittleCMS would move some by one level); names are not trusted ("sRGB linear")."""
-    icc = img.info.get("icc_profile")
-    if not icc or img.mode not in ("RGB", "CMYK"):
-        return img
-    try:
-        from PIL import ImageCms
-    except ImportError:  # a Pillow built without LittleCMS
-        warnings.warn("Pillow lacks ImageCms (LittleCMS): the image's ICC profile is ignored", stacklevel=3)
-        return img
-    try:
-        transform = ImageCms.buildTransform(ImageCms.ImageCmsProfile(io.BytesIO(icc)), _srgb_profile(), img.mode,
-                                            "RGB")
-        if img.mode == "RGB":
-            levels = np.linspace(0, 255, 6).round().astype(np.uint8)
-            cube = np.stack(np.meshgrid(levels, levels, levels, indexing="ij"), -1).reshape(36, 6, 3)
-            moved = np.asarray(ImageCms.applyTransform(Image.fromarray(cube), transform)).astype(np.int16) - cube
-            if np.abs(moved).max() <= 1:
-                return img
-        return ImageCms.applyTransform(img, transform)
-    except (ImageCms.PyCMSError, OSError, ValueError):  # a damaged or unusable profile: the pixels as stored
-        return img
-
-
 def _array_from_pil(img: Image.Image):
     """(H x W x 3 uint8 array, channels, bit depth) following the channel and orientation policy of
     the module docstring."""
@@ -463,13 +407,7 @@ def _array_from_numpy(a: np.ndarray, what="array"):
 def to_rgb_array(image):
     """``(H x W x 3 uint8 array, original channels, original bit depth)`` of any supported input."""
     if isinstance(image, (str, Path)):
-        path = Path(image)
-        try:
-            with Image.open(path) as img:
-                img.load()
-                return _array_from_pil(_upright(img))
-        except (Image.UnidentifiedImageError, Image.DecompressionBombError) as e:
-            raise ValueError(f"{path}: not an image fastae can read ({e})") from None
+        return _array_from_pil(open_image(image))
     if isinstance(image, Image.Image):
         if image.width < 1 or image.height < 1:
             raise ValueError(f"expected an image of at least 1 x 1 pixels, got {image.width} x {image.height}")

@@ -1,5 +1,8 @@
-"""Datasets for the autoencoders: MNIST in IDX files and folders of images.
+"""Data: the one image reader (which files of a folder are images, their pixels as viewers show
+them), MNIST in IDX files, and datasets for the autoencoders.
 
+    paths = list_images("../shared/data/kodak")                # sorted image files
+    rgb = read_rgb(paths[0])                                   # uint8 [H, W, 3], EXIF-upright, sRGB
     x, labels = load_dataset("../shared/data/mnist")          # float32 [10000, 1, 28, 28] in [0, 1], int64 [10000]
     x, _ = load_dataset("../shared/data/kodak", size=256)      # float32 [24, 3, 256, 256], labels None
     train_idx, val_idx = train_val_split(len(x))
@@ -11,10 +14,12 @@ from typing import Optional, Union
 
 from torch import Tensor
 
-from fastae.data.images import NoImagesError, load_image_folder
+from fastae.data.images import (IMAGE_EXTENSIONS, NoImagesError, list_images, load_image_folder, open_image, read_rgb,
+                                walk)
 from fastae.data.mnist import has_mnist_files, load_mnist, read_idx, train_val_split
 
-__all__ = ["load_dataset", "load_image_folder", "load_mnist", "read_idx", "train_val_split", "NoImagesError"]
+__all__ = ["IMAGE_EXTENSIONS", "NoImagesError", "list_images", "load_dataset", "load_image_folder", "load_mnist",
+           "open_image", "read_idx", "read_rgb", "train_val_split"]
 
 _EXPECTED = "expected MNIST IDX files (train-images-idx3-ubyte[.gz] or t10k-…) or a folder of images"
 
@@ -54,7 +59,7 @@ def load_dataset(path: Union[str, os.PathLike, tuple], size=None,
     try:
         images = load_image_folder(path, size=size, channels=channels)
     except NoImagesError:
-        files = sorted(p.name for p in path.rglob("*") if p.is_file())
+        files = [(rel / name).as_posix() for rel, names, _ in walk(path) for name in names]
         found = "an empty folder"
         if files:
             found = f"{len(files)} files, none an image: {', '.join(files[:10])}{', …' if len(files) > 10 else ''}"

@@ -24,36 +24,32 @@ import numpy as np
 import torch
 from PIL import Image
 
-from fastae._device import resolve_device
-from fastae._io import atomic_path, read_json, read_safetensors, read_training_state, safetensors_metadata, write_text
-from fastae.codec.folder import IMAGE_EXTENSIONS
+from fastae._device import autocast_dtype, resolve_device
+from fastae._io import read_json, read_safetensors, safetensors_metadata
+from fastae.data.images import list_images, read_rgb
 from fastae.models.codec import CODEC_MODELS, LAMBDAS, ImageCodec, build_codec
-from fastae.train.checkpoint import CONFIG, STATE, WEIGHTS, write_config, write_weights
-
-HISTORY = "history.json"
+from fastae.train.checkpoint import CODEC, CONFIG, STATE, WEIGHTS, resume_checkpoint, save_checkpoint
 
 
 def load_photos(folder, downscale: int = 2, min_side: int = 64):
-    """Every image Pillow reads under ``folder``, RGB, shrunk by ``downscale`` (Lanczos): a list
-    of uint8 tensors [3, H, W]. Downscaling by 2 removes most camera noise and demosaicing artefacts."""
+    """Every image file under ``folder`` (``fastae.data.list_images``, read by ``read_rgb``: upright,
+    sRGB), shrunk by ``downscale`` (Lanczos): a list of uint8 tensors [3, H, W]. Downscaling by 2
+    removes most camera noise and demosaicing artefacts."""
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"training data folder {folder} does not exist")
     photos, unreadable, small = [], [], []
-    for path in sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith(".")):
+    for path in list_images(folder):
         try:
-            with Image.open(path) as img:
-                img = img.convert("RGB")
-                if downscale > 1:
-                    img = img.resize((max(img.width // downscale, 1), max(img.height // downscale, 1)),
-                                     Image.Resampling.LANCZOS)
-                arr = np.asarray(img)
-        except (OSError, ValueError):  # not an image, truncated, a decompression bomb
-            if path.suffix.lower() in IMAGE_EXTENSIONS:  # a damaged image is worth a word; a readme is not
-                unreadable.append(path.name)
+            img = Image.fromarray(read_rgb(path))
+        except (OSError, ValueError):  # truncated, not really an image, a decompression bomb
+            unreadable.append(path.name)
             continue
-        if min(arr.shape[:2]) >= min_side:
-            photos.append(torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous())
+        if downscale > 1:
+            img = img.resize((max(img.width // downscale, 1), max(img.height // downscale, 1)),
+                             Image.Resampling.LANCZOS)
+        if min(img.size) >= min_side:
+            photos.append(torch.from_numpy(np.array(img)).permute(2, 0, 1).contiguous())
         else:
             small.append(path.name)
     if not photos:
@@ -92,42 +88,9 @@ def random_crops(photos, n: int, size: int, generator: torch.Generator) -> torch
     return out
 
 
-def _cpu_has_bf16() -> bool:
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
-
-
 def _lr_at(step: int, steps: int, lr: float) -> float:
     """Constant, then a tenth for the last 10% of the steps."""
     return lr if step < int(0.9 * steps) else lr / 10
-
-
-def save_codec_checkpoint(out: Path, model: ImageCodec, step: int, optimizer=None, generator=None, history=None):
-    write_weights(out, model, "image_codec")
-    if optimizer is not None:
-        with atomic_path(out / STATE) as tmp:
-            torch.save({"step": step, "optimizer": optimizer.state_dict(), "generator": generator.get_state(),
-                        "torch_rng": torch.get_rng_state(),
-                        "hyper_input": getattr(model, "hyper_input", None)}, tmp)
-    if history is not None:
-        write_text(out / HISTORY, json.dumps(history) + "\n")
-    write_config(out, "image_codec", model.config, step=step)
-
-
-def load_codec_checkpoint(folder, device="cpu") -> ImageCodec:
-    """The ImageCodec saved in ``folder`` by train_codec."""
-    folder = Path(folder)
-    if not (folder / CONFIG).is_file():
-        raise FileNotFoundError(f"no codec checkpoint in {folder}: {CONFIG} is missing")
-    config = read_json(folder / CONFIG)
-    if not isinstance(config, dict) or config.get("model") != "image_codec":
-        raise ValueError(f"{folder} holds a {config.get('model') if isinstance(config, dict) else config!r} "
-                         f"checkpoint, not an image codec")
-    model = build_codec(config["config"])
-    model.load_state_dict(read_safetensors(folder / WEIGHTS))
-    return model.to(device)
 
 
 def _read_init(init):
@@ -195,6 +158,7 @@ def train_codec(data, out, steps: int = 20000, batch_size: int = 8, crop: int = 
     ``hyper_input`` ("noise" or "rounded"): what a hyperprior's hyper-synthesis reads in training
     (``HyperpriorCodec.hyper_input``). ``widths``: the transforms' channels at 1/2, 1/4 and 1/8 of
     the image size (default N at each). ``init`` of a narrower model of the same kind widens it.
+    ``amp``: True (bf16 autocast on a GPU and on a CPU that computes bf16 natively), False or "bf16".
     Returns the history: a list of {"step", "quality", "loss", "bpp", "psnr"} averaged over
     ``checkpoint_every`` steps per quality.
     """
@@ -225,6 +189,10 @@ def train_codec(data, out, steps: int = 20000, batch_size: int = 8, crop: int = 
         raise ValueError(f"train_codec: time_limit must be a number of seconds >= 0, got {time_limit!r}")
     end = steps if stop_at is None else stop_at
     device = resolve_device(device, "train_codec: device")
+    # bf16 autocast on a GPU, and on a CPU with native bf16; the entropy models stay fp32 (ImageCodec.forward).
+    amp_dtype = autocast_dtype(amp, device, cpu=True)
+    if amp_dtype == torch.float16:
+        raise ValueError("train_codec: amp='fp16' is not supported (no gradient scaler); use True, 'bf16' or False")
     out = Path(out)
     if resume and not (out / STATE).exists():
         raise FileNotFoundError(f"resume=True (--resume) but there is no checkpoint to resume in {out} "
@@ -249,26 +217,14 @@ def train_codec(data, out, steps: int = 20000, batch_size: int = 8, crop: int = 
                                   {"params": fast, "lr": lr * 10, "scale": 10.0}], lr=lr)
     start, history = 0, []
     if resume:
-        saved = read_json(out / CONFIG)
-        if saved["config"] != model.config:
-            raise ValueError(f"checkpoint {out} was written with config {saved['config']}, not {model.config}")
-        model.load_state_dict(read_safetensors(out / WEIGHTS))
-        state = read_training_state(out / STATE)
-        if state.get("hyper_input", hyper_input) not in (hyper_input, None):  # checkpoints before it have none
-            raise ValueError(f"checkpoint {out} was trained with hyper_input={state['hyper_input']!r}; resume it "
-                             f"with the same (--hyper-input {state['hyper_input']}), not {hyper_input!r}")
-        optimizer.load_state_dict(state["optimizer"])
-        generator.set_state(state["generator"])
-        torch.set_rng_state(state["torch_rng"])
-        start = state["step"]
-        if (out / HISTORY).exists():
-            history = read_json(out / HISTORY)
-    elif (out / WEIGHTS).exists() and not resume:
+        start, history, extra = resume_checkpoint(out, model, {"codec": optimizer}, generator, unit="step", name=CODEC)
+        saved = extra.get("hyper_input")
+        if saved not in (hyper_input, None):  # checkpoints before it have none
+            raise ValueError(f"checkpoint {out} was trained with hyper_input={saved!r}; resume it "
+                             f"with the same (--hyper-input {saved}), not {hyper_input!r}")
+    elif (out / WEIGHTS).exists():
         raise FileExistsError(f"{out} already holds a checkpoint; pass resume=True (--resume) to continue it "
                               f"or choose another folder")
-    # bf16 autocast on a GPU, and on a CPU with native bf16 (AVX512-BF16/AMX: ~1.7x faster steps
-    # measured on this project's Zen 4 machine); the entropy models stay fp32 (ImageCodec.forward).
-    use_amp = amp and (device.type == "cuda" or (device.type == "cpu" and _cpu_has_bf16()))
     rd_loss = model.rd_loss
     if compile:
         # The quality picks its prior and gains by a Python int: one graph each, so allow as many.
@@ -287,7 +243,7 @@ def train_codec(data, out, steps: int = 20000, batch_size: int = 8, crop: int = 
         for group in optimizer.param_groups:
             group["lr"] = _lr_at(step, steps, lr) * group["scale"]
         x = random_crops(photos, batch_size, crop, generator).to(device, non_blocking=True)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             terms = rd_loss(x, quality)
         loss = terms["loss"]
         if not torch.isfinite(loss):
@@ -310,7 +266,8 @@ def train_codec(data, out, steps: int = 20000, batch_size: int = 8, crop: int = 
             for q, (n, l, b, p) in sorted(sums.items()):
                 history.append({"step": done, "quality": q, "loss": l / n, "bpp": b / n, "psnr": p / n})
             sums = {}
-            save_codec_checkpoint(out, model, done, optimizer, generator, history)
+            save_checkpoint(out, model, done, {"codec": optimizer}, history, unit="step", name=CODEC,
+                            generator=generator, extra={"hyper_input": getattr(model, "hyper_input", None)})
             if time_limit is not None and time.monotonic() - began > time_limit and done < end:
                 break
     bar.close()

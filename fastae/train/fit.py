@@ -10,9 +10,8 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, TensorDataset
 
-from fastae._device import resolve_device
-from fastae._io import write_text
-from fastae.train.checkpoint import STATE, WEIGHTS, load_training_state, save_checkpoint
+from fastae._device import autocast_dtype, resolve_device
+from fastae.train.checkpoint import STATE, WEIGHTS, resume_checkpoint, save_checkpoint
 
 OPTIMIZERS = ("sgd", "momentum", "rmsprop", "adam", "adamw")
 
@@ -34,18 +33,6 @@ def make_optimizer(name, params, lr, weight_decay=0.0, momentum=0.9):
 
 def _device(device):
     return resolve_device(device, "device")
-
-
-def _amp_dtype(amp, device):
-    """bf16 autocast on a GPU that has it when amp="auto"; never on the CPU unless asked."""
-    if amp in (False, None, "off"):
-        return None
-    if amp == "auto":
-        return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else None
-    dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16, True: torch.bfloat16}
-    if amp not in dtypes:
-        raise ValueError(f"amp must be 'auto', 'off', 'bf16' or 'fp16', got {amp!r}")
-    return dtypes[amp]
 
 
 def _dataset(data, name):
@@ -91,8 +78,8 @@ def fit(model, train, val=None, epochs=50, batch_size=256, optimizer="adam", lr=
         optimizer: sgd, momentum, rmsprop, adam or adamw (one per model phase, e.g. the AAE's
             reconstruction, discriminator and generator phases); weight_decay is L2.
         amp: "auto" (bf16 autocast on a GPU, off on the CPU), "bf16", "fp16" or "off".
-        out: folder for the checkpoint (model.safetensors, config.json, training_state.pt) and
-            history.json, rewritten atomically after every epoch.
+        out: folder for the checkpoint (model.safetensors, config.json, training_state.pt,
+            history.json: fastae.train.checkpoint), rewritten atomically after every epoch.
         resume: continue from the checkpoint in ``out`` (same model and config) instead of epoch 0.
 
     Returns:
@@ -123,8 +110,8 @@ def fit(model, train, val=None, epochs=50, batch_size=256, optimizer="adam", lr=
     if resume:
         if out is None or not (Path(out) / STATE).exists():
             raise FileNotFoundError(f"resume=True but there is no checkpoint to resume in {out}")
-        start, history = load_training_state(out, model, optimizers)
-    amp_dtype = _amp_dtype(amp, device)
+        start, history, _ = resume_checkpoint(out, model, optimizers)
+    amp_dtype = autocast_dtype(amp, device)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
 
     train_set = _dataset(train, "train")
@@ -178,7 +165,6 @@ def fit(model, train, val=None, epochs=50, batch_size=256, optimizer="adam", lr=
             history.setdefault(k, []).append(v)
         if out is not None and rank == 0:
             save_checkpoint(out, model, epoch + 1, optimizers, history)
-            write_text(Path(out) / "history.json", _json(history))
     return history
 
 
@@ -215,10 +201,3 @@ def _progress(loader, desc, enabled):
     from tqdm.auto import tqdm
 
     return tqdm(loader, desc=desc, leave=False, dynamic_ncols=True)
-
-
-def _json(history):
-    import json
-
-    return json.dumps({k: [None if isinstance(v, float) and not math.isfinite(v) else v for v in vs]
-                       for k, vs in history.items()}, indent=1) + "\n"
