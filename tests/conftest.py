@@ -6,3 +6,7 @@ import torch
 # when its kernels are defined, so it must be set before fastae.kernels is imported.
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: trains or runs for more than a few seconds (deselect with -m 'not slow')")
