@@ -45,7 +45,7 @@ def main(argv=None):
     refine.SEARCH_STEPS, refine.SEARCH_LR = args.steps, args.lr
     for q in args.qualities:
         plain = fastae.load_codec(quality=q, weights=args.weights, side_search=False)
-        if plain._loaded.h_s64 is None:
+        if plain.model.kind == "factorized":
             parser.error("a factorized model has no hyper-latents to search")
         searching = fastae.load_codec(quality=q, weights=args.weights)
         totals = {"off": [0, 0.0, 0.0], "on": [0, 0.0, 0.0]}  # bytes, sum of PSNR, seconds

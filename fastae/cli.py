@@ -64,7 +64,7 @@ def cmd_info(args):
 
 def _describe_codecs() -> str:
     """The codec models shipped in the package (from their files; nothing is loaded)."""
-    from fastae.codec.image import WEIGHTS_DIR, shipped_models
+    from fastae.codec.model_file import WEIGHTS_DIR, shipped_models
 
     models = shipped_models()
     if not models:
@@ -94,7 +94,7 @@ def _load_data(args):
 
 
 def cmd_train_codec(args):
-    from fastae.codec.image import export_codec
+    from fastae.codec.model_file import export_codec
     from fastae.codec.format import check_model_id
     from fastae.models.codec import LAMBDAS
     from fastae.train.codec import load_codec_checkpoint, train_codec
@@ -272,7 +272,7 @@ def cmd_anomaly(args):
 def _codec_factory(args):
     import functools
 
-    from fastae.codec.image import load_codec
+    from fastae.codec.api import load_codec
 
     device = resolve_device(args.device, "--device")
     factory = functools.partial(load_codec, quality=getattr(args, "quality", None), model=args.model, device=device,

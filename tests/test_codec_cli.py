@@ -32,7 +32,7 @@ def trained(tmp_path_factory):
 @needs_data
 def test_train_codec_writes_a_codec_file(trained, capsys):
     assert trained.exists()
-    from fastae.codec.image import load_codec
+    from fastae.codec.api import load_codec
 
     codec = load_codec(quality=2, weights=trained)
     assert codec.model_id == "tiny-cli" and codec.model.qualities == 2
@@ -45,7 +45,7 @@ def test_train_codec_writes_a_codec_file(trained, capsys):
 
 @needs_data
 def test_train_hyperprior_codec_from_a_factorized_one(trained, tmp_path):
-    from fastae.codec.image import load_codec
+    from fastae.codec.api import load_codec
 
     out = tmp_path / "hp"
     args = ["train", "codec", "--data", str(PHOTOS), "--out", str(out), "--steps", "2", "--crop", "64",
@@ -94,7 +94,7 @@ def test_compress_decompress_folder(trained, tmp_path, capsys):
     assert cli.main(["decompress", str(dst), str(back), *base]) == 0
     with Image.open(back / "sub" / "kodim02.png") as img:
         assert img.size == (64, 40) and img.mode == "RGB"
-    from fastae.codec.image import load_codec
+    from fastae.codec.api import load_codec
 
     codec = load_codec(quality=1, weights=trained)
     with Image.open(back / "kodim01.png") as img:
@@ -110,7 +110,7 @@ def test_compress_rejects_bad_arguments(trained, tmp_path, capsys):
                      "--quality", "9"]) == 2
     assert "quality must be an integer in 1..2" in capsys.readouterr().err
     # without --quality a model of fewer than 4 qualities codes at its highest
-    from fastae.codec.image import load_codec
+    from fastae.codec.api import load_codec
 
     (tmp_path / "one").mkdir()
     with Image.open(KODAK / "kodim03.png") as img:
@@ -130,7 +130,7 @@ def test_compress_refine(trained, tmp_path, capsys):
     """--refine reaches the encoder: the files are those of load_codec(refine=...), and decompress
     (which takes no --refine) reads them back to the refining codec's reconstruction. 20 steps:
     on this 4-step model 3 found nothing better than the analysis' own latents (same file)."""
-    from fastae.codec.image import load_codec
+    from fastae.codec.api import load_codec
 
     src, dst, back = tmp_path / "src", tmp_path / "dst", tmp_path / "back"
     _tree(src)
@@ -262,7 +262,7 @@ def test_compress_no_side_search(tmp_path):
     """--no-side-search reaches the encoder: on the shipped model at quality 1, kodim20's smooth sky
     is a crop where the search runs (tests/test_codec.py), and the two files are those of
     load_codec(side_search=True / False)."""
-    from fastae.codec.image import load_codec
+    from fastae.codec.api import load_codec
 
     src = tmp_path / "src"
     src.mkdir()

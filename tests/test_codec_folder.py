@@ -373,11 +373,12 @@ def test_existing_files_of_another_quality_or_damaged_are_not_skipped(tmp_path):
 
     import torch
 
-    from fastae.codec.image import export_codec, load_codec
-    from fastae.models.codec import ImageCodec
+    from fastae.codec.api import load_codec
+    from fastae.codec.model_file import export_codec
+    from fastae.models.codec import FactorizedCodec
 
     torch.manual_seed(0)
-    weights = export_codec(ImageCodec(N=8, M=8, lambdas=(0.01, 0.1)), tmp_path / "tiny.safetensors", model_id="tiny")
+    weights = export_codec(FactorizedCodec(N=8, M=8, lambdas=(0.01, 0.1)), tmp_path / "tiny.safetensors", model_id="tiny")
     src, dst = tmp_path / "src", tmp_path / "dst"
     src.mkdir()
     rng = np.random.default_rng(0)

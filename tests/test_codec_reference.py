@@ -23,8 +23,8 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-import fastae
-from fastae.codec.image import WEIGHTS_DIR, export_codec, load_codec
+from fastae.codec.api import load_codec
+from fastae.codec.model_file import WEIGHTS_DIR, export_codec
 from fastae.models.codec import build_codec
 
 DATA = Path(__file__).parent / "data" / "codec"

@@ -45,7 +45,9 @@ def _folder_images(folder, n, height, width):
 def _load_bench_codec(device, weights, notes):
     """The codec to measure: ``weights`` if given, else the shipped default model; None (with a
     note) when there is none."""
-    from fastae.codec.image import DEFAULT_MODEL, load_codec, shipped_models
+    from fastae.codec import DEFAULT_MODEL
+    from fastae.codec.api import load_codec
+    from fastae.codec.model_file import shipped_models
 
     if weights is None:
         if DEFAULT_MODEL not in shipped_models():

@@ -27,7 +27,7 @@ from PIL import Image
 from fastae._device import resolve_device
 from fastae._io import atomic_path, read_json, read_safetensors, read_training_state, safetensors_metadata, write_text
 from fastae.codec.folder import IMAGE_EXTENSIONS
-from fastae.models.codec import CODEC_MODELS, LAMBDAS, ImageCodec, build_codec
+from fastae.models.codec import CODEC_MODELS, LAMBDAS, CodecModel, build_codec
 from fastae.train.checkpoint import CONFIG, STATE, WEIGHTS, write_config, write_weights
 
 HISTORY = "history.json"
@@ -104,7 +104,7 @@ def _lr_at(step: int, steps: int, lr: float) -> float:
     return lr if step < int(0.9 * steps) else lr / 10
 
 
-def save_codec_checkpoint(out: Path, model: ImageCodec, step: int, optimizer=None, generator=None, history=None):
+def save_codec_checkpoint(out: Path, model: CodecModel, step: int, optimizer=None, generator=None, history=None):
     write_weights(out, model, "image_codec")
     if optimizer is not None:
         with atomic_path(out / STATE) as tmp:
@@ -116,8 +116,8 @@ def save_codec_checkpoint(out: Path, model: ImageCodec, step: int, optimizer=Non
     write_config(out, "image_codec", model.config, step=step)
 
 
-def load_codec_checkpoint(folder, device="cpu") -> ImageCodec:
-    """The ImageCodec saved in ``folder`` by train_codec."""
+def load_codec_checkpoint(folder, device="cpu") -> CodecModel:
+    """The codec model saved in ``folder`` by train_codec."""
     folder = Path(folder)
     if not (folder / CONFIG).is_file():
         raise FileNotFoundError(f"no codec checkpoint in {folder}: {CONFIG} is missing")
@@ -146,7 +146,7 @@ def _read_init(init):
     return config, path, {k[len("model."):]: v.float() for k, v in tensors.items() if k.startswith("model.")}
 
 
-def _warm_start(model: ImageCodec, init) -> list:
+def _warm_start(model: CodecModel, init) -> list:
     """Start ``model`` from the checkpoint folder or codec file ``init``; the names taken from it.
 
     A model of the same kind that is nowhere wider than ``model`` (and whose qualities begin
@@ -184,7 +184,7 @@ def train_codec(data, out, steps: int = 20000, batch_size: int = 8, crop: int = 
                 checkpoint_every: int = 250, resume: bool = False, amp: bool = True, progress: bool = True,
                 time_limit: float = None, kind: str = "factorized", init=None, compile: bool = False,
                 stop_at: int = None, hyper_input: str = "noise", widths=None):
-    """Train an ImageCodec on random crops of the photos in ``data``; checkpoints in ``out``.
+    """Train a codec model of ``kind`` on random crops of the photos in ``data``; checkpoints in ``out``.
 
     ``time_limit`` (seconds) stops early after a checkpoint (resume later with ``resume=True``);
     ``stop_at`` stops after that step (with a checkpoint) while the learning rate still follows
@@ -267,7 +267,7 @@ def train_codec(data, out, steps: int = 20000, batch_size: int = 8, crop: int = 
         raise FileExistsError(f"{out} already holds a checkpoint; pass resume=True (--resume) to continue it "
                               f"or choose another folder")
     # bf16 autocast on a GPU, and on a CPU with native bf16 (AVX512-BF16/AMX: ~1.7x faster steps
-    # measured on this project's Zen 4 machine); the entropy models stay fp32 (ImageCodec.forward).
+    # measured on this project's Zen 4 machine); the entropy models stay fp32 (FactorizedCodec.forward).
     use_amp = amp and (device.type == "cuda" or (device.type == "cpu" and _cpu_has_bf16()))
     rd_loss = model.rd_loss
     if compile:
