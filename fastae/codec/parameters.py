@@ -9,7 +9,7 @@ neighbouring table with a probability of about e / 0.12 — for float32's ~1e-6 
 every Kodak image (250k latents), for float64's ~1e-15 practically never. Measured on the 24
 Kodak images at quality 8: float32 picks another table than float64 for 17 of 5,898,240 latents
 with fastae-checkerboard-v4 (31 with fastae-checkerboard-v2, 28 with fastae-hyperprior-v4's ``h_s``;
-``python bench/codec_speed.py --data ../shared/data/kodak --table-flips``).
+``python experiments/codec_speed.py --data ../shared/data/kodak --table-flips``).
 
 This module is the one place that decides it: ``entropy_parameters`` builds, when a model is
 loaded, what the stream layouts (fastae.codec.layouts) call to predict the means and scales.
