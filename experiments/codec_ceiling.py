@@ -12,10 +12,9 @@ import argparse
 
 import numpy as np
 import torch
-from PIL import Image
 
 import fastae
-from fastae.codec.folder import image_files
+from fastae.data import list_images, read_rgb
 
 
 def main(argv=None):
@@ -26,13 +25,12 @@ def main(argv=None):
     args = parser.parse_args(argv)
     codec = fastae.load_codec(quality=1, weights=args.weights)
     model = codec.model
-    paths = image_files(args.data)
+    paths = list_images(args.data)
     if not paths:
         parser.error(f"no images in {args.data}")
     psnr = {q: ([], []) for q in args.qualities}
     for path in paths:
-        with Image.open(path) as img:
-            x = torch.from_numpy(np.asarray(img.convert("RGB")).copy()).permute(2, 0, 1)[None].float() / 255
+        x = torch.from_numpy(read_rgb(path)).permute(2, 0, 1)[None].float() / 255
         h, w = x.shape[-2:]
         xp = codec._pad(x)  # edge-replicated to the model's stride, as compress does
         with torch.no_grad():

@@ -18,7 +18,7 @@ from pathlib import Path
 _CHILD = r"""
 import json, resource, sys, time
 import numpy as np
-from PIL import Image
+from fastae.data import read_rgb
 import fastae
 
 step, image, size, quality, path, weights = sys.argv[1:7]
@@ -26,8 +26,7 @@ size, quality = int(size), int(quality)
 peak = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 codec = fastae.load_codec(quality=quality, weights=weights or None)
 if step == "compress":
-    with Image.open(image) as img:
-        tile = np.asarray(img.convert("RGB"))
+    tile = read_rgb(image)
     rgb = np.tile(tile, (size // tile.shape[0] + 1, size // tile.shape[1] + 1, 1))[:size, :size].copy()
 base = peak()
 t = time.perf_counter()

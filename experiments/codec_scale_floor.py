@@ -11,22 +11,22 @@ own hyper-latents (side_search=False), so that the floor alone moves the bytes.
 """
 
 import argparse
-import dataclasses
+import copy
 
 import numpy as np
-from PIL import Image
 
 import fastae
-from fastae.codec.folder import image_files
+from fastae.data import list_images, read_rgb
 
 
 def floored(codec, k: int):
     """``codec`` set to code with table k where its thresholds would choose a smaller one (on a
-    copy of its loaded model record: codecs of the same file share the cached one)."""
-    cdfs, offsets, sizes, scales, thresholds = codec._loaded.gaussian
-    thresholds = thresholds.clone()
+    copy of its layout and Gaussian: codecs of the same file share the cached model)."""
+    codec.layout = copy.copy(codec.layout)
+    codec.layout.gaussian = gaussian = copy.deepcopy(codec.layout.gaussian)
+    thresholds = gaussian.tables["thresholds"].clone()
     thresholds[:k] = -float(np.finfo(np.float64).max)
-    codec._loaded = dataclasses.replace(codec._loaded, gaussian=(cdfs, offsets, sizes, scales, thresholds))
+    gaussian.load_tables({**gaussian.tables, "thresholds": thresholds})
     return codec
 
 
@@ -37,21 +37,20 @@ def main(argv=None):
     parser.add_argument("--qualities", type=int, nargs="+", default=[1, 4])
     parser.add_argument("--floors", type=int, nargs="+", default=[0, 1, 2, 3, 4, 6, 8])
     args = parser.parse_args(argv)
-    paths = image_files(args.data)
+    paths = list_images(args.data)
     if not paths:
         parser.error(f"no images in {args.data}")
     images = []
     for path in paths:
-        with Image.open(path) as img:
-            images.append(np.asarray(img.convert("RGB")))
+        images.append(read_rgb(path))
     for q in args.qualities:
         cells = []
         for k in args.floors:
             codec = fastae.load_codec(quality=q, weights=args.weights, side_search=False)
-            if codec._loaded.gaussian is None:
+            if codec.model.kind == "factorized":
                 parser.error("a factorized model has no Gaussian tables")
             floored(codec, k)
-            scale = float(codec._loaded.gaussian[3][k])
+            scale = float(codec.layout.gaussian.tables["scales"][k])
             cells.append(f"floor {k} (scale {scale:.3f}): {sum(len(codec.compress(x)) for x in images)} B")
         print(f"quality {q}: " + ", ".join(cells) + f" ({len(images)} images)")
 

@@ -14,13 +14,11 @@ choose them on training photos, never on the evaluation images.
 import argparse
 import time
 
-import numpy as np
-from PIL import Image
 
 import fastae
 import fastae.codec.refine as refine
 from fastae.codec.eval import psnr
-from fastae.codec.folder import image_files
+from fastae.data import list_images, read_rgb
 
 
 def main(argv=None):
@@ -34,18 +32,17 @@ def main(argv=None):
     parser.add_argument("--lr", type=float, default=refine.SEARCH_LR)
     parser.add_argument("--per-image", action="store_true", help="a line for every image the search changed")
     args = parser.parse_args(argv)
-    paths = image_files(args.data)
+    paths = list_images(args.data)
     if not paths:
         parser.error(f"no images in {args.data}")
     images = {}
     for path in paths:
-        with Image.open(path) as img:
-            images[path.name] = np.asarray(img.convert("RGB"))
+        images[path.name] = read_rgb(path)
     refine.SEARCH_SHARE, refine.OUTLIER_BITS = args.share, args.outlier_bits
     refine.SEARCH_STEPS, refine.SEARCH_LR = args.steps, args.lr
     for q in args.qualities:
         plain = fastae.load_codec(quality=q, weights=args.weights, side_search=False)
-        if plain._loaded.h_s64 is None:
+        if plain.model.kind == "factorized":
             parser.error("a factorized model has no hyper-latents to search")
         searching = fastae.load_codec(quality=q, weights=args.weights)
         totals = {"off": [0, 0.0, 0.0], "on": [0, 0.0, 0.0]}  # bytes, sum of PSNR, seconds

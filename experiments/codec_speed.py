@@ -5,7 +5,7 @@ The median over the first --images images of a folder, per quality, with the thr
 compress with encoder-side refinement beside the plain one. --table-flips counts, over the whole
 folder at the highest quality asked for, the latents whose Gaussian table float32 entropy
 parameters would choose differently from the float64 ones the codec uses (why ``h_s`` and the
-context run in float64: fastae/codec/image.py). --streams sums, over the whole folder and per
+context run in float64: fastae/codec/parameters.py). --streams sums, over the whole folder and per
 quality, the bytes of each part of the files: a checkerboard model's anchors (streams 0-1), the
 other latents (2-3, coded with the context), the hyper-latents (4-5).
 
@@ -17,12 +17,10 @@ import argparse
 import statistics
 import time
 
-import numpy as np
 import torch
-from PIL import Image
 
 import fastae
-from fastae.codec.folder import image_files
+from fastae.data import list_images, read_rgb
 from fastae.codec.format import unpack
 
 
@@ -42,11 +40,11 @@ def table_flips(codec, images):
         lat = codec.encode(torch.from_numpy(rgb).permute(2, 0, 1)[None])
         anchor_values = lambda means, scales: lat.values  # noqa: E731 (the latents as coded)
         with torch.no_grad():
-            _, scales64, _ = codec._entropy(lat.side, anchor_values)
-            index64 = codec._index(scales64)
+            _, scales64, _ = codec.layout.parameters(lat.side, anchor_values)
+            index64 = codec.model.gaussian.index(scales64)
             hyper = codec.model.h_s(lat.side.float().contiguous())
-            params = hyper if codec._loaded.ctx64 is None else codec.model.ctx.two_pass(hyper, anchor_values)[0]
-            index32 = codec._index(params.chunk(2, 1)[1].double())  # float32 parameters, the same thresholds
+            params = codec.model.ctx.two_pass(hyper, anchor_values)[0] if codec.model.kind == "checkerboard" else hyper
+            index32 = codec.model.gaussian.index(params.chunk(2, 1)[1].double())  # float32 parameters, the same thresholds
         flips += int((index32 != index64).sum())
         total += index64.numel()
     return flips, total
@@ -78,10 +76,10 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.images < 1:
         parser.error(f"--images must be at least 1, got {args.images}")
-    paths = image_files(args.data)
+    paths = list_images(args.data)
     if not paths:
         parser.error(f"no images in {args.data}")
-    images = [np.array(Image.open(p).convert("RGB")) for p in paths]
+    images = [read_rgb(p) for p in paths]
     timed = images[:args.images]
     threads = torch.get_num_threads()
     for quality in args.qualities:
@@ -102,7 +100,7 @@ def main(argv=None):
             print(f"{line} ({len(images)} images)")
     if args.table_flips:
         codec = fastae.load_codec(quality=max(args.qualities), weights=args.weights)
-        if codec._loaded.h_s64 is None:
+        if codec.model.kind == "factorized":
             print("table flips: a factorized model chooses no tables")
         else:
             flips, total = table_flips(codec, images)

@@ -13,11 +13,10 @@ crops, did not (the README's "Measured on Kodak").
 import argparse
 
 import numpy as np
-from PIL import Image
 
 import fastae
 from fastae.codec.eval import psnr
-from fastae.codec.folder import image_files
+from fastae.data import list_images, read_rgb
 from fastae.codec.format import unpack
 
 SIZE = 512
@@ -49,9 +48,8 @@ def main(argv=None):
     parser.add_argument("--qualities", type=int, nargs="+", default=[4, 8])
     args = parser.parse_args(argv)
     images = []
-    for path in image_files(args.data):
-        with Image.open(path) as img:
-            rgb = np.asarray(img.convert("RGB"))
+    for path in list_images(args.data):
+        rgb = read_rgb(path)
         if min(rgb.shape[:2]) >= SIZE:
             images.append(rgb[:SIZE, :SIZE])
     if not images:

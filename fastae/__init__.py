@@ -13,15 +13,12 @@ from fastae import codec, nn, ops  # noqa: E402
 from fastae.codec import CodecError  # noqa: E402
 
 
-def load_codec(quality=None, model: str = codec.DEFAULT_MODEL, device="cpu", weights=None, refine: int = 0,
-               side_search: bool = True):
-    """The pretrained image codec shipped in the package, at ``quality`` 1..8 (None: 4, or a custom
-    model's highest if it has fewer; ``refine``: steps of encoder-side latent refinement, 0 = off;
-    ``side_search``: see fastae.codec.image.load_codec); see fastae.codec."""
-    from fastae.codec.image import load_codec as _load
+def __getattr__(name):  # fastae.load_codec is fastae.codec.api.load_codec, imported when first used
+    if name == "load_codec":
+        from fastae.codec.api import load_codec
 
-    return _load(quality=quality, model=model, device=device, weights=weights, refine=refine,
-                 side_search=side_search)
+        return load_codec
+    raise AttributeError(f"module 'fastae' has no attribute {name!r}")
 
 
 __all__ = ["__version__", "CodecError", "build_info", "codec", "load_codec", "nn", "ops"]

@@ -70,7 +70,7 @@ def cmd_info(args):
 
 def _describe_codecs() -> str:
     """The codec models shipped in the package (from their files; nothing is loaded)."""
-    from fastae.codec.image import WEIGHTS_DIR, shipped_models
+    from fastae.codec.model_file import WEIGHTS_DIR, shipped_models
 
     models = shipped_models()
     if not models:
@@ -100,7 +100,7 @@ def _load_data(args):
 
 
 def cmd_train_codec(args):
-    from fastae.codec.image import export_codec
+    from fastae.codec.model_file import export_codec
     from fastae.codec.format import check_model_id
     from fastae.models.codec import LAMBDAS
     from fastae.train import load_model
@@ -279,7 +279,7 @@ def cmd_anomaly(args):
 def _codec_factory(args):
     import functools
 
-    from fastae.codec.image import load_codec
+    from fastae.codec.api import load_codec
 
     device = resolve_device(args.device, "--device")
     factory = functools.partial(load_codec, quality=getattr(args, "quality", None), model=args.model, device=device,

@@ -52,9 +52,9 @@ def test_a_row_has_every_field_of_the_schema():
 
 
 def test_codec_suite_without_a_shipped_model_still_measures_the_entropy_coder(tmp_path, monkeypatch):
-    from fastae.codec import image
+    from fastae.codec import model_file
 
-    monkeypatch.setattr(image, "WEIGHTS_DIR", tmp_path)  # an install whose weights/ folder is empty
+    monkeypatch.setattr(model_file, "WEIGHTS_DIR", tmp_path)  # an install whose weights/ folder is empty
     notes = Notes()
     cases = build_cases(["codec"], "cpu", quick=True, notes=notes)
     assert [c.name for c in cases] == ["entropy coder encode 160x1536 symbols", "entropy coder decode 160x1536 symbols",
@@ -73,7 +73,7 @@ def test_codec_suite_without_a_shipped_model_still_measures_the_entropy_coder(tm
 
 @pytest.mark.parametrize("kind", ["factorized", "hyperprior"])
 def test_codec_suite_with_a_codec_file(tmp_path, kind):
-    from fastae.codec.image import export_codec
+    from fastae.codec.model_file import export_codec
     from fastae.models.codec import CODEC_MODELS
 
     model = CODEC_MODELS[kind](N=8, M=8, lambdas=(0.01, 0.1))

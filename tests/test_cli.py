@@ -22,7 +22,7 @@ def test_info_names_versions_build_and_backends(capsys):
     assert f"fastae     {fastae.__version__}" in out and torch.__version__ in out
     for name, (ok, reason) in fastae.ops.available_backends().items():
         assert f"{name:<7}{'yes' if ok else 'no':<5}{reason}" in out
-    from fastae.codec.image import shipped_models
+    from fastae.codec.model_file import shipped_models
 
     codec_line = next(line for line in out.splitlines() if line.startswith("codec "))
     assert all(m in codec_line for m in shipped_models())

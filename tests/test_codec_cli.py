@@ -11,45 +11,54 @@ from PIL import Image
 import fastae
 from fastae import cli
 from fastae.codec import read_header
-from tests._util import KODAK, PHOTOS
+from tests._codec import DATA, photo
 
-needs_data = pytest.mark.skipif(not (KODAK.exists() and PHOTOS.exists()), reason="../shared/data is not here")
+
+def _save(rgb, path):
+    Image.fromarray(rgb).save(path)
+    return path
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
+def photos(tmp_path_factory):
+    """Training photos of at least 64 x 64 (the fixture crops of tests/data/codec, tiled)."""
+    root = tmp_path_factory.mktemp("photos")
+    for i in range(2):
+        _save(np.rot90(photo((96, 152)), 2 * i).copy(), root / f"p{i}.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, photos):
     """`fastae train codec` with tiny settings: a few steps, so the CLI is tested, not the model."""
-    if not PHOTOS.exists():
-        pytest.skip("../shared/data/photos-train is not here")
     out = tmp_path_factory.mktemp("codec-run")
-    args = ["train", "codec", "--data", str(PHOTOS), "--out", str(out), "--steps", "4", "--crop", "32",
-            "--batch-size", "2", "--channels", "8", "--latent", "8", "--lmbda", "0.01", "0.1", "--downscale", "8",
+    args = ["train", "codec", "--data", str(photos), "--out", str(out), "--steps", "4", "--crop", "32",
+            "--batch-size", "2", "--channels", "8", "--latent", "8", "--lmbda", "0.01", "0.1", "--downscale", "1",
             "--model-id", "tiny-cli"]
     assert cli.main(args) == 0
     return out / "codec.safetensors"
 
 
-@needs_data
-def test_train_codec_writes_a_codec_file(trained, capsys):
+def test_train_codec_writes_a_codec_file(trained, photos, capsys):
     assert trained.exists()
-    from fastae.codec.image import load_codec
+    from fastae.codec.api import load_codec
 
     codec = load_codec(quality=2, weights=trained)
     assert codec.model_id == "tiny-cli" and codec.model.qualities == 2
     # A second run into the same folder without --resume refuses instead of overwriting.
-    args = ["train", "codec", "--data", str(PHOTOS), "--out", str(trained.parent), "--steps", "4", "--crop", "32",
-            "--channels", "8", "--latent", "8", "--lmbda", "0.01", "0.1", "--downscale", "8"]
+    args = ["train", "codec", "--data", str(photos), "--out", str(trained.parent), "--steps", "4", "--crop", "32",
+            "--channels", "8", "--latent", "8", "--lmbda", "0.01", "0.1", "--downscale", "1"]
     assert cli.main(args) == 2
     assert "already holds a checkpoint" in capsys.readouterr().err
 
 
-@needs_data
-def test_train_hyperprior_codec_from_a_factorized_one(trained, tmp_path):
-    from fastae.codec.image import load_codec
+@pytest.mark.slow
+def test_train_hyperprior_codec_from_a_factorized_one(trained, photos, tmp_path):
+    from fastae.codec.api import load_codec
 
     out = tmp_path / "hp"
-    args = ["train", "codec", "--data", str(PHOTOS), "--out", str(out), "--steps", "2", "--crop", "64",
-            "--batch-size", "1", "--channels", "8", "--latent", "8", "--lmbda", "0.01", "0.1", "--downscale", "8",
+    args = ["train", "codec", "--data", str(photos), "--out", str(out), "--steps", "2", "--crop", "64",
+            "--batch-size", "1", "--channels", "8", "--latent", "8", "--lmbda", "0.01", "0.1", "--downscale", "1",
             "--kind", "hyperprior", "--init", str(trained.parent), "--model-id", "tiny-hp", "--weights-dtype", "float16"]
     assert cli.main(args) == 0
     codec = load_codec(quality=1, weights=out / "codec.safetensors")
@@ -59,8 +68,7 @@ def test_train_hyperprior_codec_from_a_factorized_one(trained, tmp_path):
     with safe_open(str(out / "codec.safetensors"), "pt") as f:
         assert f.get_tensor("model.h_s.0.weight").dtype == torch.float16
         assert f.get_tensor("model.g_a.1.beta").dtype == torch.float32
-    with Image.open(KODAK / "kodim03.png") as img:
-        rgb = np.asarray(img.convert("RGB"))[:70, :90].copy()
+    rgb = photo((70, 90))
     data = codec.compress(rgb)
     assert len(read_header(data).latent_shapes) == 2
     assert np.array_equal(codec.decompress(data), codec.reconstruct(rgb))
@@ -68,14 +76,12 @@ def test_train_hyperprior_codec_from_a_factorized_one(trained, tmp_path):
 
 def _tree(root):
     (root / "sub").mkdir(parents=True)
-    for i, name in enumerate(["kodim01.png", "sub/kodim02.png"]):
-        with Image.open(KODAK / name.split("/")[-1]) as img:
-            img.convert("RGB").crop((0, 0, 48 + 16 * i, 40)).save(root / name)
+    for i, name in enumerate(["a.png", "sub/b.png"]):
+        _save(np.rot90(photo((40, 48 + 16 * i)), 2 * i).copy(), root / name)
     (root / "broken.png").write_bytes(b"not a png at all")
     (root / "notes.txt").write_text("ignored")
 
 
-@needs_data
 def test_compress_decompress_folder(trained, tmp_path, capsys):
     src, dst, back = tmp_path / "src", tmp_path / "dst", tmp_path / "back"
     _tree(src)
@@ -83,25 +89,24 @@ def test_compress_decompress_folder(trained, tmp_path, capsys):
     assert cli.main(["compress", str(src), str(dst), "--quality", "1", *base]) == 1  # broken.png failed
     out = capsys.readouterr().out
     assert "broken.png" in out and "compressed 2 files" in out
-    assert sorted(p.relative_to(dst).as_posix() for p in dst.rglob("*.fae")) == ["kodim01.fae", "sub/kodim02.fae"]
-    header = read_header(dst / "sub" / "kodim02.fae")
+    assert sorted(p.relative_to(dst).as_posix() for p in dst.rglob("*.fae")) == ["a.fae", "sub/b.fae"]
+    header = read_header(dst / "sub" / "b.fae")
     assert (header.height, header.width, header.quality) == (40, 64, 1)
-    before = (dst / "kodim01.fae").stat().st_mtime_ns
+    before = (dst / "a.fae").stat().st_mtime_ns
     (src / "broken.png").unlink()
     assert cli.main(["compress", str(src), str(dst), "--quality", "1", *base]) == 0
     assert "2 skipped" in capsys.readouterr().out
-    assert (dst / "kodim01.fae").stat().st_mtime_ns == before
+    assert (dst / "a.fae").stat().st_mtime_ns == before
     assert cli.main(["decompress", str(dst), str(back), *base]) == 0
-    with Image.open(back / "sub" / "kodim02.png") as img:
+    with Image.open(back / "sub" / "b.png") as img:
         assert img.size == (64, 40) and img.mode == "RGB"
-    from fastae.codec.image import load_codec
+    from fastae.codec.api import load_codec
 
     codec = load_codec(quality=1, weights=trained)
-    with Image.open(back / "kodim01.png") as img:
-        assert np.array_equal(np.asarray(img), codec.reconstruct(src / "kodim01.png"))
+    with Image.open(back / "a.png") as img:
+        assert np.array_equal(np.asarray(img), codec.reconstruct(src / "a.png"))
 
 
-@needs_data
 def test_compress_rejects_bad_arguments(trained, tmp_path, capsys):
     assert cli.main(["compress", str(tmp_path / "missing"), str(tmp_path / "d"), "--weights", str(trained),
                      "--quality", "1"]) == 2
@@ -110,11 +115,10 @@ def test_compress_rejects_bad_arguments(trained, tmp_path, capsys):
                      "--quality", "9"]) == 2
     assert "quality must be an integer in 1..2" in capsys.readouterr().err
     # without --quality a model of fewer than 4 qualities codes at its highest
-    from fastae.codec.image import load_codec
+    from fastae.codec.api import load_codec
 
     (tmp_path / "one").mkdir()
-    with Image.open(KODAK / "kodim03.png") as img:
-        img.convert("RGB").crop((0, 0, 40, 30)).save(tmp_path / "one" / "a.png")
+    _save(photo((30, 40)), tmp_path / "one" / "a.png")
     assert cli.main(["compress", str(tmp_path / "one"), str(tmp_path / "d2"), "--weights", str(trained), "--quiet"]) == 0
     assert read_header((tmp_path / "d2" / "a.fae").read_bytes()).quality == 2
     assert load_codec(weights=trained).quality == 2 and load_codec().quality == 4
@@ -125,12 +129,12 @@ def test_compress_rejects_bad_arguments(trained, tmp_path, capsys):
     assert "refine must be a number of steps >= 0 (0: off), got -1" in capsys.readouterr().err
 
 
-@needs_data
+@pytest.mark.slow
 def test_compress_refine(trained, tmp_path, capsys):
     """--refine reaches the encoder: the files are those of load_codec(refine=...), and decompress
     (which takes no --refine) reads them back to the refining codec's reconstruction. 20 steps:
     on this 4-step model 3 found nothing better than the analysis' own latents (same file)."""
-    from fastae.codec.image import load_codec
+    from fastae.codec.api import load_codec
 
     src, dst, back = tmp_path / "src", tmp_path / "dst", tmp_path / "back"
     _tree(src)
@@ -138,19 +142,18 @@ def test_compress_refine(trained, tmp_path, capsys):
     base = ["--weights", str(trained), "--quiet", "--quality", "2"]
     assert cli.main(["compress", str(src), str(dst), "--refine", "20", *base]) == 0
     refined = load_codec(quality=2, weights=trained, refine=20)
-    assert (dst / "kodim01.fae").read_bytes() == refined.compress(src / "kodim01.png")
-    assert (dst / "kodim01.fae").read_bytes() != load_codec(quality=2, weights=trained).compress(src / "kodim01.png")
+    assert (dst / "a.fae").read_bytes() == refined.compress(src / "a.png")
+    assert (dst / "a.fae").read_bytes() != load_codec(quality=2, weights=trained).compress(src / "a.png")
     assert cli.main(["decompress", str(dst), str(back), "--weights", str(trained), "--quiet"]) == 0
-    with Image.open(back / "kodim01.png") as img:
-        assert np.array_equal(np.asarray(img), refined.reconstruct(src / "kodim01.png"))
+    with Image.open(back / "a.png") as img:
+        assert np.array_equal(np.asarray(img), refined.reconstruct(src / "a.png"))
 
 
-@needs_data
+@pytest.mark.slow
 def test_eval_writes_json_and_plot(trained, tmp_path, capsys):
     data = tmp_path / "imgs"
     data.mkdir()
-    with Image.open(KODAK / "kodim03.png") as img:
-        img.convert("RGB").crop((100, 100, 196, 196)).save(data / "a.png")
+    _save(photo((96, 96)), data / "a.png")
     out = tmp_path / "rd.json"
     with warnings.catch_warnings():  # an untrained model's curve may not allow a BD-rate: a warning, not a failure
         warnings.simplefilter("ignore", RuntimeWarning)
@@ -199,8 +202,7 @@ def test_eval_writes_json_and_plot(trained, tmp_path, capsys):
     (tmp_path / "elsewhere.json").write_text(json.dumps(dict(result, fastae={
         q: dict(v, per_image={"b.png": v["per_image"]["a.png"]}) for q, v in result["fastae"].items()})))
     base = ["eval", "--data", str(data), "--weights", str(trained), "--qualities", "1", "--references", "--quiet"]
-    with Image.open(KODAK / "kodim03.png") as img:
-        img.convert("RGB").crop((200, 100, 296, 196)).save(data / "b.png")
+    _save(np.rot90(photo((96, 96)), 2).copy(), data / "b.png")
     for extra, message in ((["--output", str(data / "a.png")], "is the image"),
                            (["--output", str(data / "rd.json")], "is inside --data"),
                            (["--output", str(tmp_path / "x.json"), "--limit", "1", "--plot", str(data / "b.png")],
@@ -218,10 +220,9 @@ def test_eval_writes_json_and_plot(trained, tmp_path, capsys):
         assert img.size == (96, 96)
 
 
-@needs_data
-def test_train_codec_rejects_bad_settings_before_training(trained, tmp_path, capsys):
-    base = ["train", "codec", "--data", str(PHOTOS), "--steps", "2", "--crop", "32", "--channels", "8",
-            "--latent", "8", "--lmbda", "0.01", "0.1", "--downscale", "8"]
+def test_train_codec_rejects_bad_settings_before_training(trained, photos, tmp_path, capsys):
+    base = ["train", "codec", "--data", str(photos), "--steps", "2", "--crop", "32", "--channels", "8",
+            "--latent", "8", "--lmbda", "0.01", "0.1", "--downscale", "1"]
     for extra, message in ((["--resume"], "no checkpoint to resume"),
                            (["--model-id", ""], "model id must be 1..64 ASCII characters"),
                            (["--model-id", "é"], "model id must be 1..64 ASCII characters"),
@@ -257,19 +258,17 @@ def test_add_comparison_bd_rate_against_a_shifted_curve():
         rd.add_comparison(result, {"fastae": curve([1, 2, 3, 4])}, "older")
 
 
-@needs_data
 def test_compress_no_side_search(tmp_path):
-    """--no-side-search reaches the encoder: on the shipped model at quality 1, kodim20's smooth sky
-    is a crop where the search runs (tests/test_codec.py), and the two files are those of
-    load_codec(side_search=True / False)."""
-    from fastae.codec.image import load_codec
+    """--no-side-search reaches the encoder: on the shipped model at quality 1, arches.png is a crop
+    where the search runs (fewer bytes), and the two files are those of load_codec(side_search=True /
+    False)."""
+    from fastae.codec.api import load_codec
 
     src = tmp_path / "src"
     src.mkdir()
-    with Image.open(KODAK / "kodim20.png") as img:
-        img.convert("RGB").crop((256, 64, 512, 128)).save(src / "sky.png")
+    _save(np.asarray(Image.open(DATA / "arches.png").convert("RGB")), src / "arches.png")
     for flag, dst, search in (([], "on", True), (["--no-side-search"], "off", False)):
         assert cli.main(["compress", str(src), str(tmp_path / dst), "--quality", "1", "--quiet", *flag]) == 0
-        assert (tmp_path / dst / "sky.fae").read_bytes() == load_codec(quality=1, side_search=search).compress(
-            src / "sky.png")
-    assert (tmp_path / "on" / "sky.fae").stat().st_size < (tmp_path / "off" / "sky.fae").stat().st_size
+        assert (tmp_path / dst / "arches.fae").read_bytes() == load_codec(quality=1, side_search=search).compress(
+            src / "arches.png")
+    assert (tmp_path / "on" / "arches.fae").stat().st_size < (tmp_path / "off" / "arches.fae").stat().st_size

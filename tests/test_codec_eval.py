@@ -8,29 +8,21 @@ import io
 import json
 import math
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from fastae.codec import eval as ce
+from tests._codec import photo
 
-KODAK = Path(__file__).parents[1] / ".." / "shared" / "data" / "kodak"
-CROP = (128, 192)  # H, W of the Kodak crops: fast, and above the 80 px needed for 4 MS-SSIM scales
+CROP = (128, 192)  # H, W of the test images: fast, and above the 80 px needed for 4 MS-SSIM scales
 
 
-def _kodak(n, crop=CROP):
-    """The first n Kodak images cropped to crop (centre), or skip the test when the data is missing."""
-    files = sorted(KODAK.glob("kodim*.png"))[:n] if KODAK.is_dir() else []
-    if len(files) < n:
-        pytest.skip(f"Kodak images not found in {KODAK}")
-    out = {}
-    for f in files:
-        a = np.asarray(Image.open(f).convert("RGB"))
-        top, left = (a.shape[0] - crop[0]) // 2, (a.shape[1] - crop[1]) // 2
-        out[f.stem] = np.ascontiguousarray(a[top:top + crop[0], left:left + crop[1]])
-    return out
+def _photos(n, crop=CROP):
+    """n images of real photo content (the crops of tests/data/codec, tiled to ``crop``), named photo0..."""
+    image = photo(crop)
+    return {f"photo{i}": np.ascontiguousarray(np.rot90(image, 2 * i)) for i in range(n)}
 
 
 def _noisy(a, sigma, seed=0):
@@ -234,8 +226,8 @@ def test_psnr_at_rate():
 
 # --- Pillow reference codecs ---------------------------------------------------------------------
 
-def test_pillow_codec_points_kodak():
-    image = _kodak(1)["kodim01"]
+def test_pillow_codec_points_on_a_photo():
+    image = _photos(1)["photo0"]
     h, w = image.shape[:2]
     for codec, qualities in (("jpeg", [10, 30, 50, 70, 90]), ("webp", [5, 30, 60, 90])):
         points = ce.pillow_codec_points(image, codec, qualities)
@@ -283,13 +275,13 @@ class _JpegCodec:
 
 @pytest.fixture(scope="module")
 def result():
-    images = _kodak(2)
+    images = _photos(2)
     return ce.evaluate(_JpegCodec, images, [20, 70], references=("webp", "jpeg"), progress=False,
                        reference_qualities={"webp": [10, 40, 80, 95], "jpeg": [20, 70]})
 
 
 def test_evaluate_structure(result):
-    images = _kodak(2)
+    images = _photos(2)
     assert set(result) == {"fastae", "webp", "jpeg", "bd_rate", "bd_psnr", "psnr_at"}
     assert list(result["fastae"]) == ["20", "70"] and list(result["webp"]) == ["10", "40", "80", "95"]
     for q, entry in result["fastae"].items():
@@ -332,7 +324,7 @@ def test_evaluate_json_round_trip(result):
 
 
 def test_evaluate_single_reference_and_errors():
-    images = _kodak(2)
+    images = _photos(2)
     with warnings.catch_warnings(record=True) as caught:  # one quality: no BD values, no psnr_at
         warnings.simplefilter("always")
         r = ce.evaluate(_JpegCodec, images, [50], references=("webp",), progress=False,

@@ -15,8 +15,7 @@ from PIL import Image
 
 from fastae.codec import folder
 from fastae.codec.folder import IMAGE_EXTENSIONS, Summary, compress_folder, decompress_folder
-
-KODAK = Path("/work/shared/data/kodak")
+from tests._codec import photo
 
 
 class PngCodec:
@@ -63,26 +62,22 @@ def _reset_counters():
     PngCodec.calls = CrashOnSecondImage.calls = 0
 
 
-def _crop(index, rng):
-    path = KODAK / f"kodim0{index}.png"
-    if path.exists():
-        with Image.open(path) as image:
-            return np.asarray(image.convert("RGB").crop((100 * index, 64, 100 * index + 32, 96)))
-    return rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)  # no Kodak here: noise will do
+def _crop(index):
+    """A 32 x 32 crop of real photo content (tests/data/codec), another for each index."""
+    return photo((96, 152))[32 * (index % 3):32 * (index % 3) + 32, 40 * index:40 * index + 32].copy()
 
 
 @pytest.fixture
 def tree(tmp_path):
     """SRC with 4 images (one grey, nested folders), notes.txt, a corrupt broken.png and hidden
     entries. Returns (src, {relative .fae path: original pixels as HxW or HxWx3})."""
-    rng = np.random.default_rng(0)
     src = tmp_path / "src"
     (src / "a" / "b").mkdir(parents=True)
     (src / ".hidden_dir").mkdir()
     images = {
-        "kodim01.png": _crop(1, rng),
-        "a/kodim02.png": _crop(2, rng),
-        "a/b/kodim03.png": _crop(3, rng),
+        "kodim01.png": _crop(1),
+        "a/kodim02.png": _crop(2),
+        "a/b/kodim03.png": _crop(3),
         "a/grey.png": np.add.outer(np.arange(12), np.arange(20)).astype(np.uint8) * 9,  # 12x20 L
     }
     for rel, array in images.items():
@@ -259,6 +254,7 @@ def test_name_conflict_is_reported_not_overwritten(tmp_path):
     assert summary.files == 1 and _files(dst) == ["a.fae", "c.fae"]
 
 
+@pytest.mark.slow
 def test_workers_give_identical_outputs(tree, tmp_path):
     src, expected = tree
     one = compress_folder(src, tmp_path / "one", PngCodec, workers=1, progress=False)
@@ -373,11 +369,12 @@ def test_existing_files_of_another_quality_or_damaged_are_not_skipped(tmp_path):
 
     import torch
 
-    from fastae.codec.image import export_codec, load_codec
-    from fastae.models.codec import ImageCodec
+    from fastae.codec.api import load_codec
+    from fastae.codec.model_file import export_codec
+    from fastae.models.codec import FactorizedCodec
 
     torch.manual_seed(0)
-    weights = export_codec(ImageCodec(N=8, M=8, lambdas=(0.01, 0.1)), tmp_path / "tiny.safetensors", model_id="tiny")
+    weights = export_codec(FactorizedCodec(N=8, M=8, lambdas=(0.01, 0.1)), tmp_path / "tiny.safetensors", model_id="tiny")
     src, dst = tmp_path / "src", tmp_path / "dst"
     src.mkdir()
     rng = np.random.default_rng(0)

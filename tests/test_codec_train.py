@@ -8,8 +8,9 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from fastae.codec.image import export_codec, load_codec
-from fastae.models.codec import CheckerboardCodec, HyperpriorCodec, ImageCodec
+from fastae.codec.api import load_codec
+from fastae.codec.model_file import export_codec
+from fastae.models.codec import CheckerboardCodec, CodecModel, HyperpriorCodec
 from fastae.train import load_model
 from fastae.train.codec import load_photos, random_crops, train_codec
 
@@ -36,6 +37,7 @@ def _same_weights(a, b):
     return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["factorized", "hyperprior", "checkerboard"])
 def test_resume_equals_one_run(photos, tmp_path, kind):
     crop = 64
@@ -49,6 +51,7 @@ def test_resume_equals_one_run(photos, tmp_path, kind):
     assert type(a).kind == kind and _same_weights(a, b)
 
 
+@pytest.mark.slow
 def test_stop_at_keeps_the_learning_rate_schedule_of_steps(photos, tmp_path):
     """A run stopped by stop_at and resumed equals one uninterrupted run; a run of stop_at steps
     ends elsewhere (its learning rate drops at 90% of its own length)."""
@@ -65,6 +68,7 @@ def test_stop_at_keeps_the_learning_rate_schedule_of_steps(photos, tmp_path):
             train_codec(photos, tmp_path / "bad", steps=6, stop_at=bad, crop=64, **TINY)
 
 
+@pytest.mark.slow
 def test_compiled_training_matches_eager(photos, tmp_path):
     """torch.compile changes only floating-point rounding: the same losses step by step (both
     qualities, so two graphs) and nearly the same weights as the eager run."""
@@ -91,6 +95,7 @@ def test_hyperprior_crop_must_be_a_multiple_of_64(photos, tmp_path):
         train_codec(photos, tmp_path, steps=1, crop=32, kind="context", **TINY)
 
 
+@pytest.mark.slow
 def test_warm_start_copies_the_transforms_not_the_entropy_models(photos, tmp_path):
     train_codec(photos, tmp_path / "fact", steps=2, crop=64, amp=False, **TINY)
     factorized = load_model(tmp_path / "fact")
@@ -116,6 +121,7 @@ def test_warm_start_copies_the_transforms_not_the_entropy_models(photos, tmp_pat
         _warm_start(hp, tmp_path / "missing")
 
 
+@pytest.mark.slow
 def test_hyperprior_training_lowers_the_loss_and_exports(photos, tmp_path):
     generator = torch.Generator().manual_seed(5)
     from fastae.train.codec import load_photos
@@ -132,7 +138,7 @@ def test_hyperprior_training_lowers_the_loss_and_exports(photos, tmp_path):
     rgb = (batch[0].permute(1, 2, 0) * 255).round().to(torch.uint8).numpy()
     data = codec.compress(rgb)
     assert np.array_equal(codec.decompress(data), codec.reconstruct(rgb))
-    assert isinstance(codec.model, HyperpriorCodec) and isinstance(codec.model, ImageCodec)
+    assert isinstance(codec.model, HyperpriorCodec) and isinstance(codec.model, CodecModel)
 
 
 @pytest.mark.parametrize("hyper_input", ["noise", "rounded"])
@@ -151,6 +157,7 @@ def test_hyper_input_is_what_the_hyper_synthesis_reads_in_training(photos, hyper
     assert model.h_a[0].weight.grad.abs().sum() > 0
 
 
+@pytest.mark.slow
 def test_train_codec_passes_hyper_input_to_the_model(photos, tmp_path):
     """Two steps from the same seed: hyper_input="rounded" trains other weights than the default."""
     noise = train_codec(photos, tmp_path / "noise", steps=2, crop=64, kind="hyperprior", amp=False, **TINY)

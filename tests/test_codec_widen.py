@@ -7,13 +7,13 @@ import pytest
 import torch
 from PIL import Image
 
-from fastae.codec.image import export_codec
-from fastae.models.codec import CheckerboardCodec, HyperpriorCodec, ImageCodec, build_codec
+from fastae.codec.model_file import export_codec
+from fastae.models.codec import CheckerboardCodec, FactorizedCodec, HyperpriorCodec, build_codec
 from fastae.train import load_model
 from fastae.train.codec import train_codec
 from fastae.train.widen import widen_codec
 
-KINDS = [ImageCodec, HyperpriorCodec, CheckerboardCodec]
+KINDS = [FactorizedCodec, HyperpriorCodec, CheckerboardCodec]
 
 
 def _trained_like(cls, **sizes):
@@ -43,7 +43,7 @@ def test_widened_model_codes_as_the_narrow_one(cls):
             prior = narrow.priors[q - 1]
             zero_bits = -math.log2(float(prior.pmf(torch.zeros(1)).max()))
             per_image = 64 * 128
-            if cls is ImageCodec:
+            if cls is FactorizedCodec:
                 extra = (20 - 12) * per_image / 256 * zero_bits
             else:
                 gauss = -math.log2(math.erf(0.5 / 0.11 / math.sqrt(2)))
@@ -56,6 +56,7 @@ def test_widened_model_codes_as_the_narrow_one(cls):
         torch.testing.assert_close(wide(x, 4, noise=False)["x_hat"], b["x_hat"])
 
 
+@pytest.mark.slow
 def test_widened_model_learns_in_its_new_channels():
     narrow = _trained_like(CheckerboardCodec, N=8, M=8)
     wide = widen_codec(narrow, N=12, M=12, widths=(8, 12, 12)).train()
@@ -87,6 +88,7 @@ def test_widen_refuses_narrowing(change, match):
         widen_codec(_trained_like(HyperpriorCodec, N=8, M=8), **change)
 
 
+@pytest.mark.slow
 def test_train_codec_init_widens_a_narrower_codec_file(tmp_path):
     rng = np.random.default_rng(0)
     photos = tmp_path / "photos"
@@ -112,7 +114,7 @@ def test_train_codec_init_widens_a_narrower_codec_file(tmp_path):
 
 
 def test_uniform_widths_keep_the_config_of_earlier_models():
-    assert "widths" not in ImageCodec(N=8, M=8).config
-    assert "widths" not in ImageCodec(N=8, M=8, widths=(8, 8, 8)).config
+    assert "widths" not in FactorizedCodec(N=8, M=8).config
+    assert "widths" not in FactorizedCodec(N=8, M=8, widths=(8, 8, 8)).config
     with pytest.raises(ValueError, match="widths must be three positive integers"):
-        ImageCodec(N=8, M=8, widths=(8, 8))
+        FactorizedCodec(N=8, M=8, widths=(8, 8))

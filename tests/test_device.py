@@ -5,7 +5,7 @@ import torch
 
 from fastae import cli
 from fastae._device import resolve_device
-from fastae.codec.image import load_codec
+from fastae.codec.api import load_codec
 
 no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is present")
 

@@ -22,17 +22,15 @@ def _synthetic_images(n, height, width, seed=0):
 def _folder_images(folder, n, height, width):
     """n images from ``folder`` (cycled), portrait ones transposed, centre-cropped to H x W, uint8 [n, 3, H, W]."""
     import numpy as np
-    from PIL import Image
 
-    from fastae.codec.folder import image_files
+    from fastae.data import list_images, read_rgb
 
-    paths = image_files(folder)
+    paths = list_images(folder)
     if not paths:
         raise FileNotFoundError(f"--images {folder}: no images found")
     out = []
     for i in range(n):
-        with Image.open(paths[i % len(paths)]) as img:
-            a = np.asarray(img.convert("RGB"))
+        a = read_rgb(paths[i % len(paths)])
         if a.shape[0] > a.shape[1]:
             a = a.transpose(1, 0, 2)
         if a.shape[0] < height or a.shape[1] < width:
@@ -45,7 +43,9 @@ def _folder_images(folder, n, height, width):
 def _load_bench_codec(device, weights, notes):
     """The codec to measure: ``weights`` if given, else the shipped default model; None (with a
     note) when there is none."""
-    from fastae.codec.image import DEFAULT_MODEL, load_codec, shipped_models
+    from fastae.codec import DEFAULT_MODEL
+    from fastae.codec.api import load_codec
+    from fastae.codec.model_file import shipped_models
 
     if weights is None:
         if DEFAULT_MODEL not in shipped_models():

@@ -57,9 +57,9 @@ import time
 from pathlib import Path
 
 from fastae._io import TEMP_SUFFIX, atomic_path
-from fastae.data.images import IMAGE_EXTENSIONS, list_images, walk
+from fastae.data.images import IMAGE_EXTENSIONS, walk
 
-__all__ = ["IMAGE_EXTENSIONS", "Summary", "compress_folder", "decompress_folder", "image_files"]
+__all__ = ["IMAGE_EXTENSIONS", "Summary", "compress_folder", "decompress_folder"]
 FAE_SUFFIX = ".fae"
 _STALE_AGE_S = 3600.0  # when the DST lock is not ours alone: age above which a temp file is stale
 
@@ -121,12 +121,6 @@ def _mb(n):
 
 # ---------------------------------------------------------------------------------------------
 # Public entry points
-
-
-def image_files(folder) -> list:
-    """``fastae.data.list_images``, or [] when ``folder`` is not a folder: the old entry point that
-    fastae/benchmark.py and the bench/ scripts still call (they report an empty list themselves)."""
-    return list_images(folder) if Path(folder).is_dir() else []
 
 
 def compress_folder(src, dst, make_codec, workers=1, force=False, progress=True, extensions=None):

@@ -23,7 +23,7 @@ All integers little endian::
             ...   the streams, back to back
             4     CRC32 of every byte before it
 
-What the streams hold is the model's business (fastae/codec/image.py): a factorized model writes
+What the streams hold is the model's business (fastae/codec/layouts.py): a factorized model writes
 its latents [M, h, w] (one table per channel) and their escape values; a hyperprior model writes
 the latents [M, h, w] (one table per latent, chosen by its predicted scale) and their escapes,
 then the hyper-latents [N, h/4, w/4] and theirs, the latent shapes in the same order. A

@@ -19,7 +19,7 @@ import torch
 
 from fastae.codec import rans
 from fastae.codec.format import CODER_RANS, CodecError, Header, pack, unpack
-from fastae.codec.image import model_hash
+from fastae.codec.model_file import model_hash
 from fastae.codec.tables import quantize_pmf
 
 MAX_SYMBOLS = 1 << 12  # distinct quantized values a file may use

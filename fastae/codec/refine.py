@@ -27,7 +27,8 @@ import math
 import torch
 import torch.nn.functional as F
 
-from fastae.models.codec import HyperpriorCodec, ImageCodec, _round_ste, gaussian_likelihood
+from fastae.codec.entropy import GaussianConditional
+from fastae.models.codec import CodecModel, HyperpriorCodec, _round_ste
 
 LEARNING_RATE = 0.02  # in quantization steps: the latents are scaled by the quality's gain
 
@@ -38,7 +39,7 @@ def check_refine(refine) -> int:
     return refine
 
 
-def _costs(model: ImageCodec, x, y, z, quality: int, height: int, width: int, noise):
+def _costs(model: CodecModel, x, y, z, quality: int, height: int, width: int, noise):
     """(per-image cost of the rounded latents as coded, per-image training objective) [B]."""
     q = model._check_quality(quality)
     if isinstance(model, HyperpriorCodec):
@@ -46,8 +47,8 @@ def _costs(model: ImageCodec, x, y, z, quality: int, height: int, width: int, no
         means, scales = model.entropy_parameters(z_hat, y)
         y_hat = _round_ste(y - means) + means
         bits_z = -torch.log2(model.priors[q].likelihood(z_hat)).sum((1, 2, 3))
-        bits_coded = -torch.log2(gaussian_likelihood(y_hat, means, scales)).sum((1, 2, 3)) + bits_z
-        bits_noisy = -torch.log2(gaussian_likelihood(y + noise, means, scales)).sum((1, 2, 3)) + bits_z
+        bits_coded = -torch.log2(GaussianConditional.likelihood(y_hat, means, scales)).sum((1, 2, 3)) + bits_z
+        bits_noisy = -torch.log2(GaussianConditional.likelihood(y + noise, means, scales)).sum((1, 2, 3)) + bits_z
     else:
         y_hat = _round_ste(y)
         bits_coded = -torch.log2(model.priors[q].likelihood(y_hat)).sum((1, 2, 3))
@@ -59,7 +60,7 @@ def _costs(model: ImageCodec, x, y, z, quality: int, height: int, width: int, no
     return distortion + bits_coded / pixels, distortion + bits_noisy / pixels
 
 
-def refine_latents(model: ImageCodec, x: torch.Tensor, y: torch.Tensor, quality: int, steps: int, height: int,
+def refine_latents(model: CodecModel, x: torch.Tensor, y: torch.Tensor, quality: int, steps: int, height: int,
                    width: int, lr: float = LEARNING_RATE, seed: int = 0):
     """Refined (latents y, hyper-latents z or None), both unrounded, for the padded images ``x``
     [B, 3, H, W] in [0, 1] whose analysis gave ``y``; ``height`` x ``width`` is the images' own
@@ -105,7 +106,7 @@ def latent_bits(values: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
     """Bits of each rounded latent (``values``: the latent minus its mean, rounded) under the
     discretized Gaussian of its predicted ``scales`` (bounded below as in training)."""
     zero = torch.zeros((), dtype=scales.dtype, device=scales.device)
-    return -torch.log2(gaussian_likelihood(values.to(scales.dtype), zero, scales))
+    return -torch.log2(GaussianConditional.likelihood(values.to(scales.dtype), zero, scales))
 
 
 def needs_side_search(values: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
@@ -154,7 +155,7 @@ def search_side(model: HyperpriorCodec, y: torch.Tensor, z: torch.Tensor, qualit
                 if last:
                     break
                 noise = torch.rand(y.shape, generator=generator, device=y.device, dtype=y.dtype) - 0.5
-                bits = -torch.log2(gaussian_likelihood(y + noise, means, scales)).sum() + bits_z.sum()
+                bits = -torch.log2(GaussianConditional.likelihood(y + noise, means, scales)).sum() + bits_z.sum()
             z.grad = torch.autograd.grad(bits, [z])[0]
             optimizer.step()
     return best

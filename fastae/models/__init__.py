@@ -4,10 +4,14 @@
     model = build_model("vae", input_shape=(1, 28, 28), latent=2)
     terms = model.loss(x)            # {"loss", "recon", "kl", "mse"}
     rebuilt = build_model(model.name, **model.config)
+
+The codec networks (``CodecModel`` and its kinds FactorizedCodec, HyperpriorCodec,
+CheckerboardCodec) are built from their config by ``build_codec``; fastae.codec codes images with them.
 """
 
 from fastae.models.aae import AdversarialAutoencoder
 from fastae.models.base import Autoencoder
+from fastae.models.codec import CheckerboardCodec, CodecModel, FactorizedCodec, HyperpriorCodec, build_codec
 from fastae.models.conv import ConvAutoencoder
 from fastae.models.mlp import DenoisingAutoencoder, MLPAutoencoder, SparseAutoencoder
 from fastae.models.vae import VAE, ConvVAE
@@ -23,5 +27,6 @@ def build_model(name: str, **config) -> Autoencoder:
     return MODELS[name](**config)
 
 
-__all__ = ["MODELS", "AdversarialAutoencoder", "Autoencoder", "ConvAutoencoder", "ConvVAE", "DenoisingAutoencoder",
-           "MLPAutoencoder", "SparseAutoencoder", "VAE", "build_model"]
+__all__ = ["MODELS", "AdversarialAutoencoder", "Autoencoder", "CheckerboardCodec", "CodecModel", "ConvAutoencoder",
+           "ConvVAE", "DenoisingAutoencoder", "FactorizedCodec", "HyperpriorCodec", "MLPAutoencoder", "SparseAutoencoder",
+           "VAE", "build_codec", "build_model"]

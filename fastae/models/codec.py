@@ -1,8 +1,12 @@
-"""ImageCodec: a learned, variable-rate image codec (Ballé et al. 2018 factorized prior, with per-quality gains),
-HyperpriorCodec, the same transforms with a mean-scale hyperprior (Minnen et al. 2018), and
-CheckerboardCodec, the hyperprior with a two-pass checkerboard context (He et al. 2021).
+"""The codec networks. ``CodecModel`` is their base: the analysis and synthesis transforms and the
+per-quality gains. ``FactorizedCodec`` codes the latents with a learned per-channel density
+(Ballé et al. 2018, with per-quality gains), ``HyperpriorCodec`` with a Gaussian whose mean and scale
+a mean-scale hyperprior predicts (Minnen et al. 2018), and ``CheckerboardCodec`` adds a two-pass
+checkerboard context to the hyperprior (He et al. 2021). Their entropy models (FactorizedDensity,
+GaussianConditional) are in fastae.codec.entropy; how each kind writes a .fae file is in
+fastae.codec.layouts.
 
-    codec = ImageCodec()                          # N=128 transform channels, M=192 latent channels, 8 qualities
+    codec = FactorizedCodec()                     # N=128 transform channels, M=192 latent channels, 8 qualities
     out = codec(x, quality=4)                     # training: {"x_hat", "likelihoods", "bpp"} with noise for rounding
     y = codec.analysis(x, quality=4)              # inference: latents before rounding (scaled by the quality's gain)
     x_hat = codec.synthesis(torch.round(y), quality=4)
@@ -31,29 +35,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from fastae.codec.entropy import FactorizedDensity, GaussianConditional, lower_bound
+
 # Rate-distortion weights of the eight qualities: loss = lmbda * 255^2 * MSE + bpp (CompressAI's values).
 LAMBDAS = (0.0018, 0.0035, 0.0067, 0.0130, 0.0250, 0.0483, 0.0932, 0.1800)
-LIKELIHOOD_BOUND = 1e-9
-
-
-class _LowerBound(torch.autograd.Function):
-    """max(x, bound) whose gradient still flows where it pushes x up (as in Ballé's GDN)."""
-
-    @staticmethod
-    def forward(ctx, x, bound):
-        ctx.save_for_backward(x)
-        ctx.bound = bound
-        return x.clamp_min(bound)
-
-    @staticmethod
-    def backward(ctx, grad):
-        (x,) = ctx.saved_tensors
-        pass_through = (x >= ctx.bound) | (grad < 0)
-        return grad * pass_through, None
-
-
-def lower_bound(x: Tensor, bound: float) -> Tensor:
-    return _LowerBound.apply(x, bound)
 
 
 class GDN(nn.Module):
@@ -90,59 +75,6 @@ def _deconv(cin, cout):
     return nn.ConvTranspose2d(cin, cout, 5, stride=2, padding=2, output_padding=1)
 
 
-class FactorizedPrior(nn.Module):
-    """Ballé's non-parametric per-channel density (the "entropy bottleneck"), one independent
-    distribution per latent channel, learned as a cumulative: ``cdf(v) = sigmoid(f(v))`` with ``f``
-    monotone by construction. ``likelihood(y)`` is the probability mass of ``[y-1/2, y+1/2]``.
-
-    ``init_scale`` is the initial width of the densities. Ballé's 10 starts them far wider than
-    the latents of a fresh network (std 0.3 to 1.5 here); each quality's model then needs many
-    steps just to narrow, and with eight qualities sharing the training it did not in 1,500
-    steps (4 bits per latent where 0.2 would do). 2 starts them near the latents' scale."""
-
-    def __init__(self, channels: int, filters=(3, 3, 3), init_scale: float = 2.0):
-        super().__init__()
-        widths = (1, *filters, 1)
-        scale = init_scale ** (1 / (len(filters) + 1))
-        self.matrices, self.biases, self.factors = nn.ParameterList(), nn.ParameterList(), nn.ParameterList()
-        for i in range(len(filters) + 1):
-            init = math.log(math.expm1(1 / scale / widths[i + 1]))
-            self.matrices.append(nn.Parameter(torch.full((channels, widths[i + 1], widths[i]), init)))
-            self.biases.append(nn.Parameter(torch.rand(channels, widths[i + 1], 1) - 0.5))
-            if i < len(filters):
-                self.factors.append(nn.Parameter(torch.zeros(channels, widths[i + 1], 1)))
-
-    def logits_cdf(self, v: Tensor) -> Tensor:
-        """``v``: [C, 1, K] values per channel -> [C, 1, K] logits of the cumulative."""
-        for i, (matrix, bias) in enumerate(zip(self.matrices, self.biases)):
-            v = torch.matmul(F.softplus(matrix), v) + bias
-            if i < len(self.factors):
-                v = v + torch.tanh(self.factors[i]) * torch.tanh(v)
-        return v
-
-    def likelihood(self, y: Tensor) -> Tensor:
-        """Probability of each rounded value in ``y`` [B, C, H, W] under its channel's distribution."""
-        b, c, h, w = y.shape
-        v = y.permute(1, 0, 2, 3).reshape(c, 1, -1)
-        lower = self.logits_cdf(v - 0.5)
-        upper = self.logits_cdf(v + 0.5)
-        # Subtract on the side of the median where the two sigmoids are far from 1 (numerically stable).
-        sign = -torch.sign(lower + upper).detach()
-        sign = torch.where(sign == 0, torch.ones_like(sign), sign)
-        p = torch.abs(torch.sigmoid(sign * upper) - torch.sigmoid(sign * lower))
-        p = lower_bound(p, LIKELIHOOD_BOUND)
-        return p.reshape(c, b, h, w).permute(1, 0, 2, 3)
-
-    @torch.no_grad()
-    def pmf(self, support: Tensor) -> Tensor:
-        """[C, K] probabilities of the integers ``support`` [K] (float64 for table building)."""
-        c = self.matrices[0].shape[0]
-        v = support.to(self.matrices[0].dtype).expand(c, 1, -1)
-        lower = torch.sigmoid(self.logits_cdf(v - 0.5).double())
-        upper = torch.sigmoid(self.logits_cdf(v + 0.5).double())
-        return (upper - lower).reshape(c, -1).clamp_min(0)
-
-
 def _check_widths(owner: str, widths, N: int) -> tuple:
     """The transforms' channels at 1/2, 1/4 and 1/8 of the image size (``None``: N at each)."""
     if widths is None:
@@ -154,17 +86,25 @@ def _check_widths(owner: str, widths, N: int) -> tuple:
     return tuple(int(v) for v in widths)
 
 
-class ImageCodec(nn.Module):
-    """Variable-rate learned image codec. ``x``: [B, 3, H, W] in [0, 1], H and W multiples of 16.
+class CodecModel(nn.Module):
+    """The base of the codec networks: a variable-rate learned image codec whose kind (its
+    subclass) decides how the latents are coded. ``x``: [B, channels, H, W] in [0, 1], H and W
+    multiples of ``stride``.
 
     ``quality`` is 1..``qualities`` (higher = more bits, better image); the shipped model has 8.
     ``N`` is the transforms' width (and the hyper-latents' channels in the models with a
     hyperprior); ``widths`` optionally gives the analysis and synthesis other channel counts at
     1/2, 1/4 and 1/8 of the image size, e.g. narrow where the layers are large and costly and wide
-    near the latents, where width is cheap.
+    near the latents, where width is cheap. ``config`` holds the constructor's arguments (and the
+    kind), as checkpoints and weights files store it: ``build_codec(model.config)`` rebuilds it.
+
+    A subclass sets ``kind``, makes ``priors`` (one FactorizedDensity per quality) and its other
+    modules after the transforms, in the order of the models before it (a checkpoint's optimizer
+    state is matched to the parameters by their order), and defines ``forward(x, quality, noise)``
+    -> {"x_hat", "likelihoods", "bpp", ...}.
     """
 
-    kind = "factorized"
+    kind = None
     stride = 16  # total downsampling of the analysis transform; inputs are padded to a multiple of it
     latent_stride = 16  # downsampling of the latents y
 
@@ -185,7 +125,7 @@ class ImageCodec(nn.Module):
         self.config = {"N": N, "M": M, "lambdas": lambdas, "channels": channels}
         if widths != (N, N, N):  # configs of uniform width (every model before widths existed) stay as they were
             self.config["widths"] = list(widths)
-        if self.kind != "factorized":
+        if self.kind != "factorized":  # configs without a kind are factorized models
             self.config["kind"] = self.kind
         self.N, self.M, self.lambdas, self.qualities, self.channels = N, M, lambdas, qualities, channels
         self.widths = widths
@@ -199,7 +139,11 @@ class ImageCodec(nn.Module):
         ladder = torch.linspace(math.log(0.5), math.log(3.0), qualities) if qualities > 1 else torch.zeros(1)
         self.log_gain = nn.Parameter(ladder[:, None].repeat(1, M).clone())
         self.log_inv_gain = nn.Parameter(-ladder[:, None].repeat(1, M).clone())
-        self.priors = nn.ModuleList(FactorizedPrior(M) for _ in range(qualities))
+
+    def entropy_models(self) -> dict:
+        """{name: entropy model} of every entropy model whose integer tables the weights file stores
+        (as "tables.NAME.*"): the factorized density of each quality, "q1", "q2", ..."""
+        return {f"q{q}": prior for q, prior in enumerate(self.priors, start=1)}
 
     def _check_quality(self, quality: int) -> int:
         if isinstance(quality, bool) or not isinstance(quality, numbers.Integral) or not 1 <= quality <= self.qualities:
@@ -225,6 +169,26 @@ class ImageCodec(nn.Module):
         q = self._check_quality(quality)
         return self.g_s(y_hat * torch.exp(self.log_inv_gain[q])[None, :, None, None])
 
+    def rd_loss(self, x: Tensor, quality: int) -> dict:
+        """lambda * 255^2 * MSE + bpp for the quality's lambda (the training objective)."""
+        out = self(x, quality)
+        mse = F.mse_loss(out["x_hat"].float(), x.float())
+        lmbda = self.lambdas[self._check_quality(quality)]
+        loss = lmbda * 255 ** 2 * mse + out["bpp"]
+        return {"loss": loss, "mse": mse, "bpp": out["bpp"],
+                "psnr": -10 * torch.log10(mse.detach().clamp_min(1e-10))}
+
+
+class FactorizedCodec(CodecModel):
+    """The latents coded with one learned density per channel and quality (``priors``, Ballé et
+    al. 2018's factorized prior); H and W multiples of 16."""
+
+    kind = "factorized"
+
+    def __init__(self, N: int = 128, M: int = 192, lambdas=LAMBDAS, channels: int = 3, widths=None):
+        super().__init__(N=N, M=M, lambdas=lambdas, channels=channels, widths=widths)
+        self.priors = nn.ModuleList(FactorizedDensity(M) for _ in range(self.qualities))
+
     def forward(self, x: Tensor, quality: int, noise: bool = True) -> dict:
         """Training (``noise=True``: additive uniform noise stands in for rounding) or evaluation
         (``noise=False``: rounding) pass. Returns x_hat, the latents' likelihoods and the rate in
@@ -242,47 +206,17 @@ class ImageCodec(nn.Module):
         bpp = torch.log(likelihoods).sum() / (-math.log(2) * pixels)
         return {"x_hat": x_hat, "likelihoods": likelihoods, "bpp": bpp}
 
-    def rd_loss(self, x: Tensor, quality: int) -> dict:
-        """lambda * 255^2 * MSE + bpp for the quality's lambda (the training objective)."""
-        out = self(x, quality)
-        mse = F.mse_loss(out["x_hat"].float(), x.float())
-        lmbda = self.lambdas[self._check_quality(quality)]
-        loss = lmbda * 255 ** 2 * mse + out["bpp"]
-        return {"loss": loss, "mse": mse, "bpp": out["bpp"],
-                "psnr": -10 * torch.log10(mse.detach().clamp_min(1e-10))}
-
-
-# Gaussian conditional: scales are bounded below (a narrower Gaussian than this puts nearly all its
-# mass on one integer anyway) and coded with the table of the nearest larger scale of SCALES.
-SCALE_BOUND = 0.11
-SCALE_LEVELS = 64
-SCALE_MAX = 256.0
-
-
-def scale_table(levels: int = SCALE_LEVELS, lo: float = SCALE_BOUND, hi: float = SCALE_MAX) -> Tensor:
-    """The ``levels`` scales (float64, geometric from ``lo`` to ``hi``) that have an integer table each."""
-    return torch.exp(torch.linspace(math.log(lo), math.log(hi), levels, dtype=torch.float64))
-
-
-def gaussian_likelihood(y: Tensor, means: Tensor, scales: Tensor) -> Tensor:
-    """Probability of ``[y-1/2, y+1/2]`` under N(means, scales) (evaluated on the lower tail for precision)."""
-    values = (y - means).abs()
-    scales = lower_bound(scales, SCALE_BOUND)
-    upper = torch.special.ndtr((0.5 - values) / scales)
-    lower = torch.special.ndtr((-0.5 - values) / scales)
-    return lower_bound(upper - lower, LIKELIHOOD_BOUND)
-
 
 def _round_ste(x: Tensor) -> Tensor:
     """Rounding whose gradient is the identity."""
     return x + (torch.round(x) - x).detach()
 
 
-class HyperpriorCodec(ImageCodec):
-    """ImageCodec with a mean-scale hyperprior; ``x`` H and W multiples of 64.
+class HyperpriorCodec(CodecModel):
+    """The latents coded with a mean-scale hyperprior; ``x`` H and W multiples of 64.
 
     ``priors`` are the per-quality factorized models of the hyper-latent ``z`` (N channels); the
-    latents ``y`` are Gaussian given ``z``, with means and scales from ``h_s(z)``.
+    latents ``y`` are Gaussian given ``z`` (``gaussian``), with means and scales from ``h_s(z)``.
     """
 
     kind = "hyperprior"
@@ -290,12 +224,17 @@ class HyperpriorCodec(ImageCodec):
 
     def __init__(self, N: int = 128, M: int = 192, lambdas=LAMBDAS, channels: int = 3, widths=None):
         super().__init__(N=N, M=M, lambdas=lambdas, channels=channels, widths=widths)
-        self.priors = nn.ModuleList(FactorizedPrior(N) for _ in range(self.qualities))
+        self.priors = nn.ModuleList(FactorizedDensity(N) for _ in range(self.qualities))
+        self.gaussian = GaussianConditional()  # no weights: the state_dict is that of the transforms and priors
         self.h_a = nn.Sequential(nn.Conv2d(M, N, 3, padding=1), nn.LeakyReLU(inplace=True), _conv(N, N),
                                  nn.LeakyReLU(inplace=True), _conv(N, N))
         mid = M * 3 // 2
         self.h_s = nn.Sequential(_deconv(N, M), nn.LeakyReLU(inplace=True), _deconv(M, mid),
                                  nn.LeakyReLU(inplace=True), nn.Conv2d(mid, 2 * M, 3, padding=1))
+
+    def entropy_models(self) -> dict:
+        """As CodecModel.entropy_models, and the latents' Gaussian ("gaussian")."""
+        return {**super().entropy_models(), "gaussian": self.gaussian}
 
     def entropy_parameters(self, z_hat: Tensor, y: Tensor = None):
         """(means, scales) of the latents given the rounded hyper-latents ``z_hat`` (``y``, the
@@ -310,9 +249,9 @@ class HyperpriorCodec(ImageCodec):
     hyper_input = "noise"
 
     def forward(self, x: Tensor, quality: int, noise: bool = True) -> dict:
-        """As ImageCodec.forward. In training the rates are estimated on noisy latents while the
-        synthesis sees the rounded ones (straight-through), as at inference (Minnen & Singh 2020);
-        the hyper-synthesis reads what ``hyper_input`` says."""
+        """As FactorizedCodec.forward, with "z_likelihoods". In training the rates are estimated on
+        noisy latents while the synthesis sees the rounded ones (straight-through), as at inference
+        (Minnen & Singh 2020); the hyper-synthesis reads what ``hyper_input`` says."""
         q = self._check_quality(quality)
         self._check_input(x)
         y = self.analysis(x, quality).float()
@@ -326,7 +265,7 @@ class HyperpriorCodec(ImageCodec):
         else:
             y_rate = y_hat = torch.round(y - means) + means
         with torch.autocast(y.device.type, enabled=False):
-            y_likelihoods = gaussian_likelihood(y_rate, means, scales)
+            y_likelihoods = self.gaussian.likelihood(y_rate, means, scales)
             z_likelihoods = self.priors[q].likelihood(z_hat)
         x_hat = self.synthesis(y_hat, quality)
         pixels = x.shape[0] * x.shape[2] * x.shape[3]
@@ -400,10 +339,10 @@ class CheckerboardCodec(HyperpriorCodec):
         return params.chunk(2, dim=1)
 
 
-CODEC_MODELS = {cls.kind: cls for cls in (ImageCodec, HyperpriorCodec, CheckerboardCodec)}
+CODEC_MODELS = {cls.kind: cls for cls in (FactorizedCodec, HyperpriorCodec, CheckerboardCodec)}
 
 
-def build_codec(config: dict) -> ImageCodec:
+def build_codec(config: dict) -> CodecModel:
     """The codec model of a saved ``config`` (``kind`` "factorized" when absent)."""
     config = dict(config)
     kind = config.pop("kind", "factorized")

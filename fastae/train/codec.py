@@ -27,7 +27,7 @@ from PIL import Image
 from fastae._device import autocast_dtype, resolve_device
 from fastae._io import read_json, read_safetensors, safetensors_metadata
 from fastae.data.images import list_images, read_rgb
-from fastae.models.codec import CODEC_MODELS, LAMBDAS, ImageCodec, build_codec
+from fastae.models.codec import CODEC_MODELS, LAMBDAS, CodecModel, build_codec
 from fastae.train.checkpoint import CODEC, CONFIG, STATE, WEIGHTS, resume_checkpoint, save_checkpoint
 
 
@@ -109,7 +109,7 @@ def _read_init(init):
     return config, path, {k[len("model."):]: v.float() for k, v in tensors.items() if k.startswith("model.")}
 
 
-def _warm_start(model: ImageCodec, init) -> list:
+def _warm_start(model: CodecModel, init) -> list:
     """Start ``model`` from the checkpoint folder or codec file ``init``; the names taken from it.
 
     A model of the same kind that is nowhere wider than ``model`` (and whose qualities begin
@@ -147,7 +147,7 @@ def train_codec(data, out, steps: int = 20000, batch_size: int = 8, crop: int = 
                 checkpoint_every: int = 250, resume: bool = False, amp: bool = True, progress: bool = True,
                 time_limit: float = None, kind: str = "factorized", init=None, compile: bool = False,
                 stop_at: int = None, hyper_input: str = "noise", widths=None):
-    """Train an ImageCodec on random crops of the photos in ``data``; checkpoints in ``out``.
+    """Train a codec model of ``kind`` on random crops of the photos in ``data``; checkpoints in ``out``.
 
     ``time_limit`` (seconds) stops early after a checkpoint (resume later with ``resume=True``);
     ``stop_at`` stops after that step (with a checkpoint) while the learning rate still follows
@@ -189,7 +189,7 @@ def train_codec(data, out, steps: int = 20000, batch_size: int = 8, crop: int = 
         raise ValueError(f"train_codec: time_limit must be a number of seconds >= 0, got {time_limit!r}")
     end = steps if stop_at is None else stop_at
     device = resolve_device(device, "train_codec: device")
-    # bf16 autocast on a GPU, and on a CPU with native bf16; the entropy models stay fp32 (ImageCodec.forward).
+    # bf16 autocast on a GPU, and on a CPU with native bf16; the entropy models stay fp32 (CodecModel.forward).
     amp_dtype = autocast_dtype(amp, device, cpu=True)
     if amp_dtype == torch.float16:
         raise ValueError("train_codec: amp='fp16' is not supported (no gradient scaler); use True, 'bf16' or False")

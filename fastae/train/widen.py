@@ -21,7 +21,8 @@ import numbers
 import torch
 from torch import nn
 
-from fastae.models.codec import GDN, FactorizedPrior, HyperpriorCodec, ImageCodec, build_codec
+from fastae.codec.entropy import FactorizedDensity
+from fastae.models.codec import GDN, CodecModel, HyperpriorCodec, build_codec
 
 #: Analysis weights of new latent and hyper-latent channels, relative to a fresh layer's.
 NEW_LATENT_SCALE = 0.01
@@ -89,7 +90,7 @@ def _widen_priors(old: nn.ModuleList, new: nn.ModuleList):
     the old channel that gives 0 the highest probability (it codes zeros, as a new channel starts);
     a new quality copies the last old quality's."""
     for q, prior in enumerate(new):
-        source: FactorizedPrior = old[min(q, len(old) - 1)]
+        source: FactorizedDensity = old[min(q, len(old) - 1)]
         channels = source.matrices[0].shape[0]
         peaked = int(source.pmf(torch.zeros(1)).argmax(0)[0])
         take = torch.cat([torch.arange(channels),
@@ -109,8 +110,8 @@ def _widen_gains(old: torch.Tensor, new: nn.Parameter):
         new.copy_(torch.cat([rows, rows[-1:].expand(new.shape[0] - q_old, -1)]))
 
 
-def widen_codec(model: ImageCodec, N: int = None, M: int = None, widths=None, lambdas=None,
-                seed: int = 0) -> ImageCodec:
+def widen_codec(model: CodecModel, N: int = None, M: int = None, widths=None, lambdas=None,
+                seed: int = 0) -> CodecModel:
     """A model of ``model``'s kind with at least its sizes that codes as it does (see the module
     docstring). ``N``, ``M``, ``widths`` (channels at 1/2, 1/4, 1/8) default to ``model``'s;
     ``lambdas`` must begin with ``model``'s lambdas (new qualities are added above). ``seed``
@@ -129,7 +130,7 @@ def widen_codec(model: ImageCodec, N: int = None, M: int = None, widths=None, la
                          f"them), got {target['lambdas']}")
     torch.manual_seed(seed)
     wide = build_codec(target)
-    M0, M1, N0, N1 = cfg["M"], target["M"], cfg["N"], target["N"]
+    M0, M1, N0 = cfg["M"], target["M"], cfg["N"]
     ar = torch.arange
     w2, w4, w8 = (ar(c) for c in old_w)
     g_a, G_a, g_s, G_s = model.g_a, wide.g_a, model.g_s, wide.g_s
