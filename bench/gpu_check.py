@@ -48,9 +48,9 @@ REPO = Path(__file__).resolve().parents[1]
 STEPS = ("install", "info", "tests", "codec", "bench")
 HARD_LIMIT_S = 540  # never past this, even after a build in place: the device tool's command limit is 600 s
 MAX_OUTPUT_FILES = 8  # what the device tool returns from $OUT
-# fastae[test] needs these and the GPU machine's image lacks them (/work/.library/device/KINDS.md
-# lists what it has: torch, triton, numpy, safetensors, tqdm, pillow, pytest, pytest-benchmark,
-# pytest-xdist, hypothesis, scipy, matplotlib ...); --prepare downloads them for Python 3.12.
+# fastae[test] needs these and the GPU machine's image lacks them (it has torch, triton, numpy,
+# safetensors, tqdm, pillow, pytest, pytest-benchmark, pytest-xdist, pytest-timeout, hypothesis,
+# scipy, matplotlib ...); --prepare downloads them for Python 3.12.
 CARRIED_DISTRIBUTIONS = ("pytorch-msssim", "constriction")
 KODAK_IMAGES = ("kodim01.png", "kodim04.png", "kodim15.png", "kodim23.png")  # kodim04 is portrait
 CARRY_LIMIT_MB = 64  # the working tree and the carried paths together
@@ -83,9 +83,13 @@ class Plan:
     bench: tuple
 
 
+# Triton compiles and autotunes each linear_act kernel per activation, dtype and shape: 8 configs
+# x 3 kernels, each compile about 5 s on the shared 2-core CPU machine (triton 3.6, sm_90): on the
+# GPU machine count on seconds per case. The first run's bench is a small sample; a second run can
+# name its own (--bench-part) with the budget to itself (docs/gpu-runs.md).
 GPU_PLAN = Plan(
     device="cuda",
-    budgets={"install": 60, "build": 300, "info": 60, "tests": 120, "codec": 60, "bench": 200},
+    budgets={"install": 60, "build": 300, "info": 45, "tests": 150, "codec": 60, "bench": 240},
     total=330,
     pytest_args=("-m", "cuda", "tests"),
     codec_size=(512, 768),  # Kodak, landscape (portrait images are transposed)
@@ -93,13 +97,14 @@ GPU_PLAN = Plan(
     cross_images=4,
     codec_timing=(1, 3, 0.5),
     bench=(
-        BenchPart("ops", ("--quick", "--cases", "fwd+bwd"), 100,
-                  "forward-only cases; batches 256 and 65536; activations other than relu and gelu; float16"),
-        BenchPart("losses", ("--cases", "65536x"), 50,
+        BenchPart("ops", ("--quick", "--cases", "relu fwd+bwd 4096x784->128"), 75,
+                  "every other linear_act case: gelu, the layers 128->64, 64->128 and 128->784, forward only, "
+                  "batches 256 and 65536, float16"),
+        BenchPart("losses", ("--cases", "65536x"), 60,
                   "1024x1024 and 16384x1024 (reconstruction_loss, gaussian_kl); linear_bce_loss at batch 4096, 16384"),
-        BenchPart("train", ("--cases", "mlp-ae train step batch 4096"), 50,
+        BenchPart("train", ("--cases", "mlp-ae train step batch 4096"), 60,
                   "the MLP autoencoder at batch 256 and 65536; the conv autoencoder"),
-        BenchPart("codec", ("--quick",), 40, "batch 32 (the codec step measures it) and the CPU rows"),
+        BenchPart("codec", ("--quick",), 45, "batch 32 (the codec step measures it) and the CPU rows"),
     ),
 )
 
@@ -123,6 +128,7 @@ SUITE_TARGETS = {
     "train": "MLP-AE train step ≥2x eager",
     "codec": "codec compress/decompress ≥150 Kodak images/s at batch > 1 (the README's figure)",
 }
+CODEC_OPS = ("encode", "decode", "compress_batch", "decompress_batch")
 CODEC_TARGET = "codec ≥500 Kodak images/s, batched encode and decode"
 CODEC_TARGET_IMAGES_S = 500
 
@@ -217,9 +223,10 @@ def run_command(check: Check, cmd, timeout: float, cwd=None, env=None) -> Comman
     return Command(rc, seconds, timed_out, output)
 
 
-def python_json(check: Check, code: str, timeout: float = 120, cwd=None, env=None) -> dict:
-    """Run ``code`` in the steps' Python; the JSON object its last output line prints, or {"error": ...}."""
-    result = run_command(check, [check.python, "-c", code], timeout, cwd=cwd or check.work, env=env)
+def python_json(check: Check, code: str, *args, timeout: float = 120) -> dict:
+    """Run ``code`` (with ``args``) in the steps' Python and environment; the JSON object its last
+    output line prints, or {"error": ...}."""
+    result = run_command(check, [check.python, "-c", code, *args], timeout, cwd=check.work)
     lines = [line for line in result.output.splitlines() if line.startswith("{")]
     if result.rc != 0 or not lines:
         tail = result.output.strip().splitlines()[-1:] or ["no output"]
@@ -318,9 +325,9 @@ def native_hash(repo: Path = REPO) -> str:
 
 def package_files(repo: Path = REPO) -> dict:
     """{path in the wheel: path in the tree} of the package's files: fastae/ and kernels/ (as fastae/kernels/)."""
-    files = {f"fastae/{p.relative_to(repo / 'fastae').as_posix()}": p for p in _tree_files(repo / "fastae")}
-    files.update({f"fastae/kernels/{p.relative_to(repo / 'kernels').as_posix()}": p for p in _tree_files(repo / "kernels")})
-    return files
+    return {f"{inside}/{p.relative_to(repo / folder).as_posix()}": p
+            for folder, inside in (("fastae", "fastae"), ("kernels", "fastae/kernels"))
+            for p in _tree_files(repo / folder)}
 
 
 def wheel_build_info(wheel: Path) -> dict:
@@ -390,13 +397,21 @@ def stage_tree(check: Check, extension) -> Path:
     return src
 
 
+MISSING = r"""
+import importlib.metadata, json, sys
+missing = []
+for name in sys.argv[1:]:
+    try:
+        importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        missing.append(name)
+print(json.dumps({"missing": missing}))
+"""
+
+
 def missing_distributions(check: Check, names) -> list:
-    code = ("import importlib.metadata as m, json, sys\nmissing = []\nfor n in sys.argv[1:]:\n"
-            "    try:\n        m.version(n)\n    except m.PackageNotFoundError:\n        missing.append(n)\n"
-            "print(json.dumps({'missing': missing}))")
-    result = run_command(check, [check.python, "-c", code, *names], 60, cwd=check.work)
-    lines = [line for line in result.output.splitlines() if line.startswith("{")]
-    return json.loads(lines[-1])["missing"] if result.rc == 0 and lines else list(names)
+    """Which of the distributions ``names`` the steps' Python lacks (all of them if it cannot tell)."""
+    return python_json(check, MISSING, *names).get("missing", list(names))
 
 
 def _dist_name(wheel: Path) -> str:
@@ -413,12 +428,9 @@ def cuda_build_env(python: str, work: Path) -> dict:
     (the toolkit nvcc belongs to), and cuBLASLt's header and library from torch's nvidia wheels when
     the toolkit lacks them (csrc/cuda links cublasLt; the wheels ship only libcublasLt.so.N)."""
     env = {}
-    home = os.environ.get("CUDA_HOME") or next(
-        (d for d in ("/usr/local/cuda",) if Path(d, "bin", "nvcc").exists()), None)
-    if home is None and shutil.which("nvcc"):
-        home = str(Path(shutil.which("nvcc")).resolve().parents[1])
-    if home:
-        env["CUDA_HOME"] = home
+    home = os.environ.get("CUDA_HOME")
+    if not home and Path("/usr/local/cuda/bin/nvcc").exists():  # torch would guess from PATH: /usr/local/bin/nvcc
+        home = env["CUDA_HOME"] = "/usr/local/cuda"
     if home and Path(home, "include", "cublasLt.h").exists():
         return env
     found = subprocess.run([python, "-c", "import nvidia, json; print(json.dumps(list(nvidia.__path__)))"],
@@ -518,6 +530,8 @@ def _verified(check: Check, step: Step) -> Step:
         return step
     build, backends = info["build"], info["backends"]
     problems = [] if build.get("loaded") else [f"fastae._C not loaded: {build.get('load_error')}"]
+    if check.fastae.get("how") == "wheel installed" and Path(info["file"]).is_relative_to(REPO):
+        problems.append(f"fastae was imported from the tree ({info['file']}), not from the installed wheel")
     if check.plan.device == "cuda":
         problems += [f"{name} backend unavailable: {backends[name][1]}" for name in ("cuda", "triton")
                      if not backends[name][0]]
@@ -624,16 +638,19 @@ def step_codec(check: Check, budget: float) -> Step:
                 f"choices differ, {len(c['errors'])} files failed" for c in data["cross"]
                 if c["values_differ"] or c["tables_differ"] or c["errors"]]
     best = codec_best(data)
-    detail = ", ".join(f"{op} {v:.0f} images/s" for op, v in best.items())
+    detail = ", ".join(f"{op} {_rate(v)} images/s" for op, v in best.items())
     detail += f" (best batch > 1); cross-device: {'; '.join(problems) if problems else 'identical latents and tables'}"
     return Step("codec", "ok" if result.rc == 0 and not problems else "failed", result.seconds, budget, detail, data)
+
+
+def _rate(value: float) -> str:
+    return f"{value:.0f}" if value >= 100 else f"{value:.3g}"
 
 
 def codec_best(data: dict) -> dict:
     """The best images/s of each operation over the batches > 1 (over all batches when there is none)."""
     rows = [r for r in data["batches"] if r["batch"] > 1] or data["batches"]
-    return {op: max(r[op]["images_per_s"] for r in rows) for op in ("encode", "decode", "compress_batch",
-                                                                     "decompress_batch")}
+    return {op: max(r[op]["images_per_s"] for r in rows) for op in CODEC_OPS}
 
 
 def _timed(fn, device, warmup: int, repeats: int, min_time: float) -> tuple:
@@ -750,7 +767,7 @@ def measure_codec(device: str, size: tuple, batches: tuple, cross: int, timing: 
         row["decode"], _ = _timed(lambda: codec.decode(latents), dev, *timing)
         row["compress_batch"], files = _timed(lambda: codec.compress_batch(xb), dev, *timing)
         row["decompress_batch"], _ = _timed(lambda: codec.decompress_batch(files), dev, *timing)
-        for op in ("encode", "decode", "compress_batch", "decompress_batch"):
+        for op in CODEC_OPS:
             row[op]["images_per_s"] = batch / row[op]["median_s"]
         row["bpp"] = 8 * sum(map(len, files)) / (batch * height * width)
         out["batches"].append(row)
@@ -785,8 +802,7 @@ def codec_main(argv) -> int:
     Path(a.json).write_text(json.dumps(result, indent=1) + "\n")
     for row in result["batches"]:
         print(f"batch {row['batch']:3d}: " + ", ".join(
-            f"{op} {row[op]['images_per_s']:.1f} images/s" for op in ("encode", "decode", "compress_batch",
-                                                                     "decompress_batch")))
+            f"{op} {_rate(row[op]['images_per_s'])} images/s" for op in CODEC_OPS))
     for c in result["cross"]:
         print(f"{c['from']} -> {c['to']}: {c['values_differ']} of {c['latents']} latent values, "
               f"{c['tables_differ']} of {c['tables']} table choices differ; pixels: {c['pixels_differ']} differ, "
@@ -857,9 +873,9 @@ def judge_targets(check: Check) -> list:
         best = codec_best(codec.data)
         met = best["encode"] >= CODEC_TARGET_IMAGES_S and best["decode"] >= CODEC_TARGET_IMAGES_S
         out.append({"target": CODEC_TARGET, "status": "met" if met else "missed",
-                    "measured": f"encode {best['encode']:.0f}, decode {best['decode']:.0f} images/s (best batch > 1; "
-                                f"compress_batch {best['compress_batch']:.0f}, decompress_batch "
-                                f"{best['decompress_batch']:.0f})"})
+                    "measured": f"encode {_rate(best['encode'])}, decode {_rate(best['decode'])} images/s (best "
+                                f"batch > 1; compress_batch {_rate(best['compress_batch'])}, decompress_batch "
+                                f"{_rate(best['decompress_batch'])})"})
     return out
 
 
@@ -905,12 +921,12 @@ def summary_json(check: Check) -> dict:
 
 def summary_markdown(check: Check, data: dict) -> str:
     env = data["environment"]
-    gpu = env.get("name") or "no GPU"
-    lines = [f"# fastae GPU check: {gpu}, {data['stamp'][-10:]} ({data['mode']})", "",
+    fastae = check.fastae.get("how", "?") + (f", {check.fastae['wheel']}" if check.fastae.get("wheel") else "")
+    lines = [f"# fastae GPU check: {env.get('name') or 'no GPU'}, {data['stamp'][-10:]} ({data['mode']})", "",
              f"torch {env.get('torch')} (CUDA {env.get('cuda')}), triton {env.get('triton')}, driver "
-             f"{env.get('driver')}, Python {env.get('python')}, {env.get('cpus')} CPUs; tree {env.get('commit') or 'not a git checkout'}; "
-             f"fastae: {check.fastae.get('how', '?')}{', ' + check.fastae['wheel'] if check.fastae.get('wheel') else ''}. "
-             f"{data['elapsed_s']:.0f} s in all (budget {data['budget_s']:.0f} s).", "",
+             f"{env.get('driver')}, Python {env.get('python')}, {env.get('cpus')} CPUs; tree "
+             f"{env.get('commit') or 'not a git checkout'}; fastae: {fastae}. {data['elapsed_s']:.0f} s in all "
+             f"(budget {data['budget_s']:.0f} s).", "",
              "| step | status | time | budget | result |", "|---|---|---|---|---|"]
     for s in data["steps"]:
         lines.append(f"| {s['name']} | {s['status']} | {s['seconds']:.0f} s | {s['budget']:.0f} s | "
@@ -924,9 +940,8 @@ def summary_markdown(check: Check, data: dict) -> str:
                       f"{codec['height']}x{codec['width']}, {codec['images']}", "",
                   "| batch | encode | decode | compress_batch | decompress_batch | bpp |", "|---|---|---|---|---|---|"]
         for r in codec["batches"]:
-            lines.append(f"| {r['batch']} | " + " | ".join(
-                f"{r[op]['images_per_s']:.1f}/s" for op in ("encode", "decode", "compress_batch", "decompress_batch"))
-                + f" | {r['bpp']:.3f} |")
+            rates = [f"{_rate(r[op]['images_per_s'])}/s" for op in CODEC_OPS]
+            lines.append(f"| {r['batch']} | {' | '.join(rates)} | {r['bpp']:.3f} |")
         lines.append("")
         for c in codec["cross"]:
             lines.append(f"- encoded on {c['from']}, decoded on {c['to']}: {c['images']} images, "
@@ -979,7 +994,8 @@ def budget_table(check: Check, skip) -> str:
         "codec": (f"{len(kodak)} carried images" if kodak else "synthetic images") +
                  f" at {plan.codec_size[0]}x{plan.codec_size[1]}, batches {', '.join(map(str, plan.codec_batches))}; "
                  f"cross-device decoding of {plan.cross_images}",
-        "bench": ", ".join(f"{p.suite} ({p.budget:.0f} s)" for p in plan.bench) + f": what is left of {plan.total:.0f} s",
+        "bench": ", ".join(f"{p.suite} ({p.budget:.0f} s)" for p in plan.bench) + f", in what is left of "
+                                                                                    f"{plan.total:.0f} s",
     }
     lines = [f"fastae GPU check on {plan.device}{' (dry run)' if check.dry_run else ''}: {len(STEPS) - len(skip)} "
              f"steps in {plan.total:.0f} s (a build in place adds its time; never past {HARD_LIMIT_S} s)",
@@ -1001,6 +1017,11 @@ def run_check(args) -> int:
                              f"{', '.join(budgets)}")
         budgets[name] = float(seconds)
     plan = replace(plan, budgets=budgets, total=args.budget or plan.total)
+    if args.bench_part:
+        parts = tuple(_bench_part(item, budgets["bench"]) for item in args.bench_part)
+        if len({p.suite for p in parts}) < len(parts):
+            raise SystemExit("gpu_check: --bench-part names a suite twice; each suite's runs write one file")
+        plan = replace(plan, bench=parts)
     out = Path(args.out) if args.out else (Path(os.environ["OUT"]) / "gpu-check" if os.environ.get("OUT")
                                            else Path(tempfile.mkdtemp(prefix="fastae-gpu-check-")))
     out.mkdir(parents=True, exist_ok=True)
@@ -1012,6 +1033,8 @@ def run_check(args) -> int:
     work.mkdir(parents=True, exist_ok=True)
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
     env.update(PYTHONUNBUFFERED="1", PIP_DISABLE_PIP_VERSION_CHECK="1", PIP_NO_INPUT="1")
+    if plan.device == "cuda":
+        env["TRITON_PRINT_AUTOTUNING"] = "1"  # log.txt then shows each autotuning's time and the config it chose
     started = time.monotonic()
     skip = set(args.skip)
     check = Check(plan, out.resolve(), work.resolve(), Path(args.carry).resolve(), args.dry_run,
@@ -1037,6 +1060,8 @@ def run_check(args) -> int:
             step = STEP_FUNCTIONS[name](check, budget)
         except Exception as e:  # noqa: BLE001  (a broken step is a result; the next steps still run)
             step = Step(name, "failed", detail=f"gpu_check error: {type(e).__name__}: {e}")
+            if name == "install":
+                stage_tree(check, None)
         check.steps.append(step)
         say(f"[{time.monotonic() - started:5.0f} s] {name}: {step.status} in {step.seconds:.0f} s: {step.detail}")
         write_summary(check)
@@ -1063,9 +1088,9 @@ def folder_size(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
 
 
-def ensure_torch_venv(venv: Path, torch_version: str) -> str:
-    """The python of ``venv``, holding torch ``torch_version`` with CUDA and what a build needs (made
-    on first use: torch's CUDA wheels are several GB)."""
+def ensure_torch_venv(venv: Path, torch_version: str) -> tuple:
+    """(the python of ``venv``, its torch version, its CUDA version): torch ``torch_version`` with CUDA
+    and what a build needs, installed on first use (torch's CUDA wheels are several GB)."""
     python = venv / "bin" / "python"
     query = "import torch, setuptools; print(torch.__version__, torch.version.cuda, setuptools.__version__)"
     have = subprocess.run([str(python), "-c", query], capture_output=True, text=True) if python.exists() else None
@@ -1082,7 +1107,7 @@ def ensure_torch_venv(venv: Path, torch_version: str) -> str:
         raise SystemExit(f"gpu_check --prepare: torch {version} in {venv} is a CPU build; the GPU machine's is CUDA "
                          f"13: install the CUDA build there (pip install torch=={torch_version} from PyPI is CUDA 13)")
     say(f"torch {version} (CUDA {cuda}) in {venv}")
-    return str(python)
+    return str(python), version, cuda
 
 
 def download_wheels(dest: Path, names) -> list:
@@ -1091,62 +1116,99 @@ def download_wheels(dest: Path, names) -> list:
     dest.mkdir(parents=True)
     platforms = [f"--platform={p}" for p in ("manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_17_x86_64",
                                              "manylinux2014_x86_64", "manylinux1_x86_64")]
-    subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--python-version=3.12",
-                    "--implementation=cp", *platforms, "-d", str(dest), *names], check=True)
+    subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+                    "--python-version=3.12", "--implementation=cp", *platforms, "-d", str(dest), *names], check=True)
     return sorted(p.name for p in dest.glob("*.whl"))
 
 
-def prepare(args) -> int:
-    carry = Path(args.carry).resolve()
-    carry.mkdir(parents=True, exist_ok=True)
-    python = ensure_torch_venv(Path(args.torch_venv), args.torch)
-    commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+def kodak_folder(given) -> Path:
+    """``given``, or the first shared/data/kodak in a folder above the repository (../shared beside
+    a checkout, ../../shared beside a worktree)."""
+    if given:
+        return Path(given)
+    found = next((d / "shared" / "data" / "kodak" for d in REPO.parents if (d / "shared" / "data" / "kodak").is_dir()),
+                 None)
+    if found is None:
+        raise SystemExit(f"gpu_check --prepare: no shared/data/kodak above {REPO}; name the Kodak folder with --kodak")
+    return found
+
+
+def build_carried_wheel(python: str, carry: Path, arch: str, jobs: int, torch_version: str) -> tuple:
+    """Build the CUDA wheel into ``carry`` (replacing any other), check what it records and write
+    carry.json; (the wheel, its build record)."""
+    commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True).stdout
     built_from = native_hash()  # before the build: the sources it compiles
     with tempfile.TemporaryDirectory(prefix="fastae-prepare-") as tmp:
         t0 = time.monotonic()
-        say(f"building the CUDA wheel (TORCH_CUDA_ARCH_LIST={args.arch}, MAX_JOBS={args.jobs}): many minutes on 2 cores")
-        wheel = build_wheel(python, Path(tmp) / "dist", Path(tmp), args.arch, args.jobs)
+        say(f"building the CUDA wheel (TORCH_CUDA_ARCH_LIST={arch}, MAX_JOBS={jobs}): many minutes on 2 cores")
+        wheel = build_wheel(python, Path(tmp) / "dist", Path(tmp), arch, jobs)
         if wheel is None:
             raise SystemExit("gpu_check --prepare: the wheel build failed (its output is above)")
         info = wheel_build_info(wheel)
         problems = [f"{key} {info.get(key)!r}, expected {want}" for key, want, ok in (
-            ("torch", args.torch, str(info.get("torch", "")).startswith(args.torch)),
+            ("torch", torch_version, str(info.get("torch", "")).startswith(torch_version)),
             ("cuda", "13.x", str(info.get("cuda", "")).startswith("13.")),
-            ("cuda_arch_list", args.arch, info.get("cuda_arch_list") == args.arch)) if not ok]
+            ("cuda_arch_list", arch, info.get("cuda_arch_list") == arch)) if not ok]
         if problems:
             raise SystemExit(f"gpu_check --prepare: {wheel.name} records {'; '.join(problems)}")
         for old in carry.glob("fastae-*.whl"):
             old.unlink()
         wheel = Path(shutil.copy2(wheel, carry / wheel.name))
         say(f"built {wheel.name} in {time.monotonic() - t0:.0f} s: {info}")
+    (carry / "carry.json").write_text(json.dumps({"commit": commit.strip() or None, "native_hash": built_from,
+                                                  "wheel": wheel.name, "build_info": info}, indent=1) + "\n")
+    return wheel, info
+
+
+def prepare(args) -> int:
+    carry = Path(args.carry).resolve()
+    carry.mkdir(parents=True, exist_ok=True)
+    source = kodak_folder(args.kodak)
+    missing = [name for name in KODAK_IMAGES if not (source / name).is_file()]
+    if missing:
+        raise SystemExit(f"gpu_check --prepare: {source} lacks {', '.join(missing)} (--kodak names the Kodak folder)")
+    python, torch_version, torch_cuda = ensure_torch_venv(Path(args.torch_venv), args.torch)
+    manifest = json.loads((carry / "carry.json").read_text()) if (carry / "carry.json").exists() else {}
+    wheel = carried_wheel(carry)
+    verdict, why = wheel_verdict(wheel, manifest, torch_version, torch_cuda)
+    if args.rebuild or verdict != "wheel" or manifest.get("build_info", {}).get("cuda_arch_list") != args.arch:
+        say(f"the carried wheel will be (re)built: {'--rebuild' if args.rebuild else why}")
+        wheel, info = build_carried_wheel(python, carry, args.arch, args.jobs, args.torch)
+        manifest = json.loads((carry / "carry.json").read_text())
+    else:
+        say(f"{why}: not rebuilt (--rebuild to force)")
     wheels = download_wheels(carry / "wheels", CARRIED_DISTRIBUTIONS)
     kodak = carry / "kodak"
     shutil.rmtree(kodak, ignore_errors=True)
     kodak.mkdir()
-    source = Path(args.kodak)
     for name in KODAK_IMAGES:
-        if not (source / name).exists():
-            raise SystemExit(f"gpu_check --prepare: {source / name} not found (--kodak names the Kodak folder)")
         shutil.copy2(source / name, kodak / name)
-    manifest = {"created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                "commit": commit or None, "native_hash": built_from, "wheel": wheel.name, "build_info": info,
-                "wheels": wheels, "kodak": list(KODAK_IMAGES)}
+    manifest.update(wheels=wheels, kodak=list(KODAK_IMAGES),
+                    prepared=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
     (carry / "carry.json").write_text(json.dumps(manifest, indent=1) + "\n")
     carried, tree = folder_size(carry), tree_size()
-    inside = carry.is_relative_to(REPO)
     say(f"\n{carry}: {carried / 2**20:.1f} MiB ({wheel.name} {wheel.stat().st_size / 2**20:.1f} MiB; "
-        f"{', '.join(wheels)}; {len(KODAK_IMAGES)} Kodak images)")
+        f"{', '.join(wheels)}; {len(KODAK_IMAGES)} Kodak images from {source})")
     say(f"working tree {tree / 2**20:.1f} MiB + carry {carried / 2**20:.1f} MiB = {(tree + carried) / 2**20:.1f} MiB "
         f"of the device tool's {CARRY_LIMIT_MB} MiB")
     if tree + carried > CARRY_LIMIT_MB * 2**20:
         raise SystemExit(f"gpu_check --prepare: {(tree + carried) / 2**20:.1f} MiB is over the {CARRY_LIMIT_MB} MiB "
                          "the device tool carries")
-    if not inside:
+    if not carry.is_relative_to(REPO):
         say(f"note: {carry} is outside {REPO}: the device tool carries only paths inside the repository")
     return 0
 
 
 # ================================================================================================ CLI
+
+
+def _bench_part(item: str, budget: float) -> BenchPart:
+    """``SUITE=OPTIONS`` (--bench-part) as a BenchPart."""
+    suite, _, options = item.partition("=")
+    if suite not in SUITE_TARGETS or not options.strip():
+        raise SystemExit(f"gpu_check: --bench-part {item!r}: expected SUITE=OPTIONS with SUITE one of "
+                         f"{', '.join(SUITE_TARGETS)}, e.g. \"ops=--quick --cases fwd+bwd\"")
+    return BenchPart(suite, tuple(shlex.split(options)), budget, f"what `{options.strip()}` leaves out")
 
 
 def _steps(text):
@@ -1176,12 +1238,17 @@ def main(argv=None) -> int:
     p.add_argument("--budget", type=float, help="seconds for the whole check (default: GPU 330, dry run 600)")
     p.add_argument("--step-budget", action="append", default=[], metavar="STEP=SECONDS",
                    help="one step's timeout (repeatable; also build=SECONDS for a build in place)")
+    p.add_argument("--bench-part", action="append", default=[], metavar="SUITE=OPTIONS",
+                   help="instead of the plan's bench runs, `fastae bench --suite SUITE OPTIONS` (repeatable; one "
+                        "per suite: each writes the suite's file), e.g. \"ops=--quick --cases fwd+bwd\"")
     p.add_argument("--torch-venv", default="/work/venv-cu211", help="--prepare: the venv with the GPU machine's torch")
     p.add_argument("--torch", default="2.11.0", help="--prepare: the GPU machine's torch version")
     p.add_argument("--arch", default="9.0", help="--prepare: TORCH_CUDA_ARCH_LIST (9.0: H100, H200)")
     p.add_argument("--jobs", type=int, default=2, help="--prepare: MAX_JOBS of the build")
-    p.add_argument("--kodak", default=str(REPO.parent / "shared" / "data" / "kodak"),
-                   help="--prepare: the Kodak folder to take the images from")
+    p.add_argument("--kodak", help="--prepare: the Kodak folder to take the images from (default: "
+                                   "shared/data/kodak in a folder above the repository)")
+    p.add_argument("--rebuild", action="store_true", help="--prepare: build the wheel even when the carried one "
+                                                          "is up to date")
     args = p.parse_args(argv)
     if args.prepare:
         return prepare(args)
