@@ -48,10 +48,12 @@ REPO = Path(__file__).resolve().parents[1]
 STEPS = ("install", "info", "tests", "codec", "bench")
 HARD_LIMIT_S = 540  # never past this, even after a build in place: the device tool's command limit is 600 s
 MAX_OUTPUT_FILES = 8  # what the device tool returns from $OUT
-# fastae[test] needs these and the GPU machine's image lacks them (it has torch, triton, numpy,
-# safetensors, tqdm, pillow, pytest, pytest-benchmark, pytest-xdist, pytest-timeout, hypothesis,
-# scipy, matplotlib ...); --prepare downloads them for Python 3.12.
-CARRIED_DISTRIBUTIONS = ("pytorch-msssim", "constriction")
+# fastae[test] needs the first two and the GPU machine's image lacks them (it has torch, triton,
+# numpy, safetensors, tqdm, pillow, pytest, pytest-benchmark, pytest-xdist, pytest-timeout,
+# hypothesis, scipy, matplotlib ...); a build there needs setuptools>=77 (pyproject's license
+# string) and torch 2.11 wants <82. --prepare downloads them for Python 3.12.
+CARRIED_DISTRIBUTIONS = ("pytorch-msssim", "constriction", "setuptools>=77,<82")
+BUILD_SETUPTOOLS = 77
 KODAK_IMAGES = ("kodim01.png", "kodim04.png", "kodim15.png", "kodim23.png")  # kodim04 is portrait
 CARRY_LIMIT_MB = 64  # the working tree and the carried paths together
 
@@ -490,6 +492,7 @@ def step_install(check: Check, budget: float) -> Step:
     verdict, why = wheel_verdict(wheel, manifest, check.probe.get("torch", ""), check.probe.get("cuda"))
     notes.append(why)
     if verdict == "build":
+        notes += ensure_setuptools(check, carried)
         build_t0 = time.monotonic()
         jobs = min(16, os.cpu_count() or 1)
         say(f"  building a wheel here (MAX_JOBS={jobs}, up to {check.plan.budgets['build']:.0f} s): {why}")
@@ -518,6 +521,19 @@ def step_install(check: Check, budget: float) -> Step:
                              "none": "tree, no fastae._C"}[verdict], wheel=wheel.name if wheel else None)
     return _verified(check, Step("install", "ok" if verdict in ("wheel", "extension") else "failed",
                                  time.monotonic() - t0, budget, "; ".join(notes)))
+
+
+def ensure_setuptools(check: Check, carried) -> list:
+    """Install the carried setuptools when the one here is too old to build fastae; notes on what was done."""
+    have = python_json(check, "import json, setuptools; print(json.dumps({'version': setuptools.__version__}))")
+    version = have.get("version", "0")
+    if int(re.match(r"\d*", version).group() or 0) >= BUILD_SETUPTOOLS:
+        return []
+    wheel = next((w for w in carried if _dist_name(w) == "setuptools"), None)
+    if wheel is None:
+        return [f"setuptools {version} is older than {BUILD_SETUPTOOLS} and none is carried: the build will fail"]
+    result = pip_install(check, [wheel], 120)
+    return [f"setuptools {version} -> {wheel.name.split('-')[1]}" + ("" if result.rc == 0 else " FAILED")]
 
 
 def _verified(check: Check, step: Step) -> Step:
@@ -880,6 +896,8 @@ def judge_targets(check: Check) -> list:
 
 
 def _judge_rows(text, rows, suite) -> dict:
+    """A target judged over ``rows`` (fastae's rows of a suite that carry it; None: no results):
+    missed when a row missed it, met when every row met it, incomplete when some rows failed."""
     if rows is None:
         return {"target": text, "status": "not measured", "measured": f"no {suite} bench results"}
     if not rows:
@@ -897,7 +915,7 @@ def _judge_rows(text, rows, suite) -> dict:
     if rates:
         worst = min(rates, key=lambda r: r["rates"]["images/s"])
         lowest.append(f"{worst['rates']['images/s']:.0f} images/s ({worst['case']})")
-    status = "missed" if missed else ("met" if met == len(rows) else "not measured")
+    status = "missed" if missed else "met" if met == len(rows) else "incomplete" if met else "not measured"
     return {"target": text, "status": status,
             "measured": f"{met} of {len(rows)} rows met" + (f"; lowest: {'; '.join(lowest)}" if lowest else "")}
 
@@ -1031,7 +1049,8 @@ def run_check(args) -> int:
                          "name an empty or new one with --out")
     work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="fastae-gpu-check-work-"))
     work.mkdir(parents=True, exist_ok=True)
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
+    # The same steps from a shell or from the tests (whose conftest sets TRITON_INTERPRET on a CPU).
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "TRITON_INTERPRET")}
     env.update(PYTHONUNBUFFERED="1", PIP_DISABLE_PIP_VERSION_CHECK="1", PIP_NO_INPUT="1")
     if plan.device == "cuda":
         env["TRITON_PRINT_AUTOTUNING"] = "1"  # log.txt then shows each autotuning's time and the config it chose
@@ -1182,7 +1201,7 @@ def prepare(args) -> int:
     shutil.rmtree(kodak, ignore_errors=True)
     kodak.mkdir()
     for name in KODAK_IMAGES:
-        shutil.copy2(source / name, kodak / name)
+        shutil.copyfile(source / name, kodak / name)
     manifest.update(wheels=wheels, kodak=list(KODAK_IMAGES),
                     prepared=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
     (carry / "carry.json").write_text(json.dumps(manifest, indent=1) + "\n")

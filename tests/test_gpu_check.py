@@ -4,8 +4,10 @@ takes on the GPU machine: which fastae to run, what the tests printed, which tar
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
 import zipfile
 from pathlib import Path
 
@@ -94,6 +96,21 @@ def test_a_full_output_folder_is_refused(tmp_path):
 def test_a_bad_step_budget_is_named():
     with pytest.raises(SystemExit, match="--step-budget 'tset=5': expected STEP=SECONDS"):
         gc.main(["--dry-run", "--step-budget", "tset=5"])
+
+
+def test_a_command_past_its_timeout_is_killed_with_what_it_started_and_its_output_kept(tmp_path):
+    check = gc.Check(gc.DRY_PLAN, tmp_path, tmp_path, tmp_path, True, False, time.monotonic(), time.monotonic() + 60,
+                     dict(os.environ))
+    code = ("import subprocess, sys, time\n"
+            "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])\n"
+            "print('child', child.pid, flush=True)\n"
+            "time.sleep(60)")
+    result = gc.run_command(check, [sys.executable, "-c", code], 3)
+    assert result.timed_out and result.rc == -signal.SIGTERM and result.seconds < 20
+    child = int(re.search(r"^child (\d+)$", result.output, re.M).group(1))
+    stat = Path(f"/proc/{child}/stat")
+    assert not stat.exists() or stat.read_text().split(")")[-1].split()[0] in "ZX"  # gone, or a zombie not yet reaped
+    assert "exit -15, killed at its timeout" in (tmp_path / "log.txt").read_text()
 
 
 PLAIN = """\
@@ -196,6 +213,7 @@ def test_targets_are_met_only_when_every_judged_row_is_and_name_the_worst_row():
                                   "0.80x compile (b 4096, fastae-cuda)")
     assert gc._judge_rows("linear_act", rows[:1], "ops")["status"] == "met"
     assert gc._judge_rows("x", [_row("c", None, None)], "ops")["status"] == "not measured"  # the row failed
+    assert gc._judge_rows("x", [rows[0], _row("c", None, None)], "ops")["status"] == "incomplete"
     assert gc._judge_rows("x", [], "ops")["status"] == "not measured"
     assert gc._judge_rows("x", None, "losses")["measured"] == "no losses bench results"
     losses = gc._judge_rows("losses", [_row("mse", True, 2.5, frac=0.91)], "losses")
