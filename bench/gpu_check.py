@@ -488,6 +488,7 @@ def step_install(check: Check, budget: float) -> Step:
     manifest = {}
     if (check.carry / "carry.json").exists():
         manifest = json.loads((check.carry / "carry.json").read_text())
+        check.fastae["carried_from"] = manifest.get("commit")
     wheel = carried_wheel(check.carry)
     verdict, why = wheel_verdict(wheel, manifest, check.probe.get("torch", ""), check.probe.get("cuda"))
     notes.append(why)
@@ -940,6 +941,8 @@ def summary_json(check: Check) -> dict:
 def summary_markdown(check: Check, data: dict) -> str:
     env = data["environment"]
     fastae = check.fastae.get("how", "?") + (f", {check.fastae['wheel']}" if check.fastae.get("wheel") else "")
+    if check.fastae.get("carried_from"):
+        fastae += f" (carried from commit {check.fastae['carried_from'][:12]})"
     lines = [f"# fastae GPU check: {env.get('name') or 'no GPU'}, {data['stamp'][-10:]} ({data['mode']})", "",
              f"torch {env.get('torch')} (CUDA {env.get('cuda')}), triton {env.get('triton')}, driver "
              f"{env.get('driver')}, Python {env.get('python')}, {env.get('cpus')} CPUs; tree "
