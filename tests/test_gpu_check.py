@@ -1,6 +1,7 @@
 """bench/gpu_check.py: its dry run end to end (so the GPU run cannot rot), and the decisions it
 takes on the GPU machine: which fastae to run, what the tests printed, which targets were met."""
 
+import importlib.util
 import json
 import os
 import re
@@ -13,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from tests._util import bench_script
-
-gc = bench_script("gpu_check")
 ROOT = Path(__file__).resolve().parents[1]
+_spec = importlib.util.spec_from_file_location("gpu_check", ROOT / "bench" / "gpu_check.py")
+gc = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(gc)  # a script, not a package: loaded by path
 
 
 def _run_dry(tmp_path, *options):
