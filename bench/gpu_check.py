@@ -1028,7 +1028,8 @@ def budget_table(check: Check, skip) -> str:
     return "\n".join(lines)
 
 
-def run_check(args) -> int:
+def make_plan(args) -> Plan:
+    """The GPU plan or the dry run's, with the budgets and bench runs the options change."""
     plan = DRY_PLAN if args.dry_run else GPU_PLAN
     budgets = dict(plan.budgets)
     for item in args.step_budget:
@@ -1043,6 +1044,11 @@ def run_check(args) -> int:
         if len({p.suite for p in parts}) < len(parts):
             raise SystemExit("gpu_check: --bench-part names a suite twice; each suite's runs write one file")
         plan = replace(plan, bench=parts)
+    return plan
+
+
+def run_check(args) -> int:
+    plan = make_plan(args)
     out = Path(args.out) if args.out else (Path(os.environ["OUT"]) / "gpu-check" if os.environ.get("OUT")
                                            else Path(tempfile.mkdtemp(prefix="fastae-gpu-check-")))
     out.mkdir(parents=True, exist_ok=True)
