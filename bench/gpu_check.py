@@ -119,7 +119,8 @@ DRY_PLAN = Plan(
     codec_batches=(2,),
     cross_images=1,
     codec_timing=(0, 1, 0.0),
-    bench=tuple(BenchPart(suite, ("--quick", "--cases", case, "--min-time", "0.01"), 60, "all but one case (dry run)")
+    bench=tuple(BenchPart(suite, ("--quick", "--cases", case, "--min-time", "0.01"), 60,
+                          "the rest of the suite (dry run)")
                 for suite, case in (("ops", "relu fwd 256x784->128"), ("codec", "entropy coder decode"))),
 )
 
