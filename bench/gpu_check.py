@@ -188,17 +188,18 @@ def say(text=""):
 
 
 def _kill(proc):
-    """End ``proc`` and everything it started (its own process group)."""
-    for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, 10)):
+    """End ``proc`` and everything it started (its own process group): SIGTERM, then SIGKILL to
+    whatever is left of the group, also when the leader went first."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
         try:
             os.killpg(proc.pid, sig)
         except ProcessLookupError:
-            return
+            break
         try:
-            proc.wait(timeout=wait)
-            return
+            proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
-            continue
+            pass
+    proc.wait()
 
 
 def run_command(check: Check, cmd, timeout: float, cwd=None, env=None) -> Command:
@@ -980,6 +981,8 @@ def summary_markdown(check: Check, data: dict) -> str:
         for p in bench:
             left = p["leaves_out"] if p["status"] == "ok" else f"everything ({p['detail']})"
             lines.append(f"| {p['suite']} | {p['status']} | {p['seconds']:.0f} s | {p['file'] or '-'} | {left} |")
+        lines += [f"- {p['suite']}: {p['errors']} rows failed: {'; '.join(p['error_rows'][:3])}"
+                  for p in bench if p.get("errors")]
     tests = steps.get("tests", {}).get("data", {})
     if tests.get("failed"):
         lines += ["", f"## Failed tests ({len(tests['failed'])}; log.txt has each one's output)", ""]
