@@ -150,7 +150,7 @@ class Command:
 @dataclass
 class Step:
     name: str
-    status: str  # ok, failed, timeout, skipped, dropped
+    status: str  # ok, failed, timeout, skipped, dropped (no time left); the bench also partial
     seconds: float = 0.0
     budget: float = 0.0
     detail: str = ""
