@@ -9,8 +9,16 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
-def pytest_configure(config):
-    config.addinivalue_line("markers", "slow: trains or runs for more than a few seconds (deselect with -m 'not slow')")
+def pytest_collection_modifyitems(config, items):
+    """The `cuda` marker (pyproject.toml): on the cuda and triton backend cases where CUDA is
+    present; a test marked by hand skips where it is not."""
+    gpu = torch.cuda.is_available()
+    for item in items:
+        backend = item.callspec.params.get("backend") if hasattr(item, "callspec") else None
+        if gpu and backend in ("cuda", "triton"):  # tests._util.device_for puts both on the GPU
+            item.add_marker(pytest.mark.cuda)
+        elif not gpu and item.get_closest_marker("cuda") is not None:
+            item.add_marker(pytest.mark.skip(reason="needs a CUDA device"))
 
 
 @pytest.fixture(scope="session", params=["checkerboard", "factorized", "hyperprior"])

@@ -34,7 +34,7 @@ def test_cuda_without_a_gpu(device):
         load_codec(device=device)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.cuda
 def test_cuda_index_beyond_the_machine():
     count = torch.cuda.device_count()
     assert resolve_device("cuda:0") == torch.device("cuda:0")
