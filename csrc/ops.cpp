@@ -32,4 +32,13 @@ TORCH_LIBRARY(fastae_C, m) {
   m.def(
       "gaussian_kl_fwd(Tensor mu, Tensor logvar, int reduction, int batch, bool need_grad) -> "
       "(Tensor, Tensor, Tensor)");
+  // Generalized divisive normalization of x [N, C, H, W] (NCHW or channels_last; float32, bfloat16,
+  // float16) with float32 beta [C] and gamma [C, C]: y = x * rsqrt(beta + gamma @ x^2 per pixel), sqrt
+  // when inverse; the second output is that rsqrt (sqrt) in x's layout when save, else empty.
+  m.def("gdn_fwd(Tensor x, Tensor beta, Tensor gamma, bool inverse, bool save) -> (Tensor, Tensor)");
+  // From grad, x and r (gdn_fwd's second output), all in one layout: (dx, dbeta, dgamma), dx empty
+  // unless need_x, the float32 parameter gradients empty unless need_params.
+  m.def(
+      "gdn_bwd(Tensor grad, Tensor x, Tensor gamma, Tensor r, bool inverse, bool need_x, bool need_params) -> "
+      "(Tensor, Tensor, Tensor)");
 }
