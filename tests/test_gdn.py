@@ -198,7 +198,8 @@ def test_gdn_module_keeps_its_values_and_state_dict(inverse):
     [
         ({"x": torch.zeros(2, 3, 4)}, ValueError, r"expected x of shape \[N, C, H, W\], got \[2, 3, 4\]"),
         ({"beta": torch.ones(4)}, ValueError, r"expected beta of shape \[3\] \(x has 3 channels\), got \[4\]"),
-        ({"gamma": torch.ones(3, 4)}, ValueError, r"expected gamma of shape \[3, 3\] \(x has 3 channels\), got \[3, 4\]"),
+        ({"gamma": torch.ones(3, 4)}, ValueError,
+         r"expected gamma of shape \[3, 3\] \(x has 3 channels\), got \[3, 4\]"),
         ({"x": torch.zeros(1, 3, 2, 2, dtype=torch.int32)}, TypeError, r"expected x of dtype float32, bfloat16, "),
         ({"gamma": torch.ones(3, 3, dtype=torch.int64)}, TypeError, r"expected gamma of a floating dtype"),
         ({"beta": [1.0, 1.0, 1.0]}, TypeError, r"expected beta to be a Tensor, got list"),
