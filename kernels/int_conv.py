@@ -16,7 +16,8 @@ import triton
 import triton.language as tl
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
-_BLOCK_M, _BLOCK_N, _BLOCK_K, _NUM_WARPS = (16, 16, 32, 1) if _INTERPRET else (64, 64, 32, 4)
+# The interpreter pays per program and per op, not per element: large blocks there too.
+_BLOCK_M, _BLOCK_N, _BLOCK_K, _NUM_WARPS = (128, 64, 32, 1) if _INTERPRET else (64, 64, 32, 4)
 
 
 @triton.jit

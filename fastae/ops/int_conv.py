@@ -142,7 +142,7 @@ def _pack(taps_w):
     t, cin, cout = taps_w.shape
     packed = taps_w.new_zeros(t, (cin + 1) // 2, -(-cout // 16) * 16, 2)
     padded = torch.nn.functional.pad(taps_w, (0, 0, 0, cin % 2))
-    packed[:, :, :cout] = padded.reshape(t, -1, 2, cout).transpose(2, 3)
+    packed[:, :, :cout] = padded.reshape(t, (cin + 1) // 2, 2, cout).transpose(2, 3)
     return packed
 
 
@@ -197,14 +197,14 @@ class IntConvLayer:
         if not info.min <= lo <= hi <= info.max:
             raise ValueError(f"int_conv2d: expected {info.min} <= lo <= hi <= {info.max} for {out_dtype}, got "
                              f"lo={lo}, hi={hi}")
-        if weight.numel() and int(weight.abs().max()) > WEIGHT_MAX:
+        if weight.numel() and (int(weight.min()) < -WEIGHT_MAX or int(weight.max()) > WEIGHT_MAX):
             raise ValueError(f"int_conv2d: weights must lie in [-{WEIGHT_MAX}, {WEIGHT_MAX}], got "
-                             f"{int(weight.abs().max())}")
+                             f"[{int(weight.min())}, {int(weight.max())}]")
         if cout and not (int(mult.min()) >= 0 and int(mult.max()) < MULT_LIMIT and int(shift.min()) >= 1
                          and int(shift.max()) <= 40):
             raise ValueError("int_conv2d: expected multipliers in [0, 2^21) and shifts in [1, 40]")
         taps_w = _tap_weights(plan, weight)
-        gain = int(taps_w.abs().sum((0, 1), dtype=torch.int64).max()) if taps_w.numel() else 0
+        gain = int(taps_w.long().abs().sum((0, 1)).max()) if taps_w.numel() else 0
         bias_max = int(bias.abs().max()) if cout else 0
         return IntConvLayer(plan, _pack(taps_w).contiguous(), bias.contiguous(), mult.contiguous(),
                             shift.contiguous(), int(lo), int(hi), out_dtype, int(cin), int(cout), gain, bias_max)
