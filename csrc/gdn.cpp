@@ -27,7 +27,11 @@
   void gdn_gemm(int64_t, int64_t, int64_t, const float*, int64_t, const float*, int64_t, float*, int64_t, bool); \
   void gdn_norm_row(const float*, const float*, const float*, int, int64_t, bool, float*, float*);          \
   void gdn_q_row(const float*, const float*, const float*, int64_t, bool, float*);                          \
-  void gdn_dx_row(const float*, const float*, const float*, const float*, int64_t, float*);
+  void gdn_dx_row(const float*, const float*, const float*, const float*, int64_t, float*);                 \
+  void gdn_bf16_to_float(const c10::BFloat16*, float*, int64_t);                                           \
+  void gdn_half_to_float(const c10::Half*, float*, int64_t);                                               \
+  void gdn_float_to_bf16(const float*, c10::BFloat16*, int64_t);                                           \
+  void gdn_float_to_half(const float*, c10::Half*, int64_t);
 
 namespace fastae {
 #if defined(__GNUC__) && defined(__x86_64__)
@@ -37,9 +41,31 @@ FASTAE_DECLARE_GDN
 namespace avx512 {  // gdn_avx512.cpp
 FASTAE_DECLARE_GDN
 }
+namespace avx512bf16 {  // gdn_avx512bf16.cpp: the bfloat16 forward
+void gdn_square_rows(const uint16_t*, int64_t, int64_t, int64_t, int64_t, uint16_t*);
+void gdn_square_pairs(const uint16_t*, int64_t, int64_t, int64_t, uint16_t*);
+void gdn_gemm_bf16(int64_t, int64_t, int64_t, const uint16_t*, int64_t, const uint16_t*, float*, int64_t);
+void gdn_norm_row_bf16(const uint16_t*, const float*, const float*, int, int64_t, bool, uint16_t*, uint16_t*);
+}
+
+// bfloat16 inputs on a CPU with AVX512_BF16 (and AVX-512) take the bfloat16 GEMM in the forward.
+bool has_bf16_dot() {
+  static const bool ok = [] {
+    __builtin_cpu_init();
+    return capability() == Capability::kAvx512 && __builtin_cpu_supports("avx512bf16");
+  }();
+  return ok;
+}
+#else
+bool has_bf16_dot() { return false; }
 #endif
 
 namespace {
+
+// float, half and bfloat16 (the kernels accumulate in fp32; float64 runs the torch oracle).
+#define FASTAE_DISPATCH_GDN(TYPE, NAME, ...)                                        \
+  AT_DISPATCH_SWITCH(TYPE, NAME, AT_DISPATCH_CASE(at::kFloat, __VA_ARGS__)          \
+                     AT_DISPATCH_CASE(at::kHalf, __VA_ARGS__) AT_DISPATCH_CASE(at::kBFloat16, __VA_ARGS__))
 
 constexpr int64_t kTile = 256;          // pixels per tile: a few C x kTile fp32 buffers fit in L2
 constexpr int64_t kTilesPerChunk = 16;  // tiles whose parameter gradients are summed together
@@ -71,6 +97,12 @@ Tile tile_at(const Geometry& g, int64_t i) {
   return {n * g.C * g.P + p0, g.C, len, g.P, len};
 }
 
+// Rows of a reduced-precision tile to fp32 and back, with the build of this CPU.
+void to_float(const c10::BFloat16* src, float* dst, int64_t n) { FASTAE_SEGMENT(gdn_bf16_to_float)(src, dst, n); }
+void to_float(const c10::Half* src, float* dst, int64_t n) { FASTAE_SEGMENT(gdn_half_to_float)(src, dst, n); }
+void from_float(const float* src, c10::BFloat16* dst, int64_t n) { FASTAE_SEGMENT(gdn_float_to_bf16)(src, dst, n); }
+void from_float(const float* src, c10::Half* dst, int64_t n) { FASTAE_SEGMENT(gdn_float_to_half)(src, dst, n); }
+
 // A tile of a tensor of scalar_t as fp32 rows: the tensor's own memory for float, else a converted copy.
 template <typename T>
 const float* load_tile(const T* base, const Tile& t, float* buf, int64_t& ld) {
@@ -78,8 +110,7 @@ const float* load_tile(const T* base, const Tile& t, float* buf, int64_t& ld) {
     ld = t.ld;
     return base + t.offset;
   } else {
-    for (int64_t i = 0; i < t.rows; ++i)
-      for (int64_t j = 0; j < t.cols; ++j) buf[i * t.cols + j] = static_cast<float>(base[t.offset + i * t.ld + j]);
+    for (int64_t i = 0; i < t.rows; ++i) to_float(base + t.offset + i * t.ld, buf + i * t.cols, t.cols);
     ld = t.cols;
     return buf;
   }
@@ -95,8 +126,7 @@ float* out_row(T* base, const Tile& t, float* buf, int64_t i) {
 template <typename T>
 void store_tile(T* base, const Tile& t, const float* buf) {
   if constexpr (!std::is_same_v<T, float>) {
-    for (int64_t i = 0; i < t.rows; ++i)
-      for (int64_t j = 0; j < t.cols; ++j) base[t.offset + i * t.ld + j] = static_cast<T>(buf[i * t.cols + j]);
+    for (int64_t i = 0; i < t.rows; ++i) from_float(buf + i * t.cols, base + t.offset + i * t.ld, t.cols);
   }
 }
 
@@ -126,16 +156,30 @@ void check_inputs(const char* op, const at::Tensor& x, const at::Tensor& gamma) 
               gamma.scalar_type());
 }
 
+// gamma for the bfloat16 GEMM, channels padded to kp (even) with zeros: NCHW needs it as rows
+// [C][kp] (the A operand), channels_last as gamma^T packed [kp / 2][C][2] (the B operand).
+std::vector<uint16_t> gamma_bf16(const at::Tensor& gamma, bool cl, int64_t kp) {
+  const int64_t C = gamma.size(0);
+  const float* gp = gamma.const_data_ptr<float>();
+  std::vector<uint16_t> out(C * kp, 0);
+  for (int64_t i = 0; i < C; ++i)
+    for (int64_t k = 0; k < C; ++k)
+      out[cl ? ((k / 2) * C + i) * 2 + k % 2 : i * kp + k] = c10::BFloat16(gp[i * C + k]).x;
+  return out;
+}
+
 std::tuple<at::Tensor, at::Tensor> gdn_fwd_cpu(const at::Tensor& x, const at::Tensor& beta, const at::Tensor& gamma,
                                                bool inverse, bool save) {
   check_inputs("fastae_C::gdn_fwd", x, gamma);
   const Geometry g(x);
-  const int64_t C = g.C;
+  const int64_t C = g.C, kp = (C + 1) / 2 * 2;
   const at::Tensor gm = gamma.contiguous(), gt = gamma.t().contiguous(), b = beta.to(at::kFloat).contiguous();
   at::Tensor y = at::empty_like(x), r = save ? at::empty_like(x) : at::empty({0}, x.options());
   const auto gemm = FASTAE_SEGMENT(gdn_gemm);
   const auto norm_row = FASTAE_SEGMENT(gdn_norm_row);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "gdn_fwd_cpu", [&] {
+  const bool bf16_dot = x.scalar_type() == at::kBFloat16 && has_bf16_dot();
+  const std::vector<uint16_t> gb = bf16_dot ? gamma_bf16(gm, g.cl, kp) : std::vector<uint16_t>();
+  FASTAE_DISPATCH_GDN(x.scalar_type(), "gdn_fwd_cpu", [&] {
     const scalar_t* xp = x.const_data_ptr<scalar_t>();
     scalar_t* yp = y.mutable_data_ptr<scalar_t>();
     scalar_t* rp = save ? r.mutable_data_ptr<scalar_t>() : nullptr;
@@ -143,8 +187,30 @@ std::tuple<at::Tensor, at::Tensor> gdn_fwd_cpu(const at::Tensor& x, const at::Te
     at::parallel_for(0, g.tiles, 1, [&](int64_t t0, int64_t t1) {
       const int64_t n = C * g.T;
       std::vector<float> xbuf(n), sq(n), norm(n), ybuf(n), rbuf(n);
+      std::vector<uint16_t> sqb(bf16_dot ? kp * g.T : 0);
       for (int64_t i = t0; i < t1; ++i) {
         const Tile t = tile_at(g, i);
+#if defined(__GNUC__) && defined(__x86_64__)
+        if constexpr (std::is_same_v<scalar_t, at::BFloat16>) {
+          if (bf16_dot) {  // bfloat16 squares and gamma, two products per fp32 lane; no fp32 copy of the tile
+            const uint16_t* xb = reinterpret_cast<const uint16_t*>(xp) + t.offset;
+            if (g.cl) {
+              avx512bf16::gdn_square_rows(xb, t.ld, t.rows, C, kp, sqb.data());
+              avx512bf16::gdn_gemm_bf16(t.rows, C, kp / 2, sqb.data(), kp, gb.data(), norm.data(), C);
+            } else {
+              avx512bf16::gdn_square_pairs(xb, t.ld, C, t.cols, sqb.data());
+              avx512bf16::gdn_gemm_bf16(C, t.cols, kp / 2, gb.data(), kp, sqb.data(), norm.data(), t.cols);
+            }
+            for (int64_t row = 0; row < t.rows; ++row) {
+              const int64_t off = t.offset + row * t.ld;
+              avx512bf16::gdn_norm_row_bf16(xb + row * t.ld, norm.data() + row * t.cols, g.cl ? bp : bp + row,
+                                            g.cl ? 1 : 0, t.cols, inverse, reinterpret_cast<uint16_t*>(yp) + off,
+                                            rp ? reinterpret_cast<uint16_t*>(rp) + off : nullptr);
+            }
+            continue;
+          }
+        }
+#endif
         int64_t ld;
         const float* xf = load_tile(xp, t, xbuf.data(), ld);
         square(xf, ld, t, sq.data());
@@ -180,7 +246,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gdn_bwd_cpu(const at::Tensor& gra
   const auto gemm = FASTAE_SEGMENT(gdn_gemm);
   const auto q_row = FASTAE_SEGMENT(gdn_q_row);
   const auto dx_row = FASTAE_SEGMENT(gdn_dx_row);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "gdn_bwd_cpu", [&] {
+  FASTAE_DISPATCH_GDN(x.scalar_type(), "gdn_bwd_cpu", [&] {
     const scalar_t *gp = grad.const_data_ptr<scalar_t>(), *xp = x.const_data_ptr<scalar_t>(),
                    *rp = r.const_data_ptr<scalar_t>();
     scalar_t* dxp = need_x ? dx.mutable_data_ptr<scalar_t>() : nullptr;

@@ -8,12 +8,13 @@
 #include <c10/util/Half.h>
 
 #pragma GCC push_options
-#pragma GCC target("avx2,fma")
+#pragma GCC target("avx2,fma,f16c")
 // The pragma lets the code below use AVX2 and FMA but does not define the macros by which
 // sleef.h and ATen's vec headers declare their AVX2 variants.
 #define __AVX__ 1
 #define __AVX2__ 1
 #define __FMA__ 1
+#define __F16C__ 1  // every CPU with AVX2 has F16C (the half conversions)
 #define CPU_CAPABILITY AVX2
 #define CPU_CAPABILITY_AVX2
 #define FASTAE_CAP_NS avx2

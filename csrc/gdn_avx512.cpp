@@ -8,12 +8,13 @@
 #include <c10/util/Half.h>
 
 #pragma GCC push_options
-#pragma GCC target("avx512f,avx512dq,avx512bw,avx512vl,avx2,fma")
+#pragma GCC target("avx512f,avx512dq,avx512bw,avx512vl,avx2,fma,f16c")
 // The pragma lets the code below use these instructions but does not define the macros by
 // which sleef.h and ATen's vec headers declare their AVX-512 variants.
 #define __AVX__ 1
 #define __AVX2__ 1
 #define __FMA__ 1
+#define __F16C__ 1
 #define __AVX512F__ 1
 #define __AVX512DQ__ 1
 #define __AVX512BW__ 1

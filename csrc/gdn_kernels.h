@@ -123,5 +123,11 @@ void gdn_dx_row(const float* g, const float* x, const float* r, const float* t, 
   }
 }
 
+// Rows of bfloat16 / half tiles to fp32 and back (round to nearest even), vectorized.
+void gdn_bf16_to_float(const c10::BFloat16* src, float* dst, int64_t n) { at::vec::convert(src, dst, n); }
+void gdn_half_to_float(const c10::Half* src, float* dst, int64_t n) { at::vec::convert(src, dst, n); }
+void gdn_float_to_bf16(const float* src, c10::BFloat16* dst, int64_t n) { at::vec::convert(src, dst, n); }
+void gdn_float_to_half(const float* src, c10::Half* dst, int64_t n) { at::vec::convert(src, dst, n); }
+
 }  // namespace FASTAE_CAP_NS
 }  // namespace fastae

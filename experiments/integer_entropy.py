@@ -3,6 +3,9 @@ float h_s and checkerboard context by scale calibration alone (no fine-tuning), 
 float64 networks the codec runs today: the bytes of the latents' streams coded with the tables
 each implies, the share of latents on another table, the means' difference.
 
+--time also times both networks on each Kodak image (their median, thread time at one thread
+and wall time at the threads torch uses), the anchors' values given (as the encoder has them).
+
 Calibration: hyper-latents, h_s outputs and decoded anchors of --calib photos from
 photos-train (never Kodak), center crops of --crop pixels, at every quality. Evaluation: the
 first --images Kodak images at --qualities, the latents' streams (anchors and others, escapes
@@ -10,10 +13,12 @@ included) coded by rANS with the codec's Gaussian tables; the hyper-latents (the
 same for both) and the side search are left out.
 
     python experiments/integer_entropy.py [--data ../shared/data] [--calib 8] [--crop 512] [--images 4]
-        [--qualities 1 4 8]
+        [--qualities 1 4 8] [--time]
 """
 
 import argparse
+import statistics
+import time
 from pathlib import Path
 
 import numpy as np
@@ -90,6 +95,40 @@ def compare(loaded, hs, ctx, x, quality):
             "latents": values.numel()}
 
 
+def _median_ms(fn, clock, repeats=5):
+    fn()
+    times = []
+    for _ in range(repeats):
+        t = clock()
+        fn()
+        times.append(clock() - t)
+    return 1e3 * statistics.median(times)
+
+
+@torch.no_grad()
+def time_networks(loaded, hs, ctx, x, quality):
+    """{(network, clock): median ms} of the float64 and the integer entropy networks on one image."""
+    model = loaded.model
+    y = model.analysis(x, quality).double()
+    side = torch.round(model.h_a(y.float())).to(torch.int32)
+    values = torch.round(y).int()
+
+    def float64():
+        loaded.ctx64.two_pass(loaded.h_s64(side.double()), lambda m, s: values.double())
+
+    def integer():
+        ctx.two_pass_int(hs.forward_int(side), lambda m, s: values)
+
+    threads = torch.get_num_threads()
+    out = {}
+    for name, fn in (("float64", float64), ("integer", integer)):
+        out[name, "wall"] = _median_ms(fn, time.perf_counter)
+        torch.set_num_threads(1)
+        out[name, "thread"] = _median_ms(fn, time.thread_time)
+        torch.set_num_threads(threads)
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, default=Path("../shared/data"), help="holding photos-train/ and kodak/")
@@ -98,6 +137,7 @@ def main():
     ap.add_argument("--images", type=int, default=4)
     ap.add_argument("--qualities", type=int, nargs="+", default=[1, 4, 8])
     ap.add_argument("--weights", default=str(WEIGHTS_DIR / f"{DEFAULT_MODEL}.safetensors"))
+    ap.add_argument("--time", action="store_true", help="also time both networks")
     args = ap.parse_args()
     loaded = _read_model_file(args.weights, "cpu")
     model = loaded.model.to(memory_format=torch.contiguous_format)
@@ -115,6 +155,11 @@ def main():
               f"{100 * sum(r['other_table'] * r['latents'] for r in rows) / latents:.2f}%; "
               f"mean |means difference| {sum(r['mean_abs_diff'] * r['latents'] for r in rows) / latents:.4f}",
               flush=True)
+    if args.time:
+        runs = [time_networks(loaded, hs, ctx, _image(p), args.qualities[-1]) for p in kodak]
+        for key in runs[0]:
+            print(f"{key[0]} entropy networks, {key[1]} time: median {statistics.median(r[key] for r in runs):.1f} ms "
+                  f"per image ({torch.get_num_threads()} threads for wall time)", flush=True)
 
 
 if __name__ == "__main__":

@@ -209,3 +209,17 @@ def test_bad_input_is_named(kwargs, error, message):
     args = {"x": torch.zeros(1, 3, 2, 2), "beta": torch.ones(3), "gamma": torch.ones(3, 3)} | kwargs
     with pytest.raises(error, match=message):
         gdn(args["x"], args["beta"], args["gamma"])
+
+
+def test_auto_keeps_eager_where_the_kernel_is_slower():
+    """On the CPU, ``auto`` takes the kernel except for reduced precision with gradients (whose
+    backward GEMMs run in fp32), and the oracle for float64."""
+    if not fastae.ops.available_backends()["cpu"][0]:
+        pytest.skip("no C++ backend")
+    from fastae.ops.gdn import _resolve
+
+    x = torch.zeros(1, 2, 2, 2)
+    assert _resolve(x, grad=True) == "cpu" and _resolve(x.bfloat16(), grad=False) == "cpu"
+    assert _resolve(x.bfloat16(), grad=True) == "torch" and _resolve(x.double(), grad=False) == "torch"
+    with fastae.ops.backend("cpu"):
+        assert _resolve(x.bfloat16(), grad=True) == "cpu"

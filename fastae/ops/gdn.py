@@ -11,7 +11,8 @@ carry a fake implementation and the autograd formula. The forward keeps ``r = f(
 and ``f'(norm)`` follows from r alone (``-r^3 / 2``, or ``1 / (2 r)``).
 
 Backends: ``cpu`` (csrc/gdn.cpp: tiles of pixels, the square, the 1x1 convolution as a GEMM and
-the rsqrt/sqrt and product in one pass over memory), ``triton`` (kernels/gdn.py; also what a
+the rsqrt/sqrt and product in one pass over memory; on CPUs with AVX512_BF16 a bfloat16 forward
+multiplies bfloat16 squares, as eager bfloat16 GDN does, at twice the fp32 rate), ``triton`` (kernels/gdn.py; also what a
 ``cuda`` backend runs, there being no hand-written CUDA kernel) and ``torch`` (the oracle). NCHW
 and channels_last inputs keep their layout. float64 inputs run the oracle on every backend (the
 kernels accumulate in fp32).
@@ -26,9 +27,11 @@ from fastae.ops._common import autocast_inputs, check_tensors, create_graph_grad
 
 _DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
 
-# On the 2-core CPU of bench/results the fused kernel is faster than eager GDN for these dtypes
-# only; for the others ``auto`` keeps the torch composition (see bench/test_gdn.py).
-_CPU_AUTO_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+# ``auto`` on the CPU (bench/test_gdn.py, one thread of the 2-core Zen 4 CPU): the fused kernel is
+# 1.3-1.8x faster than eager GDN in fp32 forward and 1.5-2.3x forward+backward, 1.15-1.4x in bf16
+# forward (channels_last; more for NCHW), but 0.84-1.4x forward+backward in bf16, whose backward
+# GEMMs run in fp32 where oneDNN's run in bf16: reduced precision with gradients stays eager.
+_CPU_AUTO_GRAD_DTYPES = (torch.float32,)
 
 # ---------------------------------------------------------------------------------------------
 # torch backend: plain PyTorch, the oracle
@@ -87,16 +90,16 @@ _FWD = {"torch": _torch_fwd, "cpu": _native_fwd, "triton": _triton_fwd}
 _BWD = {"torch": _torch_bwd, "cpu": _native_bwd, "triton": _triton_bwd}
 
 
-def _resolve(x):
+def _resolve(x, grad):
     """The backend of a gdn call on x: the selected one, with ``cuda`` meaning the Triton kernels
-    (or the oracle without triton), float64 always the oracle, and ``auto`` on the CPU the
-    kernel only for the dtypes where it was measured faster than eager."""
+    (or the oracle without triton), float64 always the oracle, and ``auto`` on the CPU the kernel
+    except where it was measured slower than eager (see _CPU_AUTO_GRAD_DTYPES)."""
     name = _backend.resolve(x.device)
     if x.dtype == torch.float64:
         return "torch"
     if name == "cuda":
         return "triton" if _backend.available_backends()["triton"][0] else "torch"
-    if name == "cpu" and _backend.current_backend() == "auto" and x.dtype not in _CPU_AUTO_DTYPES:
+    if name == "cpu" and _backend.current_backend() == "auto" and grad and x.dtype not in _CPU_AUTO_GRAD_DTYPES:
         return "torch"
     return name
 
@@ -224,7 +227,8 @@ def _gdn(x, beta, gamma, inverse=False, fwd=gdn_fwd):
     param_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
     beta, gamma = beta.to(param_dtype).contiguous(), gamma.to(param_dtype).contiguous()
     x = _layout(x)
-    y, _ = fwd(x, beta, gamma, bool(inverse), _resolve(x), needs_grad(x, beta, gamma))
+    grad = needs_grad(x, beta, gamma)
+    y, _ = fwd(x, beta, gamma, bool(inverse), _resolve(x, grad), grad)
     return y
 
 
