@@ -197,6 +197,10 @@ def test_unsafe_inputs_are_refused():
     bound = 16383 * 127 * 128 * 9 + 7
     with pytest.raises(ValueError, match=rf"an accumulator could reach {bound} >= 2\^31"):
         int_conv2d(torch.full((1, 2, 2, 128), 16383, dtype=torch.int16), big)
+    with pytest.raises(ValueError, match=rf"an accumulator could reach {bound} >= 2\^31"):  # the caller's bound
+        int_conv2d(torch.zeros(1, 2, 2, 128, dtype=torch.int16), big, x_max=16383)
+    with pytest.raises(ValueError, match=r"x_max must lie in \[0, 16383\], got 20000"):
+        int_conv2d(torch.zeros(1, 2, 2, 8, dtype=torch.int16), layer, x_max=20000)
     with pytest.raises(ValueError, match=r"unknown isa 'sse9'"):
         int_conv2d(torch.zeros(1, 2, 2, 8, dtype=torch.int16), layer, isa="sse9")
     with pytest.raises(TypeError, match=r"expected x int16 \[N, H, W, 8\]"):

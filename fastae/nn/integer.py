@@ -190,10 +190,11 @@ class _IntegerConv(nn.Module):
         return IntConvLayer.make(w_int, bias.to(torch.int32), torch.stack([mult, mult_neg]), shift, plan, -bound, bound,
                                  torch.int32 if self.fixed_output else torch.int16)
 
-    def forward_int(self, x: Tensor, plan=None) -> Tensor:
+    def forward_int(self, x: Tensor, plan=None, x_max: Optional[int] = None) -> Tensor:
         """The integer layer on int16 channels-last ``x`` [B, H, W, Cin] (``plan``: another plan of the
-        same kernel, e.g. a checkerboard half): int16 [B, H', W', Cout], int32 for a fixed output."""
-        return int_conv2d(x, self.integer_layer(plan))
+        same kernel, e.g. a checkerboard half; ``x_max``: a known bound of |x|, the clip that made x):
+        int16 [B, H', W', Cout], int32 for a fixed output."""
+        return int_conv2d(x, self.integer_layer(plan), x_max=x_max)
 
     @torch.no_grad()
     def load_float(self, conv: nn.Module):
@@ -288,9 +289,10 @@ class IntegerHyperSynthesis(nn.Module):
 
     def forward_int(self, z: Tensor) -> Tensor:
         """int32 [B, 2M, 4h, 4w] means and scales (units of 2^-OUTPUT_FRAC_BITS) of integer z [B, N, h, w]."""
-        x = _nchw_to_int16(z, int(self.in_bound))
+        bound = int(self.in_bound)
+        x = _nchw_to_int16(z, bound)
         for layer in self.layers:
-            x = layer.forward_int(x)
+            x, bound = layer.forward_int(x, x_max=bound), int(layer.out_bound)
         return x.permute(0, 3, 1, 2)
 
     @classmethod
@@ -360,37 +362,40 @@ class IntegerCheckerboardContext(nn.Module):
         mult, shift = mult.to(x.device), shift.to(x.device)
         return requantize(x, torch.stack([mult, mult]), shift, -bound, bound, torch.int16)
 
-    def _pass_int(self, hyper: Tensor, anchors: Optional[Tensor]) -> Tensor:
-        """One pass on channels-last int32 hyper [B, h, w, 2M] (and anchors [B, h, w, M], the same
-        units): int32 [B, h, w, 2M] at the pass's positions, zero at the others."""
-        second = anchors is not None
-        hq = self._requantize(hyper, self._hyper_scale(), int(self.context.out_bound))
+    def _pass_int(self, hyper: Tensor, hq: Tensor, aq: Optional[Tensor]) -> Tensor:
+        """One pass on channels-last int32 ``hyper`` [B, h, w, 2M], its int16 steps ``hq`` and those of
+        the anchors ``aq`` [B, h, w, M] (None: the first pass): int32 [B, h, w, 2M], hyper plus the
+        correction at the pass's positions (hyper alone at the others, which the pass does not decide)."""
+        second = aq is not None
+        bound = int(self.context.out_bound)
         if second:
-            aq = self._requantize(anchors, self.context.in_scale, int(self.anchor_bound))
-            ctx = self.context.forward_int(aq, self.anchor_plan)
+            ctx = self.context.forward_int(aq, self.anchor_plan, x_max=int(self.anchor_bound))
         else:
             ctx = hq.new_zeros(*hq.shape[:3], self.M)
         plan = self.pass_plans[int(second)]
-        p = self.params[1].forward_int(self.params[0].forward_int(torch.cat([hq, ctx], dim=3), plan), plan)
-        own = p.new_zeros(*p.shape[1:3], 1, dtype=torch.bool)  # the positions of the pass's parity
-        own[int(second)::2, 0::2] = True
-        own[1 - int(second)::2, 1::2] = True
-        return torch.where(own, (hyper.long() + p.long()).clamp(-_OUT_LIMIT, _OUT_LIMIT).int(), 0)
+        p = self.params[0].forward_int(torch.cat([hq, ctx], dim=3), plan, x_max=bound)
+        p = self.params[1].forward_int(p, plan, x_max=int(self.params[0].out_bound))
+        return (hyper.long() + p).clamp_(-_OUT_LIMIT, _OUT_LIMIT).int()
 
     def two_pass_int(self, hyper: Tensor, anchor_values):
         """The integer two passes, in CheckerboardContext.two_pass's order: ``hyper`` int32
         [B, 2M, h, w] from IntegerHyperSynthesis.forward_int; ``anchor_values(means, scales)`` gets the
-        anchors' int32 means and scales [B, M, h, w] (units of 2^-OUTPUT_FRAC_BITS, zero elsewhere)
-        and returns the latents minus those means, rounded (integers [B, M, h, w]), of which only
-        the anchors are read. Returns (int32 means and scales [B, 2M, h, w] of every latent, what
+        first pass's int32 means and scales [B, M, h, w] (units of 2^-OUTPUT_FRAC_BITS; the anchors'
+        are final) and returns the latents minus those means, rounded (integers [B, M, h, w]), of which
+        only the anchors are read. Returns (int32 means and scales [B, 2M, h, w] of every latent, what
         anchor_values returned)."""
         h = hyper.permute(0, 2, 3, 1).contiguous()
-        first = self._pass_int(h, None)
+        hq = self._requantize(h, self._hyper_scale(), int(self.context.out_bound))
+        first = self._pass_int(h, hq, None)
         means, scales = first.permute(0, 3, 1, 2).split(self.M, dim=1)
         values = anchor_values(means, scales)
-        anchors = (values.long().permute(0, 2, 3, 1) << OUTPUT_FRAC_BITS) + first[..., :self.M].long()
-        second = self._pass_int(h, anchors.clamp(-_OUT_LIMIT, _OUT_LIMIT).int())
-        return (first + second).permute(0, 3, 1, 2), values
+        # the decoded anchors (the others are never read: the second pass's 5x5 reads anchors only)
+        anchors = (values.long().permute(0, 2, 3, 1) << OUTPUT_FRAC_BITS).add_(first[..., :self.M])
+        aq = self._requantize(anchors, self.context.in_scale, int(self.anchor_bound))
+        second = self._pass_int(h, hq, aq)
+        own = torch.zeros(h.shape[1:3], dtype=torch.bool, device=h.device)  # the second pass's positions
+        own[0::2, 1::2] = own[1::2, 0::2] = True
+        return torch.where(own[:, :, None], second, first).permute(0, 3, 1, 2), values
 
     @classmethod
     @torch.no_grad()

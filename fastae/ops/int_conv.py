@@ -223,10 +223,13 @@ def requantize(acc: Tensor, mult: Tensor, shift: Tensor, lo: int, hi: int, dtype
     """clamp((acc * m + 2^(shift-1)) >> shift, lo, hi) in int64 over the last dim (channels), m =
     mult[0] where acc >= 0 else mult[1]: the rescaling every backend applies, exact in torch on
     any device. acc: int64 (or integer-valued float64) [..., C]; mult int32 [2, C]; shift int32 [C]."""
-    acc = acc.to(torch.int64)
-    m = torch.where(acc >= 0, mult[0].long(), mult[1].long())
+    v = acc.to(torch.int64, copy=True)
     s = shift.long()
-    return torch.clamp((acc * m + (torch.ones_like(s) << (s - 1))) >> s, lo, hi).to(dtype)
+    if torch.equal(mult[0], mult[1]):
+        v.mul_(mult[0].long())
+    else:
+        v = v * torch.where(v >= 0, mult[0].long(), mult[1].long())
+    return v.add_(torch.ones_like(s) << (s - 1)).bitwise_right_shift_(s).clamp_(lo, hi).to(dtype)
 
 
 def _torch_int_conv(x, weight, bias, mult, shift, taps, phases, si, so, out_h, out_w, lo, hi, out_dtype):
@@ -288,7 +291,7 @@ def _(x, weight, bias, mult, shift, taps, phases, si, so, out_h, out_w, lo, hi, 
 # the public op
 
 
-def int_conv2d(x: Tensor, layer: IntConvLayer, isa: Optional[str] = None) -> Tensor:
+def int_conv2d(x: Tensor, layer: IntConvLayer, isa: Optional[str] = None, x_max: Optional[int] = None) -> Tensor:
     """An integer convolution (see the module docstring): ``layer`` (``IntConvLayer.make``) of ``x``.
 
     Args:
@@ -296,6 +299,8 @@ def int_conv2d(x: Tensor, layer: IntConvLayer, isa: Optional[str] = None) -> Ten
         layer: the weights, bias, rescaling, clip and plan.
         isa: with the C++ backend, run its ``baseline``, ``avx2`` or ``avx512`` build (None: the best
             this CPU has).
+        x_max: the caller's guarantee that every |x| <= x_max (at most ACT_MAX), e.g. the clip of the
+            layer that made x: the bound is checked against it instead of a scan of x.
 
     Returns:
         ``[N, Ho, Wo, Cout]`` of ``layer.out_dtype``, the same integers on every backend.
@@ -315,13 +320,17 @@ def int_conv2d(x: Tensor, layer: IntConvLayer, isa: Optional[str] = None) -> Ten
     out_h, out_w = plan.output_shape(h, w)
     if out_h <= 0 or out_w <= 0:
         raise ValueError(f"int_conv2d: an input of {h} x {w} has no output under this plan")
+    if x_max is not None and not 0 <= x_max <= ACT_MAX:
+        raise ValueError(f"int_conv2d: x_max must lie in [0, {ACT_MAX}], got {x_max}")
     if x.numel():
-        lo, hi = (int(v) for v in torch.aminmax(x))
-        if lo < ACT_MIN or hi > ACT_MAX:
-            raise ValueError(f"int_conv2d: activations must lie in [{ACT_MIN}, {ACT_MAX}], got [{lo}, {hi}]")
-        bound = max(-lo, hi) * layer.gain + layer.bias_max
+        if x_max is None:
+            lo, hi = (int(v) for v in torch.aminmax(x))
+            if lo < ACT_MIN or hi > ACT_MAX:
+                raise ValueError(f"int_conv2d: activations must lie in [{ACT_MIN}, {ACT_MAX}], got [{lo}, {hi}]")
+            x_max = max(-lo, hi)
+        bound = x_max * layer.gain + layer.bias_max
         if bound >= ACC_LIMIT:
-            raise ValueError(f"int_conv2d: an accumulator could reach {bound} >= 2^31 (max |x| = {max(-lo, hi)}, "
+            raise ValueError(f"int_conv2d: an accumulator could reach {bound} >= 2^31 (max |x| = {x_max}, "
                              f"largest sum of |weights| of an output = {layer.gain}, max |bias| = {layer.bias_max})")
     top, bottom, left, right = _padding(plan, h, w)
     x = F.pad(x, (0, cin % 2, left, right, top, bottom)).contiguous()  # a zero channel makes Cin even
