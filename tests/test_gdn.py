@@ -193,6 +193,26 @@ def test_gdn_module_keeps_its_values_and_state_dict(inverse):
         assert_close(layer(x), oracle(x, beta, gamma, inverse), 1e-6, 1e-5)
 
 
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("inverse", [False, True])
+def test_torch_backend_is_the_previous_gdn_bit_for_bit(layout, inverse):
+    """The torch backend runs the eager formula GDN.forward had before the fused op, operation for
+    operation: decoding with it gives a previous file exactly its previous pixels."""
+    torch.manual_seed(1)
+    layer = GDN(12, inverse=inverse)
+    with torch.no_grad():
+        layer.gamma.add_(torch.rand(12, 12) * 0.2)
+        x = torch.randn(1, 12, 17, 23)
+        if layout == "channels_last":
+            x = x.contiguous(memory_format=torch.channels_last)
+        beta = layer.beta ** 2 - layer.pedestal
+        gamma = layer.gamma ** 2 - layer.pedestal
+        norm = F.conv2d(x * x, gamma[:, :, None, None], beta)
+        previous = (norm.sqrt_() if inverse else norm.rsqrt_()).mul_(x)
+        with fastae.ops.backend("torch"):
+            assert torch.equal(layer(x), previous)
+
+
 @pytest.mark.parametrize(
     "kwargs, error, message",
     [
