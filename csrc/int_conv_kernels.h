@@ -46,30 +46,10 @@ inline IVec ipair(const int16_t* p) {
 inline IVec imadd(IVec acc, IVec a, IVec w) { return _mm256_add_epi32(acc, _mm256_madd_epi16(a, w)); }
 inline void istore(int32_t* p, IVec v) { _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), v); }
 #else
-constexpr int kLanes = 8, kRows = 4, kVecs = 2;
-struct IVec {  // an accumulator (v), kLanes weight pairs (w) or a broadcast activation pair (w[0], w[1])
-  int32_t v[kLanes];
-  int16_t w[2 * kLanes];
-};
-inline IVec izero() { return IVec{}; }
-inline IVec iload(const int8_t* p) {
-  IVec r{};
-  for (int i = 0; i < 2 * kLanes; ++i) r.w[i] = p[i];
-  return r;
-}
-inline IVec ipair(const int16_t* p) {
-  IVec r{};
-  r.w[0] = p[0], r.w[1] = p[1];
-  return r;
-}
-inline IVec imadd(IVec acc, const IVec& a, const IVec& w) {
-  for (int i = 0; i < kLanes; ++i)
-    acc.v[i] += int32_t(a.w[0]) * int32_t(w.w[2 * i]) + int32_t(a.w[1]) * int32_t(w.w[2 * i + 1]);
-  return acc;
-}
-inline void istore(int32_t* p, const IVec& v) { std::memcpy(p, v.v, sizeof(v.v)); }
+constexpr int kLanes = 16, kRows = 1, kVecs = 4;  // the portable build's block: one output by 64 channels
 #endif
 
+#if defined(__AVX512BW__) || defined(__AVX2__)
 // R outputs x0.. of the row by NV vectors of output channels from co0. Named accumulators, not
 // an array: GCC keeps an array of vectors in memory and writes it back on every step.
 #define FASTAE_IC_ROWS(X, v) X(0, v) X(1, v) X(2, v) X(3, v) X(4, v) X(5, v)
@@ -118,6 +98,22 @@ void block_rows(int nv, const IntConvRow& a, int64_t x0, int64_t co0, int32_t* a
     default: return block<R, kVecs>(a, x0, co0, acc);
   }
 }
+#else
+// One output x by n <= 64 output channels from co0: plain loops over contiguous channels, which
+// the compiler vectorizes for the target.
+void block_portable(const IntConvRow& a, int64_t x, int64_t co0, int64_t n, int32_t* acc) {
+  for (int64_t j = 0; j < n; ++j) acc[j] = 0;
+  const int64_t cin2 = a.cin / 2;
+  for (int64_t t = a.t0; t < a.t1; ++t) {
+    const int16_t* in = a.x + ((a.si * a.y + a.taps[2 * t]) * a.wp + a.si * x + a.taps[2 * t + 1]) * a.cin;
+    const int8_t* wt = a.w + (t * cin2 * a.coutp + co0) * 2;
+    for (int64_t k = 0; k < cin2; ++k, wt += 2 * a.coutp) {
+      const int32_t a0 = in[2 * k], a1 = in[2 * k + 1];
+      for (int64_t j = 0; j < n; ++j) acc[j] += a0 * wt[2 * j] + a1 * wt[2 * j + 1];
+    }
+  }
+}
+#endif
 
 // The rescaling of every build, floor((v * m + 2^(s-1)) / 2^s) for v = acc + bias, computed in
 // double so that it vectorizes: |v| < 2^31 and m < 2^21 make every intermediate an integer (or an
@@ -178,6 +174,13 @@ void int_conv_row(const IntConvRow& a) {
   int32_t acc[kRows * kVecs * kLanes];
   for (int64_t co0 = 0; co0 < a.coutp; co0 += W) {
     const int nv = int(std::min<int64_t>(kVecs, (a.coutp - co0) / kLanes));
+#if !defined(__AVX512BW__) && !defined(__AVX2__)
+    for (int64_t x = 0; x < a.nx; ++x) {
+      block_portable(a, x, co0, nv * int64_t(kLanes), acc);
+      if (a.out32) rescale<int32_t>(a, acc, x, 1, co0, nv * int64_t(kLanes));
+      else rescale<int16_t>(a, acc, x, 1, co0, nv * int64_t(kLanes));
+    }
+#else
     for (int64_t x0 = 0; x0 < a.nx; x0 += kRows) {
       const int rows = int(std::min<int64_t>(kRows, a.nx - x0));
       switch (rows) {
@@ -191,6 +194,7 @@ void int_conv_row(const IntConvRow& a) {
       if (a.out32) rescale<int32_t>(a, acc, x0, rows, co0, nv * int64_t(kLanes));
       else rescale<int16_t>(a, acc, x0, rows, co0, nv * int64_t(kLanes));
     }
+#endif
   }
 }
 

@@ -158,8 +158,8 @@ class IntConvLayer:
 
     ``weight``: int8 [T, ceil(Cin / 2), Cout16, 2] packed per tap (``_pack``); ``bias`` int32 [Cout];
     ``mult`` int32 [2, Cout]; ``shift`` int32 [Cout]; ``lo``/``hi`` the output clip; ``out_dtype``
-    int16 or int32; ``gain``: the largest sum of |weights| of an output, so that max |x| * gain +
-    max |bias| bounds every accumulator."""
+    int16 or int32; ``gain``: the largest sum of |weights| of an output (over its phase's taps), so
+    that max |x| * gain + max |bias| bounds every accumulator."""
 
     plan: Plan
     weight: Tensor
@@ -204,7 +204,8 @@ class IntConvLayer:
                          and int(shift.max()) <= 40):
             raise ValueError("int_conv2d: expected multipliers in [0, 2^21) and shifts in [1, 40]")
         taps_w = _tap_weights(plan, weight)
-        gain = int(taps_w.long().abs().sum((0, 1)).max()) if taps_w.numel() else 0
+        sums = [taps_w[t0:t1].long().abs().sum((0, 1)) for _, _, t0, t1 in plan.phases if t1 > t0]
+        gain = int(torch.stack(sums).max()) if sums and cout else 0  # an output sums one phase's taps
         bias_max = int(bias.abs().max()) if cout else 0
         return IntConvLayer(plan, _pack(taps_w).contiguous(), bias.contiguous(), mult.contiguous(),
                             shift.contiguous(), int(lo), int(hi), out_dtype, int(cin), int(cout), gain, bias_max)
