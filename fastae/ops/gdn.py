@@ -12,10 +12,11 @@ and ``f'(norm)`` follows from r alone (``-r^3 / 2``, or ``1 / (2 r)``).
 
 Backends: ``cpu`` (csrc/gdn.cpp: tiles of pixels, the square, the 1x1 convolution as a GEMM and
 the rsqrt/sqrt and product in one pass over memory; on CPUs with AVX512_BF16 a bfloat16 forward
-multiplies bfloat16 squares, as eager bfloat16 GDN does, at twice the fp32 rate), ``triton`` (kernels/gdn.py; also what a
-``cuda`` backend runs, there being no hand-written CUDA kernel) and ``torch`` (the oracle). NCHW
-and channels_last inputs keep their layout. float64 inputs run the oracle on every backend (the
-kernels accumulate in fp32).
+multiplies bfloat16 squares, as eager bfloat16 GDN does, at twice the fp32 rate), ``triton``
+(kernels/gdn.py; also what a ``cuda`` backend runs, there being no hand-written CUDA kernel) and
+``torch`` (the oracle, operation for operation the eager GDN that fastae.models.codec.GDN ran
+before). NCHW and channels_last inputs keep their layout. float64 inputs run the oracle on every
+backend (the kernels accumulate in fp32).
 """
 
 import torch
@@ -28,9 +29,9 @@ from fastae.ops._common import autocast_inputs, check_tensors, create_graph_grad
 _DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
 
 # ``auto`` on the CPU (bench/test_gdn.py, one thread of the 2-core Zen 4 CPU): the fused kernel is
-# 1.3-1.8x faster than eager GDN in fp32 forward and 1.5-2.3x forward+backward, 1.15-1.4x in bf16
-# forward (channels_last; more for NCHW), but 0.84-1.4x forward+backward in bf16, whose backward
-# GEMMs run in fp32 where oneDNN's run in bf16: reduced precision with gradients stays eager.
+# 1.3-1.9x faster than eager GDN in fp32 inference, 1.1-3x in bf16, 1.35-1.6x in fp32 forward and
+# backward, but 0.8-1.3x forward and backward in bf16, whose backward GEMMs run in fp32 where
+# oneDNN's run in bf16: reduced precision with gradients stays eager.
 _CPU_AUTO_GRAD_DTYPES = (torch.float32,)
 
 # ---------------------------------------------------------------------------------------------
