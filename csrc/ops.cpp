@@ -32,4 +32,23 @@ TORCH_LIBRARY(fastae_C, m) {
   m.def(
       "gaussian_kl_fwd(Tensor mu, Tensor logvar, int reduction, int batch, bool need_grad) -> "
       "(Tensor, Tensor, Tensor)");
+  // Generalized divisive normalization of x [N, C, H, W] (NCHW or channels_last; float32, bfloat16,
+  // float16) with float32 beta [C] and gamma [C, C]: y = x * rsqrt(beta + gamma @ x^2 per pixel), sqrt
+  // when inverse; the second output is that rsqrt (sqrt) in x's layout when save, else empty.
+  m.def("gdn_fwd(Tensor x, Tensor beta, Tensor gamma, bool inverse, bool save) -> (Tensor, Tensor)");
+  // From grad, x and r (gdn_fwd's second output), all in one layout: (dx, dbeta, dgamma), dx empty
+  // unless need_x, the float32 parameter gradients empty unless need_params.
+  m.def(
+      "gdn_bwd(Tensor grad, Tensor x, Tensor gamma, Tensor r, bool inverse, bool need_x, bool need_params) -> "
+      "(Tensor, Tensor, Tensor)");
+  // Integer convolution of the entropy networks (fastae/ops/int_conv.py): int16 x [N, Hp, Wp, Cin]
+  // (zero-padded, channels last, Cin even) by int8 weight [T, Cin / 2, Cout rounded up to 16, 2]
+  // (per tap, input channel pairs side by side) into int32, plus
+  // bias, rescaled per channel: clamp((acc * mult[acc < 0] + 2^(shift-1)) >> shift, lo, hi) as
+  // out_dtype (int16 or int32) [N, out_h, out_w, Cout]. taps [T, 2]: (dy, dx); phases [P, 4]:
+  // (py, px, first tap, end tap); output (so*y + py, so*x + px) reads x[si*y + dy][si*x + dx];
+  // outputs of no phase are 0. isa: -1 the best build for this CPU, or 0 baseline, 1 AVX2, 2 AVX-512.
+  m.def(
+      "int_conv(Tensor x, Tensor weight, Tensor bias, Tensor mult, Tensor shift, Tensor taps, Tensor phases, "
+      "int si, int so, int out_h, int out_w, int lo, int hi, ScalarType out_dtype, int isa) -> Tensor");
 }

@@ -284,7 +284,7 @@ def _codec_factory(args):
     device = resolve_device(args.device, "--device")
     factory = functools.partial(load_codec, quality=getattr(args, "quality", None), model=args.model, device=device,
                                 weights=args.weights, refine=getattr(args, "refine", 0),
-                                side_search=getattr(args, "side_search", True))
+                                side_search=getattr(args, "side_search", True), precision=args.precision)
     factory()  # fail now, with a clear message, on an unknown model, quality or weights file
     return factory
 
@@ -516,6 +516,10 @@ def main(argv=None):
         p.add_argument("--model", default=DEFAULT_MODEL, help=f"a codec shipped in the package (default {DEFAULT_MODEL})")
         p.add_argument("--weights", help="a codec file written by `fastae train codec` instead of --model")
         p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+        p.add_argument("--precision", choices=["auto", "float32", "bfloat16"], default="auto",
+                       help="of the analysis and synthesis transforms (auto: bfloat16 where the hardware computes it "
+                            "natively); float32 decodes to exactly the pixels of earlier versions; files decode "
+                            "whatever either side used")
         p.add_argument("--quiet", action="store_true", help="no progress bar")
 
     compress = sub.add_parser("compress", help="compress every image under SRC into SRC's tree mirrored in DST")

@@ -1,4 +1,5 @@
-"""The codec writes the bytes and decodes the pixels it did before fastae/codec/image.py was split.
+"""With precision="float32" the codec writes the bytes and decodes the pixels it did before
+fastae/codec/image.py was split (and before the transforms could run in bfloat16 or on the fused GDN).
 
 tests/data/codec holds three photo crops (from ../shared/data/photos-train), the state dicts of two
 tiny models (a factorized and a hyperprior one, seed 0, their gains raised so that their latents
@@ -69,7 +70,7 @@ def codecs(tmp_path_factory):
     """(model, quality) -> codec: the shipped model, and the tiny models exported from their state dicts."""
     out = {}
     if (WEIGHTS_DIR / f"{SHIPPED}.safetensors").exists():
-        out.update({(SHIPPED, q): load_codec(quality=q, model=SHIPPED) for q in (1, 4, 8)})
+        out.update({(SHIPPED, q): load_codec(quality=q, model=SHIPPED, precision="float32") for q in (1, 4, 8)})
     folder = tmp_path_factory.mktemp("reference")
     for name, spec in REF["models"].items():
         if name == SHIPPED:
@@ -77,7 +78,7 @@ def codecs(tmp_path_factory):
         model = build_codec(spec["config"])
         model.load_state_dict(load_file(str(DATA / spec["weights"])))
         weights = export_codec(model, folder / f"{name}.safetensors", model_id=name)
-        out.update({(name, q): load_codec(quality=q, weights=weights) for q in (1, 2)})
+        out.update({(name, q): load_codec(quality=q, weights=weights, precision="float32") for q in (1, 2)})
     return out
 
 

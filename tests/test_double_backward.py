@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 import fastae
-from fastae.ops import ACTIVATIONS, gaussian_kl, linear_act, linear_bce_loss, reconstruction_loss
+from fastae.ops import ACTIVATIONS, gaussian_kl, gdn, linear_act, linear_bce_loss, reconstruction_loss
 from tests._util import assert_close, backend_params, device_for
 
 TORCH_ACT = {"none": lambda v: v, "relu": F.relu, "leaky_relu": F.leaky_relu, "gelu": F.gelu,
@@ -79,6 +79,21 @@ def test_linear_bce_loss(backend):
     t = torch.rand(6, 7, generator=g).to(device)
     _check(backend, lambda h, w, b: linear_bce_loss(h, w, b, t, "mean"),
            lambda h, w, b: F.binary_cross_entropy_with_logits(F.linear(h, w, b), t), h, w, b)
+
+
+@pytest.mark.parametrize("backend", backend_params())
+@pytest.mark.parametrize("inverse", [False, True])
+def test_gdn(backend, inverse):
+    device = device_for(backend)
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(2, 3, 4, 5, generator=g).to(device)
+    beta, gamma = (torch.rand(3, generator=g) + 0.5).to(device), (torch.rand(3, 3, generator=g) * 0.3).to(device)
+
+    def reference(x, b, gm):
+        norm = F.conv2d(x * x, gm[:, :, None, None], b)
+        return (x * (norm.sqrt() if inverse else norm.rsqrt())).pow(2).sum()
+
+    _check(backend, lambda x, b, gm: gdn(x, b, gm, inverse).pow(2).sum(), reference, x, beta, gamma)
 
 
 def test_first_order_gradients_keep_the_fused_path():

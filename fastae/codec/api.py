@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from fastae._device import resolve_device
+from fastae._device import cpu_has_bf16, resolve_device
 from fastae.codec import DEFAULT_MODEL, bands, model_file, rans
 from fastae.codec.format import CODER_RANS, CodecError, Header, pack, unpack
 from fastae.codec.image import to_rgb_array
@@ -34,6 +34,20 @@ from fastae.codec.refine import check_refine, refine_latents
 from fastae.models.codec import CodecModel
 
 MAX_PIXELS = Image.MAX_IMAGE_PIXELS  # Pillow's decompression-bomb limit; decoding refuses larger images
+#: Precisions of the analysis and synthesis transforms. They change pixels (and, in the analysis, a
+#: few latents), never what a decoder reads: the entropy path does not depend on them.
+PRECISIONS = ("auto", "float32", "bfloat16")
+
+
+def _check_precision(precision, device) -> str:
+    """``precision`` resolved for ``device``: "auto" is bfloat16 where the hardware computes it
+    natively (a GPU with bf16, a CPU with AVX512-BF16/AMX), else float32."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"load_codec: precision must be one of {PRECISIONS}, got {precision!r}")
+    if precision != "auto":
+        return precision
+    native = torch.cuda.is_bf16_supported() if device.type == "cuda" else device.type == "cpu" and cpu_has_bf16()
+    return "bfloat16" if native else "float32"
 
 
 @dataclass
@@ -54,7 +68,7 @@ def _load_cached(path: str, device: str) -> _Loaded:
 
 
 def load_codec(quality: Optional[int] = None, model: str = DEFAULT_MODEL, device="cpu", weights=None,
-               refine: int = 0, side_search: bool = True) -> "Codec":
+               refine: int = 0, side_search: bool = True, precision: str = "auto") -> "Codec":
     """The pretrained codec ``model`` (shipped in the package) at ``quality`` (1 = smallest files,
     8 = best images; None: 4, or the model's highest quality if it has fewer). ``weights``: a file
     written by ``export_codec`` instead of a shipped model.
@@ -62,7 +76,11 @@ def load_codec(quality: Optional[int] = None, model: str = DEFAULT_MODEL, device
     slower compression for a lower rate-distortion cost, files any decoder of the model reads.
     ``side_search``: a hyperprior model searches other hyper-latents for an image whose first ones
     predict some latents very badly (``fastae.codec.refine.search_side``); False codes the
-    analysis' own."""
+    analysis' own.
+    ``precision`` of the analysis and synthesis transforms: "bfloat16" (autocast; about twice as
+    fast where the hardware computes it natively), "float32" (the exact path: a file decodes to
+    exactly the pixels that earlier fastae versions decoded), or "auto" (the default: bfloat16
+    where native, else float32). Files are decodable whatever the precision of either side."""
     check_refine(refine)
     if weights is None:
         path = model_file.WEIGHTS_DIR / f"{model}.safetensors"
@@ -71,10 +89,11 @@ def load_codec(quality: Optional[int] = None, model: str = DEFAULT_MODEL, device
     else:
         path = Path(weights)
     device = resolve_device(device, "load_codec: device")
+    precision = _check_precision(precision, device)
     loaded = _load_cached(str(path.resolve()), str(device))
     if quality is None:
         quality = min(4, loaded.model.qualities)
-    return Codec(loaded, quality, refine, side_search)
+    return Codec(loaded, quality, refine, side_search, precision)
 
 
 @dataclass
@@ -94,7 +113,8 @@ class Codec:
     """A learned image codec at one quality; made by ``fastae.load_codec``. Decompresses files of any
     quality its model serves."""
 
-    def __init__(self, loaded: _Loaded, quality: int, refine: int = 0, side_search: bool = True):
+    def __init__(self, loaded: _Loaded, quality: int, refine: int = 0, side_search: bool = True,
+                 precision: str = "auto"):
         self._loaded = loaded
         self.model = loaded.model
         self.model._check_quality(quality)
@@ -103,6 +123,7 @@ class Codec:
         if not isinstance(side_search, bool):
             raise ValueError(f"side_search must be True or False, got {side_search!r}")
         self.side_search = side_search
+        self.precision = _check_precision(precision, torch.device(next(loaded.model.parameters()).device))
         self.model_id = loaded.model_id
         self.hash = loaded.hash
         self.layout = loaded.layout  # what the model's kind codes, and how: fastae.codec.layouts
@@ -111,10 +132,20 @@ class Codec:
     def __repr__(self):
         refine = f", refine={self.refine}" if self.refine else ""
         search = "" if self.side_search else ", side_search=False"
-        return f"Codec(model={self.model_id!r}, quality={self.quality}{refine}{search}, device={str(self.device)!r})"
+        return (f"Codec(model={self.model_id!r}, quality={self.quality}{refine}{search}, "
+                f"precision={self.precision!r}, device={str(self.device)!r})")
 
     def with_quality(self, quality: int) -> "Codec":
-        return Codec(self._loaded, quality, self.refine, self.side_search)
+        return Codec(self._loaded, quality, self.refine, self.side_search, self.precision)
+
+    def _transforms(self):
+        """The context the analysis and synthesis run in: bf16 autocast, or for "float32" the
+        reference formulas of the fused ops (GDN), which give the pixels of earlier versions."""
+        if self.precision == "bfloat16":
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        from fastae.ops import backend
+
+        return backend("torch")
 
     # -- batched transforms (GPU friendly) ------------------------------------------------------
 
@@ -152,10 +183,12 @@ class Codec:
         h, w = x.shape[-2:]
         x = self._pad(x).contiguous(memory_format=torch.channels_last)
         z = None
-        if self.refine:  # refinement optimises the latents of the whole image in one graph: no bands
-            y, z = refine_latents(self.model, x, self.model.analysis(x, quality), quality, self.refine, h, w)
-        else:
-            y = self._banded_analysis(x, quality)
+        with self._transforms():
+            if self.refine:  # refinement optimises the latents of the whole image in one graph: no bands
+                y, z = refine_latents(self.model, x, self.model.analysis(x, quality).float(), quality, self.refine,
+                                      h, w)
+            else:
+                y = self._banded_analysis(x, quality)
         # refinement has already chosen the hyper-latents for its latents: no side search after it
         values, side, index = self.layout.quantize(y, z, quality, self.side_search and not self.refine)
         return Latents(values, quality, h, w, side), index
@@ -195,7 +228,7 @@ class Codec:
         """``model.analysis`` of the padded batch ``x``, band by band (fastae.codec.bands)."""
         ls = self.model.latent_stride
         return bands.by_rows(lambda part: self.model.analysis(part.contiguous(memory_format=torch.channels_last),
-                                                              quality),
+                                                              quality).float(),
                              (x,), self._bands(x.shape[2] // ls, x.shape[3] // ls), bands.HALO, scale_in=ls)
 
     def _synthesize(self, y_hat, quality: int, height: int, width: int, dtype):
@@ -203,11 +236,12 @@ class Codec:
         y = y_hat.contiguous(memory_format=torch.channels_last)
 
         def finished(part):  # each band's pixels clamped and converted at once: no float image is ever whole
-            x = self.model.synthesis(part, quality).clamp(0, 1)
+            x = self.model.synthesis(part, quality).float().clamp(0, 1)  # float32 before rounding to 8 bits
             return (x * 255).round().to(torch.uint8) if dtype == torch.uint8 else x.to(dtype)
 
         ls = self.model.latent_stride
-        x = bands.by_rows(finished, (y,), self._bands(*y.shape[2:]), bands.HALO, scale_out=ls)
+        with self._transforms():
+            x = bands.by_rows(finished, (y,), self._bands(*y.shape[2:]), bands.HALO, scale_out=ls)
         return x[:, :, :height, :width]
 
     # -- files ------------------------------------------------------------------------------------

@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fastae.codec.entropy import FactorizedDensity, GaussianConditional, lower_bound
+from fastae.ops import gdn
 
 # Rate-distortion weights of the eight qualities: loss = lmbda * 255^2 * MSE + bpp (CompressAI's values).
 LAMBDAS = (0.0018, 0.0035, 0.0067, 0.0130, 0.0250, 0.0483, 0.0932, 0.1800)
@@ -60,11 +61,7 @@ class GDN(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         beta = lower_bound(self.beta, self.beta_bound) ** 2 - self.pedestal
         gamma = lower_bound(self.gamma, self.gamma_bound) ** 2 - self.pedestal
-        norm = F.conv2d(x * x, gamma[:, :, None, None], beta)
-        if not torch.is_grad_enabled() and norm.dtype == x.dtype:  # inference: the same values in place, one
-            # full-size tensor less (the dtypes match, so no promotion is lost)
-            return (norm.sqrt_() if self.inverse else norm.rsqrt_()).mul_(x)
-        return x * torch.sqrt(norm) if self.inverse else x * torch.rsqrt(norm)
+        return gdn(x, beta, gamma, self.inverse)  # one fused op (fastae.ops.gdn), forward and backward
 
 
 def _conv(cin, cout):

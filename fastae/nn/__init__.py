@@ -1,6 +1,9 @@
 """Modules over fastae's fused ops."""
 
+from fastae.nn.integer import (IntegerCheckerboardContext, IntegerConv2d, IntegerConvTranspose2d,
+                               IntegerHyperSynthesis)
 from fastae.nn.linear import FusedLinear, FusedMLP
 from fastae.nn.loss import GaussianKL, ReconstructionLoss
 
-__all__ = ["FusedLinear", "FusedMLP", "GaussianKL", "ReconstructionLoss"]
+__all__ = ["FusedLinear", "FusedMLP", "GaussianKL", "ReconstructionLoss",
+           "IntegerCheckerboardContext", "IntegerConv2d", "IntegerConvTranspose2d", "IntegerHyperSynthesis"]

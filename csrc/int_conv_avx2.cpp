@@ -1,0 +1,20 @@
+// int_conv_kernels.h compiled for AVX2; int_conv.cpp calls it only where the CPU has it.
+#if defined(__GNUC__) && defined(__x86_64__)
+// Headers that are not per-capability come first, compiled for the baseline, so that no inline
+// function shared with other files is emitted with AVX2 instructions.
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+
+#include "int_conv.h"
+
+#pragma GCC push_options
+#pragma GCC target("avx2,fma")
+#define __AVX2__ 1
+#define FASTAE_CAP_NS avx2
+#include "int_conv_kernels.h"
+#pragma GCC pop_options
+#endif
