@@ -109,6 +109,11 @@ def cmd_train_codec(args):
     lambdas = LAMBDAS if args.lmbda is None else args.lmbda
     out = Path(args.out)
     check_model_id(args.model_id)  # before training: it is written into every file the model makes
+    if args.entropy_only:
+        return _train_entropy(args)
+    if args.integer or _given(args.argv, ["--pool"]):
+        raise ValueError("--integer and --pool apply to --entropy-only training (fine-tuning the entropy networks "
+                         "of a codec file --init); pass --entropy-only")
     history = train_codec(args.data, out, steps=args.steps, batch_size=_default(args.batch_size, 8), crop=args.crop,
                           lr=_default(args.lr, 3e-4), N=args.channels, M=_default(args.latent, 160), lambdas=lambdas,
                           downscale=args.downscale, device=args.device, seed=args.seed, resume=args.resume,
@@ -122,6 +127,29 @@ def cmd_train_codec(args):
         last[row["quality"]] = row
     for q, row in sorted(last.items()):
         print(f"quality {q}: bpp {row['bpp']:.3f}, PSNR {row['psnr']:.2f} dB (training crops, noise for rounding)")
+    print(f"wrote {weights} (use it with: fastae compress SRC DST --weights {weights})")
+    return 0
+
+
+# What --entropy-only training does not read: it keeps the --init model's transforms and qualities.
+_NOT_ENTROPY_ONLY = ("--lmbda", "--channels", "--latent", "--widths", "--kind", "--stop-at", "--compile",
+                     "--hyper-input", "--resume")
+
+
+def _train_entropy(args):
+    from fastae.train.entropy import train_entropy
+
+    stray = _given(args.argv, _NOT_ENTROPY_ONLY)
+    if stray:
+        raise ValueError(f"{', '.join(stray)} {'does' if len(stray) == 1 else 'do'} not apply to --entropy-only "
+                         "(it fine-tunes the entropy networks of --init, keeping its transforms and qualities)")
+    if args.init is None:
+        raise ValueError("--entropy-only needs --init: the hyperprior or checkerboard codec file to fine-tune")
+    weights = train_entropy(args.data, args.out, init=args.init, integer=args.integer, steps=args.steps,
+                            batch_size=_default(args.batch_size, 8), crop=args.crop, crops=args.pool,
+                            lr=_default(args.lr, 1e-4), downscale=args.downscale, seed=args.seed,
+                            model_id=args.model_id, weights_dtype=args.weights_dtype, time_limit=args.time_limit,
+                            progress=True)
     print(f"wrote {weights} (use it with: fastae compress SRC DST --weights {weights})")
     return 0
 
@@ -143,7 +171,8 @@ def _default(value, default):
 _ZOO_ONLY = ("--epochs", "--optimizer", "--weight-decay", "--loss", "--hidden", "--latent-activation", "--noise",
              "--noise-level", "--sparsity", "--sparsity-weight", "--beta", "--val-fraction", "--normal-class", "--size")
 _CODEC_ONLY = ("--lmbda", "--steps", "--crop", "--channels", "--widths", "--downscale", "--time-limit", "--kind", "--stop-at",
-               "--compile", "--hyper-input", "--init", "--model-id", "--weights-dtype")
+               "--compile", "--hyper-input", "--init", "--model-id", "--weights-dtype", "--entropy-only", "--integer",
+               "--pool")
 
 
 def _given(argv, options):
@@ -487,6 +516,14 @@ def main(argv=None):
     codec.add_argument("--weights-dtype", choices=["float32", "float16"], default="float32",
                        help="precision of the convolution weights in the exported codec.safetensors (float16: "
                             "half the file; the tables are derived from the rounded weights)")
+    codec.add_argument("--entropy-only", action="store_true",
+                       help="fine-tune only the entropy networks (h_s, context) of the hyperprior codec file --init, "
+                            "its transforms frozen, on the latents' rate (fastae.train.entropy)")
+    codec.add_argument("--integer", action="store_true",
+                       help="with --entropy-only: convert them to integer networks first (same tables on every "
+                            "device) and train them quantization-aware")
+    codec.add_argument("--pool", type=int, default=1024,
+                       help="with --entropy-only: random crops whose latents are computed once and trained on")
     train.set_defaults(func=cmd_train)
 
     anomaly = sub.add_parser("anomaly", help="score samples by reconstruction error with a trained model",

@@ -7,7 +7,11 @@
 The file holds every tensor of the model's state_dict as "model.NAME" and the integer tables of
 each of its entropy models (``model.entropy_models()``) as "tables.ENTROPY_MODEL.TABLE" (e.g.
 "tables.q1.cdfs", "tables.gaussian.thresholds"), with the metadata "model_id" and "config" (JSON:
-``build_codec`` rebuilds the model from it). The model hash that every .fae file carries is the
+``build_codec`` rebuilds the model from it). An integer model (config "integer": true) also holds
+the integer form of each integer layer of its entropy networks as "integer.LAYER.PART" (int8
+"weight", int32 "bias", "mult", "shift", "bound": ``_IntegerConv.derive_integers``), derived at
+export like the tables; coding computes with those integers, not with the float weights beside them
+(which stay for fine-tuning). The model hash that every .fae file carries is the
 first 8 bytes of SHA-256 over all of them, so a file decodes only with the weights and tables that
 wrote it.
 """
@@ -24,6 +28,7 @@ from fastae._io import atomic_path, read_safetensors, safetensors_metadata
 from fastae.codec import DEFAULT_MODEL
 from fastae.codec.format import check_model_id
 from fastae.models.codec import CodecModel, build_codec
+from fastae.nn.integer import _IntegerConv
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 WEIGHTS_DTYPES = ("float32", "float16")
@@ -35,7 +40,7 @@ def model_hash(tensors: dict) -> bytes:
     for name in sorted(tensors):
         t = tensors[name].contiguous().cpu()
         h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.digest()[:8]
 
 
@@ -45,10 +50,21 @@ def derive_tables(model: CodecModel) -> dict:
             for key, value in entropy_model.derive_tables().items()}
 
 
+def integer_layers(model: CodecModel) -> dict:
+    """{state-dict name: layer} of the integer layers (fastae.nn.integer) of an integer model."""
+    return {name: module for name, module in model.named_modules() if isinstance(module, _IntegerConv)}
+
+
+def derive_integers(model: CodecModel) -> dict:
+    """{"integer.LAYER.PART": tensor} of every integer layer of ``model`` (``_IntegerConv.derive_integers``)."""
+    return {f"integer.{name}.{key}": value for name, layer in integer_layers(model).items()
+            for key, value in layer.derive_integers().items()}
+
+
 def _conv_weight_names(model: CodecModel) -> list:
     """State-dict names of the weights of every convolution (nearly all of a codec's parameters)."""
     return [f"{name}.weight" for name, module in model.named_modules()
-            if isinstance(module, (torch.nn.Conv2d, torch.nn.ConvTranspose2d))]
+            if isinstance(module, (torch.nn.Conv2d, torch.nn.ConvTranspose2d, _IntegerConv))]
 
 
 def export_codec(model: CodecModel, path, model_id: str = DEFAULT_MODEL, weights_dtype: str = "float32") -> Path:
@@ -79,6 +95,7 @@ def export_codec(model: CodecModel, path, model_id: str = DEFAULT_MODEL, weights
     tensors = {f"model.{k}": (v.half() if k in half else v).detach().contiguous()
                for k, v in model.state_dict().items()}
     tensors.update(derive_tables(model))
+    tensors.update(derive_integers(model))
     path = Path(path)
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata={"model_id": model_id, "config": json.dumps(model.config)})
@@ -106,6 +123,12 @@ def read_model_file(path) -> tuple:
             entropy_model.load_tables({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
         except ValueError as e:
             raise ValueError(f"{path}: tables.{name}: {e}") from None
+    for name, layer in integer_layers(model).items():
+        prefix = f"integer.{name}."
+        try:
+            layer.load_integers({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
+        except ValueError as e:
+            raise ValueError(f"{path}: integer.{name}: {e}") from None
     return model, meta["model_id"], model_hash(tensors)
 
 

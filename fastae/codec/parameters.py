@@ -13,8 +13,9 @@ with fastae-checkerboard-v4 (31 with fastae-checkerboard-v2, 28 with fastae-hype
 
 This module is the one place that decides it: ``entropy_parameters`` builds, when a model is
 loaded, what the stream layouts (fastae.codec.layouts) call to predict the means and scales.
-Networks in integer arithmetic (Ballé, Johnston & Minnen 2019), which agree on every device by
-construction, would replace these classes.
+An integer model (``model.integer``, fastae-checkerboard-v5 and later: Ballé, Johnston & Minnen
+2019) computes them in integer arithmetic instead (``IntegerParameters``), which agrees on every
+device and thread count by construction; float models keep float64.
 
     params = entropy_parameters(model, device)
     means, scales, values = params(side, anchor_values)   # float64 [B, M, h, w]
@@ -26,6 +27,7 @@ import torch
 
 from fastae.codec import bands
 from fastae.models.codec import CheckerboardContext
+from fastae.nn.integer import OUTPUT_FRAC_BITS
 
 
 class _BandedHyperSynthesis(torch.nn.Module):
@@ -80,9 +82,42 @@ class CheckerboardParameters(HyperpriorParameters):
         return (*params.chunk(2, dim=1), values)
 
 
+def _real(x: torch.Tensor) -> torch.Tensor:
+    """int32 values in units of 2^-OUTPUT_FRAC_BITS as float64: exact (a power of two times an integer
+    below 2^31), so a table index found by searchsorted on them is ``scale_table_index`` of the integers."""
+    return x.double() * 2.0 ** -OUTPUT_FRAC_BITS
+
+
+class IntegerParameters:
+    """Means and scales of an integer model's latents (``model.integer``: its h_s, and a checkerboard
+    model's context, are fastae.nn.integer networks), computed in integers with the integer weights
+    the model file stores: the same on every device and thread count by construction. Returned as
+    float64, exactly the integers times 2^-OUTPUT_FRAC_BITS (``_real``), so the layouts read them
+    as they read the float networks' (``GaussianConditional.index`` on them is ``scale_table_index``
+    of the integer scales)."""
+
+    def __init__(self, model, device):
+        self.device = device
+        self.h_s = copy.deepcopy(model.h_s).to(device).eval()
+        self.ctx = copy.deepcopy(model.ctx).to(device).eval() if model.kind == "checkerboard" else None
+
+    @torch.inference_mode()
+    def __call__(self, side: torch.Tensor, anchor_values=None):
+        """As HyperpriorParameters (hyperprior) and CheckerboardParameters (checkerboard)."""
+        hyper = self.h_s.forward_int(side.to(self.device))
+        if self.ctx is None:
+            means, scales = hyper.chunk(2, dim=1)
+            return _real(means), _real(scales), None
+        params, values = self.ctx.two_pass_int(hyper, lambda m, s: anchor_values(_real(m), _real(s)))
+        means, scales = params.chunk(2, dim=1)
+        return _real(means), _real(scales), values
+
+
 _PARAMETERS = {"hyperprior": HyperpriorParameters, "checkerboard": CheckerboardParameters}
 
 
 def entropy_parameters(model, device):
     """What predicts the means and scales of ``model``'s latents when coding, on ``device``."""
+    if getattr(model, "integer", False):
+        return IntegerParameters(model, device)
     return _PARAMETERS[model.kind](model, device)

@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fastae.codec.entropy import FactorizedDensity, GaussianConditional, lower_bound
+from fastae.nn.integer import IntegerCheckerboardContext, IntegerHyperSynthesis
 from fastae.ops import gdn
 
 # Rate-distortion weights of the eight qualities: loss = lmbda * 255^2 * MSE + bpp (CompressAI's values).
@@ -219,15 +220,24 @@ class HyperpriorCodec(CodecModel):
     kind = "hyperprior"
     stride = 64
 
-    def __init__(self, N: int = 128, M: int = 192, lambdas=LAMBDAS, channels: int = 3, widths=None):
+    def __init__(self, N: int = 128, M: int = 192, lambdas=LAMBDAS, channels: int = 3, widths=None,
+                 integer: bool = False):
         super().__init__(N=N, M=M, lambdas=lambdas, channels=channels, widths=widths)
+        if not isinstance(integer, bool):
+            raise ValueError(f"{type(self).__name__}: integer must be True or False, got {integer!r}")
+        self.integer = integer
+        if integer:  # configs of float models (every model up to fastae-checkerboard-v4) stay as they were
+            self.config["integer"] = True
         self.priors = nn.ModuleList(FactorizedDensity(N) for _ in range(self.qualities))
         self.gaussian = GaussianConditional()  # no weights: the state_dict is that of the transforms and priors
         self.h_a = nn.Sequential(nn.Conv2d(M, N, 3, padding=1), nn.LeakyReLU(inplace=True), _conv(N, N),
                                  nn.LeakyReLU(inplace=True), _conv(N, N))
         mid = M * 3 // 2
-        self.h_s = nn.Sequential(_deconv(N, M), nn.LeakyReLU(inplace=True), _deconv(M, mid),
-                                 nn.LeakyReLU(inplace=True), nn.Conv2d(mid, 2 * M, 3, padding=1))
+        if integer:
+            self.h_s = IntegerHyperSynthesis(N, M)
+        else:
+            self.h_s = nn.Sequential(_deconv(N, M), nn.LeakyReLU(inplace=True), _deconv(M, mid),
+                                     nn.LeakyReLU(inplace=True), nn.Conv2d(mid, 2 * M, 3, padding=1))
 
     def entropy_models(self) -> dict:
         """As CodecModel.entropy_models, and the latents' Gaussian ("gaussian")."""
@@ -254,7 +264,8 @@ class HyperpriorCodec(CodecModel):
         y = self.analysis(x, quality).float()
         z = self.h_a(y).float()
         z_hat = z + torch.empty_like(z).uniform_(-0.5, 0.5) if noise else torch.round(z)
-        z_in = _round_ste(z) if noise and self.hyper_input == "rounded" else z_hat
+        # an integer hyper-synthesis reads integers: the rounded hyper-latents, whatever hyper_input says
+        z_in = _round_ste(z) if noise and (self.hyper_input == "rounded" or self.integer) else z_hat
         means, scales = (t.float() for t in self.entropy_parameters(z_in, y))
         if noise:
             y_rate = y + torch.empty_like(y).uniform_(-0.5, 0.5)
@@ -302,17 +313,24 @@ class CheckerboardContext(nn.Module):
         return hyper + self.params(torch.cat([hyper, ctx], dim=1))
 
     def two_pass(self, hyper: Tensor, anchor_values):
-        """(means and scales [B, 2M, h, w] of every latent, the anchors' values): the anchors' from
-        ``hyper`` alone; ``anchor_values(means, scales)`` then gives the latents minus those means,
-        rounded, of which only the anchors are read (training rounds its latents, the decoder
-        decodes the anchors' stream); the others' see the anchors so decoded. The one definition
-        of the decoding order, for the training forward and for the codec (in float64)."""
-        first = self(hyper)
-        means, scales = first.chunk(2, dim=1)
-        values = anchor_values(means, scales)
-        mask = checkerboard(*hyper.shape[-2:], device=hyper.device)
-        anchors = (values.to(means) + means) * mask
-        return torch.where(mask, first, self(hyper, anchors)), values
+        """``two_pass(self, hyper, anchor_values)``."""
+        return two_pass(self, hyper, anchor_values)
+
+
+def two_pass(ctx: nn.Module, hyper: Tensor, anchor_values):
+    """(means and scales [B, 2M, h, w] of every latent, the anchors' values) from the context
+    ``ctx`` (a CheckerboardContext, or an IntegerCheckerboardContext's float form): the anchors'
+    from ``hyper`` alone; ``anchor_values(means, scales)`` then gives the latents minus those means,
+    rounded, of which only the anchors are read (training rounds its latents, the decoder decodes
+    the anchors' stream); the others' see the anchors so decoded. The one definition of the
+    decoding order, for the training forward and for the codec (in float64; an integer context's
+    ``two_pass_int`` computes the same in integers)."""
+    first = ctx(hyper)
+    means, scales = first.chunk(2, dim=1)
+    values = anchor_values(means, scales)
+    mask = checkerboard(*hyper.shape[-2:], device=hyper.device)
+    anchors = (values.to(means) + means) * mask
+    return torch.where(mask, first, ctx(hyper, anchors)), values
 
 
 class CheckerboardCodec(HyperpriorCodec):
@@ -323,16 +341,17 @@ class CheckerboardCodec(HyperpriorCodec):
 
     kind = "checkerboard"
 
-    def __init__(self, N: int = 128, M: int = 192, lambdas=LAMBDAS, channels: int = 3, widths=None):
-        super().__init__(N=N, M=M, lambdas=lambdas, channels=channels, widths=widths)
-        self.ctx = CheckerboardContext(M)
+    def __init__(self, N: int = 128, M: int = 192, lambdas=LAMBDAS, channels: int = 3, widths=None,
+                 integer: bool = False):
+        super().__init__(N=N, M=M, lambdas=lambdas, channels=channels, widths=widths, integer=integer)
+        self.ctx = IntegerCheckerboardContext(M) if integer else CheckerboardContext(M)
 
     def entropy_parameters(self, z_hat: Tensor, y: Tensor = None):
         """(means, scales) given ``z_hat`` and the latents ``y``: the anchors' from the hyperprior,
         the others' also from the anchors rounded as they are coded (straight-through in training)."""
         if y is None:
             raise ValueError("CheckerboardCodec.entropy_parameters needs the latents y for the context")
-        params, _ = self.ctx.two_pass(self.h_s(z_hat), lambda means, scales: _round_ste(y - means))
+        params, _ = two_pass(self.ctx, self.h_s(z_hat), lambda means, scales: _round_ste(y - means))
         return params.chunk(2, dim=1)
 
 

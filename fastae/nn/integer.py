@@ -103,6 +103,7 @@ class _IntegerConv(nn.Module):
         self.register_buffer("out_scale", torch.ones(out_channels))
         self.register_buffer("out_bound", torch.tensor(ACT_MAX))  # unused with fixed_output
         self._cache = {}
+        self._integers = None  # what load_integers gave
 
     @property
     def fan_in(self) -> int:
@@ -168,15 +169,27 @@ class _IntegerConv(nn.Module):
     @torch.no_grad()
     def integer_layer(self, plan=None) -> IntConvLayer:
         """The integer form (see the module docstring) with ``plan`` (default: the layer's own), on the
-        weight's device; computed on the CPU in float64, cached until the parameters or buffers change."""
+        weight's device: the integers ``load_integers`` gave, else computed on the CPU in float64 from
+        the parameters and buffers (cached until they change)."""
         plan = plan or self.plan
-        state = (self.weight.device, *((t.data_ptr(), t._version) for t in
-                                       (self.weight, self.bias, self.in_scale, self.out_scale, self.out_bound)))
+        if self._integers is not None:
+            state = ("loaded", self.weight.device)
+        else:
+            state = (self.weight.device, *((t.data_ptr(), t._version) for t in
+                                           (self.weight, self.bias, self.in_scale, self.out_scale, self.out_bound)))
         if self._cache.get(plan, (None,))[0] != state:
-            self._cache[plan] = (state, self._integer_layer(plan).to(self.weight.device))
+            parts = self._integers if self._integers is not None else self.derive_integers()
+            bound = int(parts["bound"])
+            layer = IntConvLayer.make(parts["weight"], parts["bias"], parts["mult"], parts["shift"], plan, -bound,
+                                      bound, torch.int32 if self.fixed_output else torch.int16)
+            self._cache[plan] = (state, layer.to(self.weight.device))
         return self._cache[plan][1]
 
-    def _integer_layer(self, plan):
+    @torch.no_grad()
+    def derive_integers(self) -> dict:
+        """The integer form of the layer as CPU tensors, what a weights file stores: "weight" int8
+        (the float layer's shape), "bias" int32 [Cout] (accumulator units), "mult" int32 [2, Cout] (of
+        non-negative and negative accumulators), "shift" int32 [Cout], "bound" int32 [] (the output clip)."""
         w_int, step, bias = self._integer_weights(self.in_scale.double().cpu())
         if bool((bias.abs() > _ACC_BUDGET).any()):
             raise ValueError(f"{type(self).__name__}: a bias of {float(bias.abs().max()):.4g} accumulator units "
@@ -187,8 +200,31 @@ class _IntegerConv(nn.Module):
         if self.activation == "leaky_relu":
             mult_neg = torch.round(torch.ldexp(ratio * LEAKY_SLOPE, shift.double())).to(torch.int32)
         bound = _OUT_LIMIT if self.fixed_output else int(self.out_bound)
-        return IntConvLayer.make(w_int, bias.to(torch.int32), torch.stack([mult, mult_neg]), shift, plan, -bound, bound,
-                                 torch.int32 if self.fixed_output else torch.int16)
+        return {"weight": w_int, "bias": bias.to(torch.int32), "mult": torch.stack([mult, mult_neg]),
+                "shift": shift, "bound": torch.tensor(bound, dtype=torch.int32)}
+
+    def load_integers(self, tensors: dict):
+        """Compute with these integers (``derive_integers``' form, as a weights file stores them) from
+        now on, whatever the float parameters say; ValueError naming what is wrong. ``None`` goes back
+        to deriving them from the parameters."""
+        if tensors is not None:
+            c = self.out_channels
+            want = {"weight": (torch.int8, tuple(self.weight.shape)), "bias": (torch.int32, (c,)),
+                    "mult": (torch.int32, (2, c)), "shift": (torch.int32, (c,)), "bound": (torch.int32, ())}
+            if set(tensors) != set(want):
+                raise ValueError(f"{type(self).__name__}: expected integer tensors {sorted(want)}, "
+                                 f"got {sorted(tensors)}")
+            for name, (dtype, shape) in want.items():
+                t = tensors[name]
+                if t.dtype != dtype or tuple(t.shape) != shape:
+                    raise ValueError(f"{type(self).__name__}: expected integer {name} {dtype} {list(shape)}, got "
+                                     f"{t.dtype} {list(t.shape)}")
+            bound = int(tensors["bound"])
+            if not 1 <= bound <= (_OUT_LIMIT if self.fixed_output else ACT_MAX):
+                raise ValueError(f"{type(self).__name__}: integer bound {bound} out of range")
+            tensors = {name: t.cpu().contiguous() for name, t in tensors.items()}
+        self._integers = tensors
+        self._cache = {}
 
     def forward_int(self, x: Tensor, plan=None, x_max: Optional[int] = None) -> Tensor:
         """The integer layer on int16 channels-last ``x`` [B, H, W, Cin] (``plan``: another plan of the
