@@ -322,7 +322,7 @@ def cmd_compress(args):
     from fastae.codec.folder import compress_folder
 
     summary = compress_folder(args.src, args.dst, _codec_factory(args), workers=args.workers, force=args.force,
-                              progress=not args.quiet)
+                              progress=not args.quiet, batch_size=args.batch_size)
     print(summary.format())
     return 0 if summary.ok else 1
 
@@ -331,7 +331,7 @@ def cmd_decompress(args):
     from fastae.codec.folder import decompress_folder
 
     summary = decompress_folder(args.src, args.dst, _codec_factory(args), workers=args.workers, force=args.force,
-                                progress=not args.quiet)
+                                progress=not args.quiet, batch_size=args.batch_size)
     print(summary.format())
     return 0 if summary.ok else 1
 
@@ -564,6 +564,8 @@ def main(argv=None):
     compress.add_argument("dst")
     codec_options(compress)
     compress.add_argument("--workers", type=int, default=1, help="processes (CPU)")
+    compress.add_argument("--batch-size", type=int, default=1,
+                        help="images per batched transform (of one padded size; the same files as one at a time)")
     compress.add_argument("--force", action="store_true", help="redo and overwrite files that are already there")
     compress.set_defaults(func=cmd_compress)
 
@@ -572,6 +574,8 @@ def main(argv=None):
     decompress.add_argument("dst")
     codec_options(decompress, quality=False, encoder=False)
     decompress.add_argument("--workers", type=int, default=1, help="processes (CPU)")
+    decompress.add_argument("--batch-size", type=int, default=1,
+                        help="images per batched transform (of one padded size; the same files as one at a time)")
     decompress.add_argument("--force", action="store_true",
                             help="redo and overwrite PNGs that are already there (with DST = the folder of the "
                                  "originals, that replaces them with their decoded copies)")

@@ -14,6 +14,7 @@ image is padded (edge replicated) to a multiple of the model's stride (64 for a 
 file format in fastae.codec.format, the weights file in fastae.codec.model_file.
 """
 
+import dataclasses
 import functools
 import numbers
 from dataclasses import dataclass
@@ -166,16 +167,19 @@ class Codec:
         that need it unless it was loaded with ``side_search=False``)."""
         return self._encode(batch, quality)[0]
 
-    def _encode(self, batch, quality):
-        quality = self.quality if quality is None else quality
+    def _check_batch(self, batch, name="encode"):
         if not isinstance(batch, torch.Tensor) or batch.dim() != 4 or batch.shape[1] != self.model.channels:
-            raise ValueError(f"encode: expected a [B, {self.model.channels}, H, W] tensor, got "
+            raise ValueError(f"{name}: expected a [B, {self.model.channels}, H, W] tensor, got "
                              f"{getattr(batch, 'shape', type(batch).__name__)}")
         if min(batch.shape) == 0:
-            raise ValueError(f"encode: expected a batch of at least one image of at least 1 x 1 pixels, got "
+            raise ValueError(f"{name}: expected a batch of at least one image of at least 1 x 1 pixels, got "
                              f"{tuple(batch.shape)}")
         if batch.dtype != torch.uint8 and not batch.is_floating_point():
-            raise TypeError(f"encode: expected a uint8 batch (0..255) or a float one in [0, 1], got dtype {batch.dtype}")
+            raise TypeError(f"{name}: expected a uint8 batch (0..255) or a float one in [0, 1], got dtype {batch.dtype}")
+
+    def _encode(self, batch, quality):
+        quality = self.quality if quality is None else quality
+        self._check_batch(batch)
         x = batch.to(self.device)
         if x.is_floating_point() and not bool(((x >= 0) & (x <= 1)).all()):  # also catches NaN
             raise ValueError("encode: a float batch must hold finite values in [0, 1] (for 0..255 pass uint8)")
@@ -258,13 +262,46 @@ class Codec:
             latents, index = self._encode(x, self.quality)
         return self._pack(latents, index, 0, channels, bit_depth)
 
-    def compress_batch(self, batch) -> list:
-        """The .fae bytes of every image of ``batch`` ([B, 3, H, W] uint8, or float in [0, 1]):
-        one batched ``encode`` on the codec's device, then entropy coding image by image. Each
-        file is the one ``compress`` writes for that image."""
-        with torch.inference_mode():
-            latents, index = self._encode(batch, self.quality)
-        return [self._pack(latents, index, i, self.model.channels, 8) for i in range(latents.values.shape[0])]
+    def compress_batch(self, batch, batch_size: Optional[int] = None) -> list:
+        """The .fae bytes of every image of ``batch``: a [B, 3, H, W] tensor (uint8, or float in
+        [0, 1]), or a list of images of any sizes, each anything ``compress`` takes. The images are
+        bucketed by their size padded to the model's stride (an image is padded so anyway) and each
+        bucket runs batched ``encode``s of at most ``batch_size`` images (None: the whole bucket)
+        on the codec's device, then entropy coding image by image. Each file is the one
+        ``compress`` writes for that image."""
+        _check_batch_size(batch_size)
+        if isinstance(batch, torch.Tensor):
+            self._check_batch(batch)
+            items = [(image[None], self.model.channels, 8) for image in batch]
+        else:
+            if isinstance(batch, (str, Path, bytes, Image.Image, np.ndarray)):
+                raise TypeError(f"compress_batch: expected a [B, 3, H, W] tensor or a list of images, got one "
+                                f"{type(batch).__name__} (compress takes one image)")
+            items = []
+            for image in batch:
+                rgb, channels, bit_depth = to_rgb_array(image)
+                x = torch.from_numpy(np.require(rgb, requirements="W")).permute(2, 0, 1)[None]
+                items.append((self._model_channels(x, channels), channels, bit_depth))
+        out = [None] * len(items)
+        for group in self._buckets([x.shape[-2:] for x, _, _ in items], batch_size):
+            x = torch.cat([self._pad(_unit(items[k][0])) for k in group])
+            with torch.inference_mode():
+                latents, index = self._encode(x, self.quality)
+            for i, k in enumerate(group):
+                h, w = items[k][0].shape[-2:]
+                out[k] = self._pack(dataclasses.replace(latents, height=int(h), width=int(w)), index, i,
+                                    items[k][1], items[k][2])
+        return out
+
+    def _buckets(self, sizes, batch_size) -> list:
+        """Lists of indices of ``sizes`` (H, W) whose sizes padded to the stride are the same, in
+        chunks of at most ``batch_size``; in order of first appearance."""
+        s = self.model.stride
+        buckets = {}
+        for k, (h, w) in enumerate(sizes):
+            buckets.setdefault((-(-int(h) // s), -(-int(w) // s)), []).append(k)
+        step = batch_size or max(len(sizes), 1)
+        return [group[i:i + step] for group in buckets.values() for i in range(0, len(group), step)]
 
     def _pack(self, latents: Latents, index, i: int, channels: int, bit_depth: int) -> bytes:
         """The .fae bytes of image ``i`` of ``latents`` (``index``: what the layout's ``quantize`` gave)."""
@@ -298,10 +335,38 @@ class Codec:
             out = self._synthesize(y_hat, latents.quality, latents.height, latents.width, torch.uint8)
         return _finish(out[0], header.channels, output)
 
+    def decompress_many(self, files, output: str = "numpy", batch_size: Optional[int] = None,
+                        max_pixels: int = MAX_PIXELS) -> list:
+        """What ``decompress`` returns for each of the .fae ``files`` (bytes), in order, of any sizes
+        and qualities: entropy decoding file by file, then batched syntheses of at most
+        ``batch_size`` files (None: all) of one quality and padded size (the synthesis of a padded
+        size is cropped to each file's own). CodecError for a damaged file (none is returned)."""
+        if output not in ("numpy", "tensor"):
+            raise ValueError(f"decompress_many: output must be 'numpy' or 'tensor', got {output!r}")
+        _check_batch_size(batch_size)
+        if isinstance(files, (bytes, bytearray, memoryview, str)):
+            raise TypeError(f"decompress_many: expected a list of .fae files' bytes, got one "
+                            f"{type(files).__name__} (decompress reads one file)")
+        read = [self._read(data, max_pixels) for data in files]
+        out = [None] * len(read)
+        for quality in sorted({latents.quality for _, latents, _ in read}):
+            same = [k for k, (_, latents, _) in enumerate(read) if latents.quality == quality]
+            for group in self._buckets([(read[k][1].height, read[k][1].width) for k in same], batch_size):
+                group = [same[i] for i in group]
+                y_hat = torch.cat([read[k][2] for k in group])
+                ls = self.model.latent_stride
+                with torch.inference_mode():
+                    x = self._synthesize(y_hat, quality, y_hat.shape[2] * ls, y_hat.shape[3] * ls, torch.uint8)
+                for i, k in enumerate(group):
+                    header, latents, _ = read[k]
+                    out[k] = _finish(x[i, :, :latents.height, :latents.width], header.channels, output)
+        return out
+
     def decompress_batch(self, files, max_pixels: int = MAX_PIXELS) -> torch.Tensor:
         """uint8 [B, 3, H, W] images (on the codec's device) of .fae files of one size and
         quality: entropy decoding file by file, then one batched synthesis. Grey files come back
-        with three equal channels (``decompress`` returns them as one)."""
+        with three equal channels (``decompress`` returns them as one). Files of mixed sizes:
+        ``decompress_many``."""
         if isinstance(files, (bytes, bytearray, memoryview, str)):
             raise TypeError(f"decompress_batch: expected a list of .fae files' bytes, got one "
                             f"{type(files).__name__} (decompress reads one file)")
@@ -348,6 +413,17 @@ class Codec:
                              f"{header.width} image")
         values, side, y_hat = self.layout.from_streams(streams, header.quality, expected)
         return header, Latents(values, header.quality, header.height, header.width, side), y_hat
+
+
+def _check_batch_size(batch_size):
+    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral)
+                                   or batch_size < 1):
+        raise ValueError(f"batch_size must be a positive integer or None, got {batch_size!r}")
+
+
+def _unit(x: torch.Tensor) -> torch.Tensor:
+    """A uint8 (0..255) or float (0..1) image batch as float32 in [0, 1], as ``encode`` reads it."""
+    return x.float() / 255 if x.dtype == torch.uint8 else x.float()
 
 
 def _finish(out: torch.Tensor, channels: int, output: str):

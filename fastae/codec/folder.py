@@ -123,11 +123,14 @@ def _mb(n):
 # Public entry points
 
 
-def compress_folder(src, dst, make_codec, workers=1, force=False, progress=True, extensions=None):
+def compress_folder(src, dst, make_codec, workers=1, force=False, progress=True, extensions=None, batch_size=1):
     """Compress every image under ``src`` to ``dst/<relative path>.fae``; return a :class:`Summary`.
 
     ``make_codec``: picklable zero-argument callable returning the codec (called once per worker).
     ``extensions``: image suffixes to take (default :data:`IMAGE_EXTENSIONS`), case-insensitive.
+    ``batch_size`` > 1: groups of that many images go through ``codec.compress_batch`` (batched
+    transforms of the images of one padded size; the same files as one at a time); a group that
+    fails is redone file by file, so a bad image fails alone.
     """
     exts = IMAGE_EXTENSIONS if extensions is None else _normalize_extensions(extensions)
     codec = functools.cache(make_codec)  # made on the first existing output to check
@@ -151,15 +154,17 @@ def compress_folder(src, dst, make_codec, workers=1, force=False, progress=True,
     return _run_folder(
         "compressed", src, dst, make_codec, workers, force, progress,
         is_input=lambda name: _suffix(name) in exts, out_suffix=FAE_SUFFIX, task=_compress_task,
-        check_existing=check_existing,
+        check_existing=check_existing, batch_size=batch_size,
     )
 
 
-def decompress_folder(src, dst, make_codec, workers=1, force=False, progress=True):
-    """Decompress every ``.fae`` under ``src`` to ``dst/<relative path>.png``; return a :class:`Summary`."""
+def decompress_folder(src, dst, make_codec, workers=1, force=False, progress=True, batch_size=1):
+    """Decompress every ``.fae`` under ``src`` to ``dst/<relative path>.png``; return a :class:`Summary`.
+    ``batch_size`` > 1: groups of that many files through ``codec.decompress_many`` (as compress_folder)."""
     return _run_folder(
         "decompressed", src, dst, make_codec, workers, force, progress,
         is_input=lambda name: _suffix(name) == FAE_SUFFIX, out_suffix=".png", task=_decompress_task,
+        batch_size=batch_size,
     )
 
 
@@ -168,7 +173,7 @@ def decompress_folder(src, dst, make_codec, workers=1, force=False, progress=Tru
 
 
 def _run_folder(action, src, dst, make_codec, workers, force, progress, is_input, out_suffix, task,
-                check_existing=None):
+                check_existing=None, batch_size=1):
     if str(src) == "" or str(dst) == "":  # Path("") is the current folder: never what was meant
         raise ValueError(f"source and destination must be folder paths, got {str(src)!r} and {str(dst)!r}")
     src, dst = Path(src), Path(dst)
@@ -178,6 +183,8 @@ def _run_folder(action, src, dst, make_codec, workers, force, progress, is_input
         raise ValueError(f"workers must be an integer >= 1, got {workers!r}")
     if not callable(make_codec):
         raise TypeError(f"make_codec must be a zero-argument callable, got {make_codec!r}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
 
     if os.path.lexists(dst) and not dst.is_dir():
         raise FileExistsError(f"destination {dst} exists and is not a folder")
@@ -212,6 +219,10 @@ def _run_folder(action, src, dst, make_codec, workers, force, progress, is_input
             else:
                 todo.append((rel, str(src / rel), str(dst / out_rel)))
 
+        if batch_size > 1:  # groups of files, each one task
+            task = functools.partial(_batch_task, task, batch_size)
+            todo = [(tuple(t[0] for t in todo[i:i + batch_size]), tuple(t[1] for t in todo[i:i + batch_size]),
+                     tuple(t[2] for t in todo[i:i + batch_size])) for i in range(0, len(todo), batch_size)]
         _process(todo, task, make_codec, workers, progress, summary)
 
     summary.failed.sort()
@@ -226,6 +237,11 @@ def _process(todo, task, make_codec, workers, progress, summary):
     bar = tqdm(total=len(todo), desc=desc, unit="file", disable=not progress, dynamic_ncols=True)
 
     def record(rel, result):
+        if isinstance(rel, tuple):  # a group of files (batch_size > 1): ("ok", "group", [result of each])
+            results = result[2] if result[0] == "ok" else [result] * len(rel)  # else the whole group failed
+            for one_rel, one in zip(rel, results):
+                record(one_rel, one)
+            return
         status, *rest = result
         if status == "ok":
             n_in, n_out, pixels = rest
@@ -310,8 +326,27 @@ def _run_task(task, codec, in_path, out_path):
         return ("error", _message(exc))
 
 
-def _compress_task(codec, in_path, out_path):
-    data = codec.compress(in_path)
+def _batch_task(task, batch_size, codec, in_paths, out_paths):
+    """("group", [result of each file]) of ``task`` (_compress_task or _decompress_task) on a group of
+    files, their transforms batched (``codec.compress_batch`` / ``decompress_many``); if that fails,
+    each file on its own, so that only the bad ones fail."""
+    try:
+        if task is _compress_task:
+            outputs = codec.compress_batch(list(in_paths), batch_size=batch_size)
+        else:
+            data = []
+            for path in in_paths:
+                with open(path, "rb") as f:
+                    data.append(f.read())
+            outputs = codec.decompress_many(data, batch_size=batch_size)
+        return ("group", [_run_task(functools.partial(task, output=out), codec, i, o)
+                          for out, i, o in zip(outputs, in_paths, out_paths)])
+    except Exception:
+        return ("group", [_run_task(task, codec, i, o) for i, o in zip(in_paths, out_paths)])
+
+
+def _compress_task(codec, in_path, out_path, output=None):
+    data = codec.compress(in_path) if output is None else output
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise TypeError(f"codec.compress returned {type(data).__name__}, expected bytes")
     from PIL import Image
@@ -323,13 +358,13 @@ def _compress_task(codec, in_path, out_path):
     return os.path.getsize(in_path), os.path.getsize(out_path), width * height
 
 
-def _decompress_task(codec, in_path, out_path):
+def _decompress_task(codec, in_path, out_path, output=None):
     import numpy as np
     from PIL import Image
 
     with open(in_path, "rb") as f:
         data = f.read()
-    array = np.asarray(codec.decompress(data))
+    array = np.asarray(codec.decompress(data) if output is None else output)
     if array.dtype != np.uint8:
         raise TypeError(f"codec.decompress returned dtype {array.dtype}, expected uint8")
     if array.ndim == 3 and array.shape[2] == 1:

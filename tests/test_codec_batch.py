@@ -1,0 +1,72 @@
+"""Batched compression and decompression of images of mixed sizes (bucketed by padded size): the
+same files and the same pixels as one image at a time."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from fastae import cli
+from fastae.codec.format import CodecError
+from tests._codec import photo
+
+
+def _images():
+    """Sizes in three buckets of the hyperprior's stride 64 (40x56 and 64x64 share one; 33x70 and
+    30x100 share another), a grey image and a PIL image among them."""
+    grey = Image.fromarray(photo((40, 60))[:, :, 0])
+    return [photo((40, 56)), photo((64, 64))[::-1].copy(), photo((33, 70)), Image.fromarray(photo((30, 100))),
+            grey, photo((100, 20))]
+
+
+@pytest.mark.parametrize("batch_size", [None, 2])
+def test_mixed_sizes_give_the_files_and_pixels_of_one_at_a_time(tiny_codec, batch_size):
+    images = _images()
+    files = tiny_codec.compress_batch(images, batch_size=batch_size)
+    assert files == [tiny_codec.compress(image) for image in images]
+    decoded = tiny_codec.decompress_many(files, batch_size=batch_size)
+    for data, got in zip(files, decoded):
+        assert np.array_equal(got, tiny_codec.decompress(data))
+    assert decoded[4].shape == (40, 60, 1)  # grey comes back grey, as from decompress
+    tensors = tiny_codec.decompress_many(files[:2], output="tensor")
+    assert torch.equal(tensors[1], tiny_codec.decompress(files[1], output="tensor"))
+
+
+def test_a_tensor_batch_in_chunks(tiny_codec):
+    batch = torch.stack([torch.from_numpy(photo((32, 48))).permute(2, 0, 1)] * 3)
+    batch[1] = batch[1].flip(1)
+    assert tiny_codec.compress_batch(batch, batch_size=2) == tiny_codec.compress_batch(batch)
+
+
+def test_mixed_qualities_decode_in_one_call(tiny_codec):
+    files = [tiny_codec.compress(photo((40, 56))), tiny_codec.with_quality(1).compress(photo((40, 56)))]
+    for data, got in zip(files, tiny_codec.decompress_many(files)):
+        assert np.array_equal(got, tiny_codec.decompress(data))
+
+
+def test_bad_batches_are_named(tiny_codec):
+    with pytest.raises(ValueError, match="batch_size must be a positive integer or None, got 0"):
+        tiny_codec.compress_batch([photo((8, 8))], batch_size=0)
+    with pytest.raises(ValueError, match="got True"):
+        tiny_codec.decompress_many([], batch_size=True)
+    with pytest.raises(TypeError, match="compress takes one image"):
+        tiny_codec.compress_batch(photo((8, 8)))
+    with pytest.raises(TypeError, match="decompress reads one file"):
+        tiny_codec.decompress_many(b"FAE")
+    with pytest.raises(CodecError):
+        tiny_codec.decompress_many([tiny_codec.compress(photo((8, 8)))[:-1]])
+    assert tiny_codec.compress_batch([]) == [] and tiny_codec.decompress_many([]) == []
+
+
+def test_cli_batch_size(tmp_path):
+    """--batch-size: the files and PNGs of a run one image at a time."""
+    src = tmp_path / "src"
+    src.mkdir()
+    for i, image in enumerate(_images()):
+        (image if isinstance(image, Image.Image) else Image.fromarray(image)).save(src / f"{i}.png")
+    for flags, name in (([], "one"), (["--batch-size", "4"], "batched")):
+        assert cli.main(["compress", str(src), str(tmp_path / name), "--quality", "1", "--quiet", *flags]) == 0
+        assert cli.main(["decompress", str(tmp_path / name), str(tmp_path / f"{name}-png"), "--quiet", *flags]) == 0
+    for i in range(len(_images())):
+        assert (tmp_path / "one" / f"{i}.fae").read_bytes() == (tmp_path / "batched" / f"{i}.fae").read_bytes()
+        assert (tmp_path / "one-png" / f"{i}.png").read_bytes() == (tmp_path / "batched-png" / f"{i}.png").read_bytes()
