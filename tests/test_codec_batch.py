@@ -70,3 +70,15 @@ def test_cli_batch_size(tmp_path):
     for i in range(len(_images())):
         assert (tmp_path / "one" / f"{i}.fae").read_bytes() == (tmp_path / "batched" / f"{i}.fae").read_bytes()
         assert (tmp_path / "one-png" / f"{i}.png").read_bytes() == (tmp_path / "batched-png" / f"{i}.png").read_bytes()
+
+
+def test_the_side_search_does_not_depend_on_the_batch():
+    """The shipped model searches the hyper-latents of the flat image (its padding predicts badly):
+    batched with others, it finds what it finds alone (each image draws its own noise)."""
+    from fastae.codec.api import load_codec
+
+    codec = load_codec(quality=4)
+    images = [np.full((40, 60, 3), 128, np.uint8), np.zeros((64, 64, 3), np.uint8), photo((64, 64))]
+    with_search = codec.compress_batch(images)
+    assert with_search == [codec.compress(image) for image in images]
+    assert with_search[0] != load_codec(quality=4, side_search=False).compress(images[0])  # the search ran

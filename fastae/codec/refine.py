@@ -72,11 +72,13 @@ def refine_latents(model: CodecModel, x: torch.Tensor, y: torch.Tensor, quality:
         z = model.h_a(y.detach()).detach().float().clone().requires_grad_(True) if hyper else None
         leaves = [y, z] if hyper else [y]
         optimizer = torch.optim.Adam(leaves, lr=lr)
-        generator = torch.Generator(device=y.device).manual_seed(seed)
+        # one generator per image: an image's noise, and so its refinement, do not depend on the batch it is in
+        generators = [torch.Generator(device=y.device).manual_seed(seed) for _ in range(y.shape[0])]
         best_cost = torch.full((y.shape[0],), math.inf, device=y.device)
         best = [t.detach().clone() for t in leaves]
         for step in range(steps + 1):
-            noise = torch.rand(y.shape, generator=generator, device=y.device, dtype=y.dtype) - 0.5
+            noise = torch.stack([torch.rand(y.shape[1:], generator=g, device=y.device, dtype=y.dtype)
+                                 for g in generators]) - 0.5
             coded, objective = _costs(model, x, y, z, quality, height, width, noise)
             better = coded.detach() < best_cost
             best_cost = torch.where(better, coded.detach(), best_cost)
@@ -139,7 +141,8 @@ def search_side(model: HyperpriorCodec, y: torch.Tensor, z: torch.Tensor, qualit
         y = y.detach().float().clone()
         z = z.detach().float().clone().requires_grad_(True)
         optimizer = torch.optim.Adam([z], lr=lr)
-        generator = torch.Generator(device=y.device).manual_seed(seed)
+        # one generator per image: an image's noise, and so its search, do not depend on the batch it is in
+        generators = [torch.Generator(device=y.device).manual_seed(seed) for _ in range(y.shape[0])]
         best_bits = torch.full((y.shape[0],), math.inf, device=y.device)
         best = z.detach().clone()
         for step in range(steps + 1):
@@ -154,7 +157,8 @@ def search_side(model: HyperpriorCodec, y: torch.Tensor, z: torch.Tensor, qualit
                 best[better] = z.detach()[better]
                 if last:
                     break
-                noise = torch.rand(y.shape, generator=generator, device=y.device, dtype=y.dtype) - 0.5
+                noise = torch.stack([torch.rand(y.shape[1:], generator=g, device=y.device, dtype=y.dtype)
+                                     for g in generators]) - 0.5
                 bits = -torch.log2(GaussianConditional.likelihood(y + noise, means, scales)).sum() + bits_z.sum()
             z.grad = torch.autograd.grad(bits, [z])[0]
             optimizer.step()
