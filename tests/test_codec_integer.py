@@ -71,23 +71,24 @@ def test_the_stored_integers_are_what_codes(integer_file, tmp_path):
         read_model_file(broken)
 
 
-def test_round_trip_and_thread_counts(integer_file):
+@pytest.mark.parametrize("precision", ["float32", "bfloat16"])
+def test_round_trip_and_thread_counts(integer_file, precision):
     """compress at 1 and 2 threads: the same bytes; decompress at 1 and 2: the same pixels, which
-    are the encoder's reconstruction."""
+    are the encoder's reconstruction (for each precision of the transforms)."""
     rgb = photo((72, 100))
     before = torch.get_num_threads()
     out = {}
     try:
         for threads in (1, 2):
             torch.set_num_threads(threads)
-            codec = load_codec(quality=2, weights=integer_file, precision="float32")
+            codec = load_codec(quality=2, weights=integer_file, precision=precision)
             data = codec.compress(rgb)
             out[threads] = data, codec.decompress(data)
     finally:
         torch.set_num_threads(before)
     assert out[1][0] == out[2][0]
     assert np.array_equal(out[1][1], out[2][1])
-    assert np.array_equal(out[1][1], load_codec(quality=2, weights=integer_file, precision="float32").reconstruct(rgb))
+    assert np.array_equal(out[1][1], load_codec(quality=2, weights=integer_file, precision=precision).reconstruct(rgb))
 
 
 @pytest.mark.parametrize("writer", ["float32", "bfloat16"])
