@@ -135,8 +135,6 @@ def test_the_table_index_is_an_integer_function_of_the_integer_scales(integer_fi
 def test_qat_lowers_the_rate_of_the_integer_networks():
     """A few fine-tuning steps of the integer networks on a fixed pool of latents lower their rate
     on that pool (rounding, no noise), the transforms untouched."""
-    from fastae.train.entropy import train_entropy  # noqa: F401  (the function the CLI runs)
-
     model = _float_model("checkerboard")
     photos = [torch.from_numpy(photo((96, 152))).permute(2, 0, 1).contiguous()]
     pool = _pool(model, photos, 4, 64, torch.Generator().manual_seed(0), progress=False)
