@@ -213,3 +213,26 @@ def test_fused_mlp_module_loads_the_per_layer_state_dict():
     other = fastae.nn.FusedMLP([12, 8, 4, 12], activation="gelu", out_activation="sigmoid")
     other.load_state_dict(mlp.state_dict())
     assert_close(other(x), ref, 1e-5, 1e-5)
+
+
+@pytest.mark.parametrize("name", ["mlp", "denoising"])
+def test_mlp_autoencoder_one_call_loss_equals_the_layered_loss(name):
+    """MLPAutoencoder.loss runs encoder and decoder as one fused_mlp call for mse; its terms and
+    gradients are those of Autoencoder.loss (encode, then decoder.reconstruction)."""
+    from fastae.models import build_model
+    from fastae.models.base import Autoencoder
+
+    torch.manual_seed(0)
+    model = build_model(name).eval()  # eval: no random corruption, so both see the same input
+    x = torch.rand(8, 1, 28, 28)
+    terms = model.loss(x)
+    terms["loss"].backward()
+    grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    ref = Autoencoder.loss(model, x)
+    ref["loss"].backward()
+    assert terms.keys() == ref.keys()
+    for k in terms:
+        assert_close(terms[k], ref[k], 1e-6, 1e-6)
+    for got, p in zip(grads, model.parameters()):
+        assert_close(got, p.grad, 1e-5, 1e-5)
