@@ -164,6 +164,8 @@ def _rates(row):
     extra = row.get("extra") or {}
     if "peak_mb" in extra:
         parts.append(f"peak {extra['peak_mb']:.0f} MB")
+    if "bpp" in extra:
+        parts.append(f"{extra['bpp']:.3f} bpp")
     if "bits_per_symbol" in extra:
         parts.append(f"{extra['bits_per_symbol']:.2f} bits/symbol")
     return ", ".join(parts)
