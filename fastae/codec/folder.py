@@ -144,7 +144,8 @@ def compress_folder(src, dst, make_codec, workers=1, force=False, progress=True,
         except (CodecError, OSError) as e:
             return f"{path} exists but is not a readable .fae file ({e}); --force replaces it"
         if (header.model_id, header.model_hash, header.quality) != (c.model_id, c.hash, c.quality):
-            return (f"{path} exists from another run (model {header.model_id}, quality {header.quality}; this run: "
+            made_by = header.model_id or f"unknown, hash {header.model_hash.hex()}"
+            return (f"{path} exists from another run (model {made_by}, quality {header.quality}; this run: "
                     f"model {c.model_id}, quality {c.quality}); --force replaces it")
         return None
 
