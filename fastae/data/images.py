@@ -169,7 +169,8 @@ def open_image(path: Union[PathLike, bytes], name: Optional[str] = None) -> Imag
             img.load()
             return upright(img)
     except (Image.UnidentifiedImageError, Image.DecompressionBombError) as e:
-        raise ValueError(f"{path}: not an image fastae can read ({e})") from None
+        why = "Pillow cannot identify it" if isinstance(e, Image.UnidentifiedImageError) and path != source else e
+        raise ValueError(f"{path}: not an image fastae can read ({why})") from None
 
 
 def read_rgb(path: PathLike) -> np.ndarray:
