@@ -230,6 +230,8 @@ def _run(action, src, dst, make_codec, input_format, format, column, engine, wor
     outputs = [dst] if single else [dst / rel for rel in units]
     inputs = [base / rel for rel in units]
     _check_paths(src, dst, inputs, outputs, single)
+    if kind == "parquet":
+        _check_columns(inputs, column, action)
     out_dir = dst.parent if single else dst
     out_dir.mkdir(parents=True, exist_ok=True)
     summary = DatasetSummary(action=action, kind=kind)
@@ -274,6 +276,20 @@ def _check_paths(src, dst, inputs, outputs, single):
         if Path(src).is_dir() and Path(os.path.realpath(dst)).is_relative_to(src_dir):
             raise ValueError(f"destination {dst} is inside the source {src}: its outputs would be read as inputs "
                              f"next time; choose a folder outside it")
+
+
+def _check_columns(inputs, column, action):
+    """Before any work: every readable Parquet input has the image column (ValueError naming the
+    columns found otherwise); an unreadable one is left to fail as its unit."""
+    from fastae.datasets import parquet
+
+    for path in inputs:
+        try:
+            schema = parquet._open(path).schema_arrow
+        except ValueError:
+            continue
+        name = column or (parquet.read_meta(schema).get("column") if action == "decompressed" else None)
+        parquet.find_image_column(schema, name, path)
 
 
 def _task(kind, action, column, to):
