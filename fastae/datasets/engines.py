@@ -86,7 +86,9 @@ def _run_ray(todo, task, make_codec, record, workers, gpus_per_worker, batch_siz
         context.enable_progress_bars = False  # the run's own bar counts files and images
         items = [{"index": i, "src": str(in_path), "dst": str(out_path)} for i, (_, in_path, out_path) in
                  enumerate(todo)]
-        dataset = ray.data.from_items(items, override_num_blocks=max(1, -(-len(items) // batch_size)))
+        # at least one block per actor, so that every actor gets work
+        blocks = min(len(items), max(workers, -(-len(items) // batch_size)))
+        dataset = ray.data.from_items(items, override_num_blocks=blocks)
         dataset = dataset.map_batches(_Worker, fn_constructor_args=(make_codec, task), batch_size=batch_size,
                                       compute=ray.data.ActorPoolStrategy(size=workers), batch_format="numpy",
                                       num_cpus=1, num_gpus=gpus_per_worker or None)
