@@ -307,7 +307,7 @@ def cmd_compress(args):
     from fastae.datasets import compress_dataset
 
     return _report(compress_dataset(args.src, args.dst, make_codec=_codec_factory(args), format=args.format,
-                                    **_engine_options(args)))
+                                    images_per_file=args.images_per_file, **_engine_options(args)))
 
 
 def cmd_decompress(args):
@@ -553,7 +553,10 @@ def main(argv=None):
     codec_options(compress)
     dataset_options(compress)
     compress.add_argument("--format", choices=["folder", "parquet", "webdataset"],
-                          help="the kind of output (default and for now only: the input's)")
+                          help="the kind of output (default: the input's); a folder of images may also be packed "
+                               "into Parquet files or shards")
+    compress.add_argument("--images-per-file", type=int, default=1000,
+                          help="with --format parquet|webdataset from a folder: images in each output file")
     compress.add_argument("--force", action="store_true", help="redo and overwrite files that are already there")
     compress.set_defaults(func=cmd_compress)
 

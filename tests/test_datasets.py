@@ -296,3 +296,37 @@ def test_ray_engine_writes_the_local_bytes(ray_cluster, tmp_path):
                                          for p in (tmp_path / "ray" / kind).rglob("*"))
         for name in names:
             assert (tmp_path / "local" / name).read_bytes() == (tmp_path / "ray" / name).read_bytes(), name
+
+
+def test_folder_packed_into_parquet_and_shards(tiny_codec, tmp_path):
+    src = tmp_path / "photos"
+    (src / "sub").mkdir(parents=True)
+    names = ["a.png", "b.png", "sub/c.jpg", "sub/d.png", "z.png"]
+    for name, data in zip(names, _images(5)):
+        (src / name).write_bytes(data)
+    (src / "sub" / "d.png").write_bytes(b"broken")
+    make = _factory(tiny_codec)
+    summary = compress_dataset(src, tmp_path / "pq", make_codec=make, format="parquet", images_per_file=2,
+                               progress=False)
+    assert (summary.files, summary.images, [w for w, _ in summary.failed]) == (3, 4, ["part-00001.parquet: row 1"])
+    assert sorted(os.listdir(tmp_path / "pq")) == [ERRORS_FILE, "part-00000.parquet", "part-00001.parquet",
+                                                   "part-00002.parquet"]
+    rows = [r for k in range(3) for r in pq.read_table(tmp_path / "pq" / f"part-{k:05d}.parquet").to_pylist()]
+    assert [r["image"]["path"] for r in rows] == ["a.fae", "b.fae", "sub/c.fae", "sub/d.fae", "z.fae"]
+    for name, row in zip(names, rows):
+        if name == "sub/d.png":
+            assert row["image"]["bytes"] is None and "not an image" in row["fae_error"]
+        else:
+            assert row["image"]["bytes"] == _expected(tiny_codec, (src / name).read_bytes())
+
+    summary = compress_dataset(src, tmp_path / "wds", make_codec=make, format="webdataset", images_per_file=3,
+                               progress=False)
+    assert (summary.files, summary.images) == (2, 4)
+    members = _members(tmp_path / "wds" / "shard-00000.tar") + _members(tmp_path / "wds" / "shard-00001.tar")
+    assert [m for m, _ in members] == ["a.fae", "b.fae", "sub/c.fae", "z.fae"]
+    assert members[2][1] == _expected(tiny_codec, (src / "sub" / "c.jpg").read_bytes())
+    again = compress_dataset(src, tmp_path / "wds", make_codec=make, format="webdataset", images_per_file=3,
+                             progress=False)
+    assert (again.files, again.skipped) == (0, 2)
+    with pytest.raises(ValueError, match="--format folder from a webdataset source is not supported"):
+        compress_dataset(tmp_path / "wds", tmp_path / "x", make_codec=make, format="folder", progress=False)

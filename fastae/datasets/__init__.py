@@ -164,20 +164,23 @@ def detect(src, input_format=None, decompress=False):
 
 def compress_dataset(src, dst, quality=None, model=DEFAULT_MODEL, weights=None, device="cpu", precision="auto", *,
                      make_codec=None, input_format=None, format=None, column=None, engine="local", workers=1,
-                     gpus_per_worker=0, batch_size=None, ray_address=None, force=False,
+                     gpus_per_worker=0, batch_size=None, ray_address=None, force=False, images_per_file=1000,
                      progress=True) -> DatasetSummary:
     """Compress the dataset ``src`` into ``dst`` (see the module docstring); return a :class:`DatasetSummary`.
 
     ``quality``, ``model``, ``weights``, ``device``, ``precision``: as ``fastae.load_codec``
     (``make_codec``: a picklable zero-argument callable returning the codec instead).
     ``column``: the Parquet image column (default: found by name or type).
+    ``format``: the kind of output, default the input's; a folder of images may also be packed into
+    Parquet files (``part-00000.parquet``, Hugging Face layout) or shards (``shard-00000.tar``) of
+    ``images_per_file`` images each, in sorted order (so a re-run of the same folder resumes).
     ``engine``: "local" (``workers`` processes) or "ray" (an actor pool of ``workers`` actors with
     ``gpus_per_worker`` GPUs each; ``ray_address`` joins a running cluster, else one is started
     here unless Ray is already initialised). ``batch_size``: images of a folder per Ray task
     (default 8; Parquet files and shards are one per task)."""
     make_codec = make_codec or _factory(quality, model, weights, device, precision)
     return _run("compressed", src, dst, make_codec, input_format, format, column, engine, workers, gpus_per_worker,
-                batch_size, ray_address, force, progress, "png")
+                batch_size, ray_address, force, progress, "png", images_per_file)
 
 
 def decompress_dataset(src, dst, model=DEFAULT_MODEL, weights=None, device="cpu", precision="auto", *,
@@ -203,7 +206,7 @@ def _factory(quality, model, weights, device, precision):
 
 
 def _run(action, src, dst, make_codec, input_format, format, column, engine, workers, gpus_per_worker, batch_size,
-         ray_address, force, progress, to):
+         ray_address, force, progress, to, images_per_file=1000):
     from fastae.datasets import engines
 
     start = time.perf_counter()
@@ -212,37 +215,47 @@ def _run(action, src, dst, make_codec, input_format, format, column, engine, wor
     kind, base, units = detect(src, input_format, decompress=action == "decompressed")
     if format is not None and format not in KINDS:
         raise ValueError(f"format must be one of {KINDS}, got {format!r}")
-    if format is not None and format != kind:
+    pack = kind == "folder" and format in ("parquet", "webdataset")  # image files packed into Parquet or shards
+    if format is not None and format != kind and not pack:
         raise ValueError(f"--format {format} from a {kind} source is not supported: the output is of the input's "
-                         f"kind ({kind})")
+                         f"kind ({kind}), or Parquet files or shards from a folder of images")
+    if isinstance(images_per_file, bool) or not isinstance(images_per_file, int) or images_per_file < 1:
+        raise ValueError(f"images_per_file must be an integer >= 1, got {images_per_file!r}")
     if column is not None and kind != "parquet":
         raise ValueError(f"column applies to Parquet sources; {src} is a {kind} source")
     # a Ray task takes a batch of images of a folder, one Parquet file or shard otherwise
-    run = engines.runner(engine, workers, gpus_per_worker, batch_size or (8 if kind == "folder" else 1), ray_address,
-                         progress)
-    if kind == "folder":
+    run = engines.runner(engine, workers, gpus_per_worker,
+                         batch_size or (8 if kind == "folder" and not pack else 1), ray_address, progress)
+    if kind == "folder" and not pack:
         return _run_folder(action, src, dst, make_codec, run, engine, force, progress, to, start)
-    if kind == "parquet":
+    out_kind = format if pack else kind
+    if out_kind == "parquet":
         import pyarrow  # noqa: F401 - a missing extra fails now, with the extra's name
 
     dst = Path(dst)
-    single = len(units) == 1 and Path(src).is_file() and dst.suffix.lower() == _SUFFIX[kind]
-    outputs = [dst] if single else [dst / rel for rel in units]
-    inputs = [base / rel for rel in units]
-    _check_paths(src, dst, inputs, outputs, single)
-    if kind == "parquet":
-        _check_columns(inputs, column, action)
+    if pack:
+        units, inputs, task = _pack_plan(src, out_kind, images_per_file)
+        single = False
+        outputs = [dst / rel for rel in units]
+        _check_paths(src, dst, [], outputs, single)
+    else:
+        single = len(units) == 1 and Path(src).is_file() and dst.suffix.lower() == _SUFFIX[kind]
+        outputs = [dst] if single else [dst / rel for rel in units]
+        inputs = [base / rel for rel in units]
+        _check_paths(src, dst, inputs, outputs, single)
+        if kind == "parquet":
+            _check_columns(inputs, column, action)
+        task = _task(kind, action, column, to)
     out_dir = dst.parent if single else dst
     out_dir.mkdir(parents=True, exist_ok=True)
-    summary = DatasetSummary(action=action, kind=kind)
-    task = _task(kind, action, column, to)
+    summary = DatasetSummary(action=action, kind=out_kind)
     codec = functools.cache(make_codec)
 
     def cleanup(any_age):
         from fastae.codec.folder import _remove_stale_temps
 
         for folder in sorted({o.parent for o in outputs}):
-            _remove_stale_temps(folder, _SUFFIX[kind], any_age)
+            _remove_stale_temps(folder, _SUFFIX[out_kind], any_age)
 
     from fastae.codec.folder import _run_lock
 
@@ -250,7 +263,7 @@ def _run(action, src, dst, make_codec, input_format, format, column, engine, wor
         todo = []
         for rel, in_path, out_path in zip(units, inputs, outputs):
             if not force and os.path.lexists(out_path):
-                problem = _check_existing(kind, action, out_path, codec)
+                problem = _check_existing(out_kind, action, out_path, codec)
                 if problem:
                     summary.failed.append((rel.as_posix(), problem))
                 else:
@@ -265,17 +278,32 @@ def _run(action, src, dst, make_codec, input_format, format, column, engine, wor
 
 
 def _check_paths(src, dst, inputs, outputs, single):
-    real_inputs = {os.path.realpath(p) for p in inputs}
+    real_inputs = {os.path.realpath(p) for p in inputs}  # (none when packing: the outputs are new files)
     clash = [str(o) for o in outputs if os.path.realpath(o) in real_inputs]
     if clash:
         raise ValueError(f"the output {clash[0]} would overwrite its input; choose another destination")
     if not single:
         if os.path.lexists(dst) and not dst.is_dir():
             raise FileExistsError(f"destination {dst} exists and is not a folder")
-        src_dir = os.path.realpath(src if Path(src).is_dir() else os.path.dirname(str(inputs[0])))
+        src_dir = os.path.realpath(src)
         if Path(src).is_dir() and Path(os.path.realpath(dst)).is_relative_to(src_dir):
             raise ValueError(f"destination {dst} is inside the source {src}: its outputs would be read as inputs "
                              f"next time; choose a folder outside it")
+
+
+def _pack_plan(src, out_kind, images_per_file):
+    """The units of packing the images of the folder ``src`` into Parquet files or shards of
+    ``images_per_file`` images each, in sorted order: output names, their inputs (a JSON list of
+    ``[relative name, path]``) and the task."""
+    from fastae.data.images import list_images
+    from fastae.datasets import units as unit_tasks
+
+    paths = list_images(src)
+    files = [[p.relative_to(src).as_posix(), str(p)] for p in paths]
+    chunks = [files[i:i + images_per_file] for i in range(0, len(files), images_per_file)]
+    prefix = "part" if out_kind == "parquet" else "shard"
+    names = [Path(f"{prefix}-{k:05d}{_SUFFIX[out_kind]}") for k in range(len(chunks))]
+    return names, [json.dumps(chunk) for chunk in chunks], functools.partial(unit_tasks.pack, format=out_kind)
 
 
 def _check_columns(inputs, column, action):

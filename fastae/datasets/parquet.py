@@ -104,7 +104,6 @@ def compress_file(codec, in_path, out_path, column=None):
     a temporary name, renamed when complete). Returns a dict of counts and the failed cells."""
     pa, pq = _pa()
     from fastae._io import atomic_path
-    from fastae.data.images import open_image
 
     source = _open(in_path)
     schema = source.schema_arrow
@@ -116,47 +115,90 @@ def compress_file(codec, in_path, out_path, column=None):
     metadata = dict(schema.metadata or {})
     metadata[META_KEY] = json.dumps({"column": name, "model": codec.model_id, "hash": codec.hash.hex(),
                                      "quality": codec.quality}).encode()
-    fields = [pa.field("fae_height", pa.int32()), pa.field("fae_width", pa.int32()),
-              pa.field("fae_quality", pa.int16()), pa.field("fae_model", pa.string()),
-              pa.field("fae_error", pa.string())]
-    out_schema = pa.schema(list(schema) + fields, metadata=metadata)
-    stats = {"images": 0, "pixels": 0, "bytes_in": 0, "bytes_out": 0, "errors": []}
+    out_schema = pa.schema(list(schema) + _fae_fields(), metadata=metadata)
+    stats = _stats()
     row = 0
     with atomic_path(out_path) as tmp:
         with pq.ParquetWriter(tmp, out_schema) as writer:
             for g in range(source.num_row_groups):
                 table = source.read_row_group(g)
-                cells = table.column(name).to_pylist()
-                images, extra = [], {f.name: [] for f in fields}
-                for cell in cells:
-                    data = cell if kind == "binary" or cell is None else cell.get("bytes")
-                    out, info = None, (None, None, None, None, None)
-                    if cell is not None and data is None:
-                        info = (None, None, None, None, "the cell has a path but no image bytes")
-                    elif data is not None:
-                        try:
-                            image = open_image(data)
-                            width, height = image.size
-                            out = codec.compress(image)
-                            info = (height, width, codec.quality, codec.model_id, None)
-                            stats["images"] += 1
-                            stats["pixels"] += width * height
-                            stats["bytes_in"] += len(data)
-                            stats["bytes_out"] += len(out)
-                        except Exception as e:  # noqa: BLE001 - the row keeps its place, the reason is kept
-                            info = (None, None, None, None, f"{type(e).__name__}: {e}")
-                    if info[4] is not None:
-                        stats["errors"].append({"row": row, "reason": info[4]})
-                    if kind == "struct" and cell is not None:
-                        out = dict(cell, bytes=out, path=_with_suffix(cell.get("path"), FAE_SUFFIX))
-                    images.append(out)
-                    for f, v in zip(fields, info):
-                        extra[f.name].append(v)
-                    row += 1
+                images, extra = _compress_cells(codec, table.column(name).to_pylist(), kind, row, stats)
+                row += len(table)
                 columns = list(table.columns)
                 columns[index] = pa.array(images, type=schema.field(index).type)
-                columns += [pa.array(extra[f.name], type=f.type) for f in fields]
-                writer.write_table(pa.Table.from_arrays(columns, schema=out_schema), row_group_size=max(len(table), 1))
+                writer.write_table(pa.Table.from_arrays(columns + extra, schema=out_schema),
+                                   row_group_size=max(len(table), 1))
+    return stats
+
+
+def _stats():
+    return {"images": 0, "pixels": 0, "bytes_in": 0, "bytes_out": 0, "errors": []}
+
+
+def _fae_fields():
+    pa, _ = _pa()
+    return [pa.field("fae_height", pa.int32()), pa.field("fae_width", pa.int32()), pa.field("fae_quality", pa.int16()),
+            pa.field("fae_model", pa.string()), pa.field("fae_error", pa.string())]
+
+
+def _compress_cells(codec, cells, kind, first_row, stats):
+    """The compressed cells of ``cells`` (binary or {bytes, path} structs) and the arrays of the
+    ``fae_*`` columns; failures go to ``stats["errors"]`` with their row number."""
+    pa, _ = _pa()
+    from fastae.data.images import open_image
+
+    fields = _fae_fields()
+    images, extra = [], [[] for _ in fields]
+    for row, cell in enumerate(cells, first_row):
+        data = cell if kind == "binary" or cell is None else cell.get("bytes")
+        out, info = None, (None, None, None, None, None)
+        if cell is not None and data is None:
+            info = (None, None, None, None, "the cell has a path but no image bytes")
+        elif data is not None:
+            try:
+                image = open_image(data)
+                width, height = image.size
+                out = codec.compress(image)
+                info = (height, width, codec.quality, codec.model_id, None)
+                stats["images"] += 1
+                stats["pixels"] += width * height
+                stats["bytes_in"] += len(data)
+                stats["bytes_out"] += len(out)
+            except Exception as e:  # noqa: BLE001 - the row keeps its place, the reason is kept
+                info = (None, None, None, None, f"{type(e).__name__}: {e}")
+        if info[4] is not None:
+            stats["errors"].append({"row": row, "reason": info[4]})
+        if kind == "struct" and cell is not None:
+            out = dict(cell, bytes=out, path=_with_suffix(cell.get("path"), FAE_SUFFIX))
+        images.append(out)
+        for values, v in zip(extra, info):
+            values.append(v)
+    return images, [pa.array(values, type=f.type) for values, f in zip(extra, fields)]
+
+
+def pack_files(codec, files, out_path, rows_per_group=64):
+    """Compress the image files ``files`` (``[(relative name, path)]``) into one Parquet file in the
+    Hugging Face layout: an ``image`` column {bytes, path} (path: the relative name with ``.fae``)
+    and the ``fae_*`` columns, one row per file in order."""
+    pa, pq = _pa()
+    from fastae._io import atomic_path
+
+    struct = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+    metadata = {b"huggingface": json.dumps({"info": {"features": {"image": {"_type": "Image"}}}}).encode(),
+                META_KEY: json.dumps({"column": "image", "model": codec.model_id, "hash": codec.hash.hex(),
+                                      "quality": codec.quality}).encode()}
+    schema = pa.schema([pa.field("image", struct)] + _fae_fields(), metadata=metadata)
+    stats = _stats()
+    with atomic_path(out_path) as tmp:
+        with pq.ParquetWriter(tmp, schema) as writer:
+            for start in range(0, len(files), rows_per_group):
+                part = files[start:start + rows_per_group]
+                cells = []
+                for rel, path in part:
+                    with open(path, "rb") as f:
+                        cells.append({"bytes": f.read(), "path": rel})
+                images, extra = _compress_cells(codec, cells, "struct", start, stats)
+                writer.write_table(pa.Table.from_arrays([pa.array(images, type=struct)] + extra, schema=schema))
     return stats
 
 
@@ -174,7 +216,7 @@ def decompress_file(codec, in_path, out_path, column=None, to="png"):
     keep = [i for i, f in enumerate(schema) if f.name not in FAE_COLUMNS]
     metadata = {k: v for k, v in (schema.metadata or {}).items() if k != META_KEY}
     out_schema = pa.schema([schema.field(i) for i in keep], metadata=metadata or None)
-    stats = {"images": 0, "pixels": 0, "bytes_in": 0, "bytes_out": 0, "errors": []}
+    stats = _stats()
     row = 0
     with atomic_path(out_path) as tmp:
         with pq.ParquetWriter(tmp, out_schema) as writer:

@@ -18,3 +18,12 @@ def shard_compress(codec, in_path, out_path):
 
 def shard_decompress(codec, in_path, out_path, to="png"):
     return (webdataset.decompress_shard(codec, in_path, out_path, to),)
+
+
+def pack(codec, in_path, out_path, format):
+    """``in_path``: the JSON list of ``[relative name, path]`` of the images going into one file."""
+    import json
+
+    files = [tuple(f) for f in json.loads(in_path)]
+    module = parquet if format == "parquet" else webdataset
+    return (module.pack_files(codec, files, out_path),)

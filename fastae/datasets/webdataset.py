@@ -82,6 +82,33 @@ def decompress_shard(codec, in_path, out_path, to="png"):
                 lambda data, name: decoded_file(codec, data, to), "." + to)
 
 
+def pack_files(codec, files, out_path):
+    """Compress the image files ``files`` (``[(relative name, path)]``) into one shard whose members
+    are ``NAME.fae`` in order (the sample key is the relative name without its suffix)."""
+    from fastae._io import atomic_path
+    from fastae.data.images import open_image
+
+    stats = {"images": 0, "pixels": 0, "bytes_in": 0, "bytes_out": 0, "errors": []}
+    with atomic_path(out_path) as tmp, tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as out:
+        for rel, path in files:
+            try:
+                with open(path, "rb") as f:
+                    data = f.read()
+                image = open_image(data)
+                converted = codec.compress(image)
+            except Exception as e:  # noqa: BLE001 - the member is left out and reported
+                stats["errors"].append({"member": rel, "reason": f"{type(e).__name__}: {e}"})
+                continue
+            info = tarfile.TarInfo(_rename(rel, FAE_SUFFIX))
+            info.size, info.mtime, info.mode = len(converted), int(os.path.getmtime(path)), 0o644
+            out.addfile(info, io.BytesIO(converted))
+            stats["images"] += 1
+            stats["pixels"] += image.size[0] * image.size[1]
+            stats["bytes_in"] += len(data)
+            stats["bytes_out"] += len(converted)
+    return stats
+
+
 def check_existing(path, codec):
     """Why the shard at ``path`` is not this run's output (None: it is, skip it): its first .fae
     member must come from this run's model and quality."""
