@@ -181,7 +181,7 @@ def test_a_damaged_config_is_named(tmp_path, capsys):
 
 # ---------------------------------------------------------------------------------------------- the core install
 
-OPTIONAL = ("scipy", "pytorch_msssim", "triton", "constriction", "pytest_benchmark")  # the extras' libraries
+OPTIONAL = ("scipy", "pytorch_msssim", "triton", "constriction", "pytest_benchmark", "pyarrow", "ray")  # the extras' libraries
 
 
 @pytest.fixture

@@ -286,14 +286,16 @@ def test_ray_engine_writes_the_local_bytes(ray_cluster, tmp_path):
                                                     for i, b in enumerate(images[s:])])
     for i, b in enumerate(images):
         (tmp_path / "img" / f"{i}.png").write_bytes(b)
-    for kind in ("pq", "wds", "img"):
-        local = compress_dataset(tmp_path / kind, tmp_path / "local" / kind, make_codec=make, progress=False)
-        ray = compress_dataset(tmp_path / kind, tmp_path / "ray" / kind, make_codec=make, engine="ray", workers=2,
-                               batch_size=2, progress=False)
+    for kind, format in (("pq", None), ("wds", None), ("img", None), ("img", "parquet")):
+        src, out = tmp_path / kind, f"{kind}-{format}"
+        local = compress_dataset(src, tmp_path / "local" / out, make_codec=make, format=format, images_per_file=2,
+                                 progress=False)
+        ray = compress_dataset(src, tmp_path / "ray" / out, make_codec=make, format=format, images_per_file=2,
+                               engine="ray", workers=2, batch_size=2, progress=False)
         assert (ray.files, ray.images, ray.failed) == (local.files, local.images, local.failed)
-        names = sorted(p.relative_to(tmp_path / "local").as_posix() for p in (tmp_path / "local" / kind).rglob("*"))
+        names = sorted(p.relative_to(tmp_path / "local").as_posix() for p in (tmp_path / "local" / out).rglob("*"))
         assert names and names == sorted(p.relative_to(tmp_path / "ray").as_posix()
-                                         for p in (tmp_path / "ray" / kind).rglob("*"))
+                                         for p in (tmp_path / "ray" / out).rglob("*"))
         for name in names:
             assert (tmp_path / "local" / name).read_bytes() == (tmp_path / "ray" / name).read_bytes(), name
 
