@@ -89,3 +89,19 @@ def test_fae_dataset_in_a_dataloader(tiny_codec, tmp_path, kind):
     for i, image in enumerate(got):
         expected = tiny_codec.decompress(tiny_codec.compress(Image.open(io.BytesIO(images[i]))))
         assert image.dtype == torch.uint8 and torch.equal(image, torch.from_numpy(expected).permute(2, 0, 1))
+
+
+@pytest.mark.parametrize("tiny_codec", ["factorized"], indirect=True)
+def test_webdataset_decoder(tiny_codec, tmp_path):
+    from fastae.datasets.webdataset import write_shard
+
+    pillow.add_codec(tiny_codec)
+    data = tiny_codec.compress(photo((24, 40)))
+    expected = torch.from_numpy(tiny_codec.decompress(data)).permute(2, 0, 1)
+    assert torch.equal(pillow.webdataset_decoder("fae", data), expected)
+    assert pillow.webdataset_decoder("cls", b"1") is None
+    wds = pytest.importorskip("webdataset")
+    write_shard(tmp_path / "s.tar", [{"__key__": "k0", "fae": data, "cls": b"3"}])
+    (sample,) = list(wds.WebDataset(str(tmp_path / "s.tar"), shardshuffle=False)
+                     .decode(pillow.webdataset_decoder, "torch"))
+    assert torch.equal(sample["fae"], expected) and sample["cls"] == 3

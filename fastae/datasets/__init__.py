@@ -123,7 +123,7 @@ def detect(src, input_format=None, decompress=False):
             raise FileNotFoundError(f"{text}: {len(missing)} of its {len(paths)} shards are missing: "
                                     f"{', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}")
         kinds = {_kind_of_file(p, decompress) for p in paths}
-        kind = input_format or kinds.pop() if len(kinds) == 1 else None
+        kind = input_format or (kinds.pop() if len(kinds) == 1 else None)
         if kind not in ("parquet", "webdataset"):
             raise ValueError(f"{text}: a brace pattern must name .tar shards or .parquet files, got {paths[:3]}")
         bases = {os.path.dirname(p) for p in paths}
