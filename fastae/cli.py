@@ -389,7 +389,8 @@ def cmd_eval(args):
         rd.add_comparison(result, earlier, name)
     result["meta"] = {"command": " ".join(["fastae", *args.argv]), "model": base.model_id,
                       "model_hash": base.hash.hex(), "refine": base.refine,
-                      "side_search": base.side_search, "images": len(images), "data": str(args.data),
+                      "side_search": base.side_search, "precision": base.precision, "images": len(images),
+                      "data": str(args.data),
                       "device": str(base.device), "cpu": platform.processor() or platform.machine(),
                       "threads": torch.get_num_threads(), "torch": torch.__version__, "fastae": fastae.__version__,
                       "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
