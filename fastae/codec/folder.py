@@ -247,7 +247,8 @@ def _process(todo, task, make_codec, workers, progress, summary, runner=None):
         else:
             summary.failed.append((rel.as_posix(), rest[0]))
         bar.update(1)
-        postfix = {"bpp": f"{summary.bpp:.3f}" if summary.pixels else "-"}
+        postfix = {"bytes": f"{_mb(summary.bytes_in)}->{_mb(summary.bytes_out)}",
+                   "bpp": f"{summary.bpp:.3f}" if summary.pixels else "-"}
         if summary.failed:
             postfix["failed"] = len(summary.failed)
         bar.set_postfix(postfix, refresh=False)

@@ -369,7 +369,7 @@ def _process(todo, task, make_codec, run, summary, progress):
             summary.failed.append((rel.as_posix(), rest[0]))
         bar.update(1)
         elapsed = time.perf_counter() - start
-        postfix = {"images": summary.images, "MB": f"{summary.bytes_in / 1e6:.1f}->{summary.bytes_out / 1e6:.1f}",
+        postfix = {"images": summary.images, "bytes": f"{_mb(summary.bytes_in)}->{_mb(summary.bytes_out)}",
                    "images/s": f"{summary.images / elapsed:.3g}" if elapsed > 0 else "-"}
         if summary.failed:
             postfix["failed"] = len(summary.failed)
