@@ -34,9 +34,9 @@ def _accept(prefix: bytes) -> bool:
 
 
 def add_codec(codec) -> None:
-    """Decode the files of ``codec``'s model (id and hash) with ``codec`` (one of your own weights)."""
+    """Decode the files of ``codec``'s model (its hash) with ``codec`` (one of your own weights)."""
     with _lock:
-        _codecs[(codec.model_id, codec.hash)] = codec
+        _codecs[bytes(codec.hash)] = codec
 
 
 def codec_for(header):
@@ -44,7 +44,7 @@ def codec_for(header):
     model of that id (made once per process). ``fastae.CodecError`` when neither has the file's hash."""
     from fastae.codec.format import CodecError
 
-    key = (header.model_id, header.model_hash)
+    key = bytes(header.model_hash)
     with _lock:
         if key in _codecs:
             return _codecs[key]
@@ -52,8 +52,9 @@ def codec_for(header):
     from fastae.codec.model_file import shipped_models
 
     if header.model_id not in shipped_models():
-        raise CodecError(f"the file was made with model {header.model_id!r} (hash {header.model_hash.hex()}), which "
-                         f"is not shipped in this package: fastae.pillow.add_codec(load_codec(weights=FILE)) first")
+        made_by = "an unknown model" if header.model_id is None else f"model {header.model_id!r}"
+        raise CodecError(f"the file was made with {made_by} (hash {header.model_hash.hex()}), which is not "
+                         f"shipped in this package: fastae.pillow.add_codec(load_codec(weights=FILE)) first")
     codec = load_codec(model=header.model_id)
     if codec.hash != header.model_hash:
         raise CodecError(f"model hash mismatch: the file was made with model {header.model_id!r} (hash "

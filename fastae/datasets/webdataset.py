@@ -121,7 +121,7 @@ def check_existing(path, codec):
                     header = read_header(shard.extractfile(member).read())
                     if (header.model_id, header.model_hash, header.quality) != (codec.model_id, codec.hash,
                                                                                 codec.quality):
-                        return (f"{path} exists from another run (model {header.model_id}, quality "
+                        return (f"{path} exists from another run (model {header.model_id or header.model_hash.hex()}, quality "
                                 f"{header.quality}; this run: model {codec.model_id}, quality {codec.quality}); "
                                 f"--force replaces it")
                     return None
