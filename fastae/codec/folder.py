@@ -61,6 +61,7 @@ from fastae.data.images import IMAGE_EXTENSIONS, walk
 
 __all__ = ["IMAGE_EXTENSIONS", "Summary", "compress_folder", "decompress_folder"]
 FAE_SUFFIX = ".fae"
+DECODED_FORMATS = ("png", "npy")  # what decompress writes
 _STALE_AGE_S = 3600.0  # when the DST lock is not ours alone: age above which a temp file is stale
 
 
@@ -123,11 +124,15 @@ def _mb(n):
 # Public entry points
 
 
-def compress_folder(src, dst, make_codec, workers=1, force=False, progress=True, extensions=None):
+def compress_folder(src, dst, make_codec, workers=1, force=False, progress=True, extensions=None, runner=None):
     """Compress every image under ``src`` to ``dst/<relative path>.fae``; return a :class:`Summary`.
 
     ``make_codec``: picklable zero-argument callable returning the codec (called once per worker).
     ``extensions``: image suffixes to take (default :data:`IMAGE_EXTENSIONS`), case-insensitive.
+    ``runner``: None (this process, or a pool of ``workers`` processes) or a callable
+    ``runner(todo, task, make_codec, record)`` that runs ``_run_task(task, codec, in_path, out_path)``
+    for every ``(rel, in_path, out_path)`` of ``todo`` and calls ``record(rel, result)`` with each
+    result (fastae.datasets.engines: the Ray Data engine).
     """
     exts = IMAGE_EXTENSIONS if extensions is None else _normalize_extensions(extensions)
     codec = functools.cache(make_codec)  # made on the first existing output to check
@@ -144,22 +149,27 @@ def compress_folder(src, dst, make_codec, workers=1, force=False, progress=True,
         except (CodecError, OSError) as e:
             return f"{path} exists but is not a readable .fae file ({e}); --force replaces it"
         if (header.model_id, header.model_hash, header.quality) != (c.model_id, c.hash, c.quality):
-            return (f"{path} exists from another run (model {header.model_id}, quality {header.quality}; this run: "
+            made_by = header.model_id or f"unknown, hash {header.model_hash.hex()}"
+            return (f"{path} exists from another run (model {made_by}, quality {header.quality}; this run: "
                     f"model {c.model_id}, quality {c.quality}); --force replaces it")
         return None
 
     return _run_folder(
         "compressed", src, dst, make_codec, workers, force, progress,
         is_input=lambda name: _suffix(name) in exts, out_suffix=FAE_SUFFIX, task=_compress_task,
-        check_existing=check_existing,
+        check_existing=check_existing, runner=runner,
     )
 
 
-def decompress_folder(src, dst, make_codec, workers=1, force=False, progress=True):
-    """Decompress every ``.fae`` under ``src`` to ``dst/<relative path>.png``; return a :class:`Summary`."""
+def decompress_folder(src, dst, make_codec, workers=1, force=False, progress=True, to="png", runner=None):
+    """Decompress every ``.fae`` under ``src`` to ``dst/<relative path>.png`` (``to="npy"``: ``.npy``
+    arrays H x W x C uint8, C = 1 or 3); return a :class:`Summary`. ``runner``: as ``compress_folder``."""
+    if to not in DECODED_FORMATS:
+        raise ValueError(f"to must be one of {DECODED_FORMATS}, got {to!r}")
     return _run_folder(
         "decompressed", src, dst, make_codec, workers, force, progress,
-        is_input=lambda name: _suffix(name) == FAE_SUFFIX, out_suffix=".png", task=_decompress_task,
+        is_input=lambda name: _suffix(name) == FAE_SUFFIX, out_suffix="." + to,
+        task=functools.partial(_decompress_task, to=to), runner=runner,
     )
 
 
@@ -168,7 +178,7 @@ def decompress_folder(src, dst, make_codec, workers=1, force=False, progress=Tru
 
 
 def _run_folder(action, src, dst, make_codec, workers, force, progress, is_input, out_suffix, task,
-                check_existing=None):
+                check_existing=None, runner=None):
     if str(src) == "" or str(dst) == "":  # Path("") is the current folder: never what was meant
         raise ValueError(f"source and destination must be folder paths, got {str(src)!r} and {str(dst)!r}")
     src, dst = Path(src), Path(dst)
@@ -212,14 +222,14 @@ def _run_folder(action, src, dst, make_codec, workers, force, progress, is_input
             else:
                 todo.append((rel, str(src / rel), str(dst / out_rel)))
 
-        _process(todo, task, make_codec, workers, progress, summary)
+        _process(todo, task, make_codec, workers, progress, summary, runner)
 
     summary.failed.sort()
     summary.seconds = time.perf_counter() - start
     return summary
 
 
-def _process(todo, task, make_codec, workers, progress, summary):
+def _process(todo, task, make_codec, workers, progress, summary, runner=None):
     from tqdm.auto import tqdm
 
     desc = "compress" if summary.action == "compressed" else "decompress"
@@ -238,13 +248,17 @@ def _process(todo, task, make_codec, workers, progress, summary):
         else:
             summary.failed.append((rel.as_posix(), rest[0]))
         bar.update(1)
-        postfix = {"bpp": f"{summary.bpp:.3f}" if summary.pixels else "-"}
+        postfix = {"bytes": f"{_mb(summary.bytes_in)}->{_mb(summary.bytes_out)}",
+                   "bpp": f"{summary.bpp:.3f}" if summary.pixels else "-"}
         if summary.failed:
             postfix["failed"] = len(summary.failed)
         bar.set_postfix(postfix, refresh=False)
 
     try:
-        if workers == 1 or len(todo) <= 1:
+        if runner is not None:
+            if todo:
+                runner(todo, task, make_codec, record)
+        elif workers == 1 or len(todo) <= 1:
             if todo:
                 codec = make_codec()
                 for rel, in_path, out_path in todo:
@@ -323,12 +337,23 @@ def _compress_task(codec, in_path, out_path):
     return os.path.getsize(in_path), os.path.getsize(out_path), width * height
 
 
-def _decompress_task(codec, in_path, out_path):
+def _decompress_task(codec, in_path, out_path, to="png"):
+    with open(in_path, "rb") as f:
+        data = f.read()
+    encoded, pixels = decoded_file(codec, data, to)
+    with atomic_path(out_path) as tmp:
+        _write_bytes(tmp, encoded)
+    return len(data), len(encoded), pixels
+
+
+def decoded_file(codec, data, to="png"):
+    """``(bytes of a .png or .npy file, pixels)`` of the .fae bytes ``data`` decoded by ``codec``:
+    a grey image as an 8-bit grey PNG / an H x W x 1 array, colour as RGB / H x W x 3, uint8."""
+    import io
+
     import numpy as np
     from PIL import Image
 
-    with open(in_path, "rb") as f:
-        data = f.read()
     array = np.asarray(codec.decompress(data))
     if array.dtype != np.uint8:
         raise TypeError(f"codec.decompress returned dtype {array.dtype}, expected uint8")
@@ -336,10 +361,12 @@ def _decompress_task(codec, in_path, out_path):
         array = array[:, :, 0]
     if not (array.ndim == 2 or array.ndim == 3 and array.shape[2] == 3):
         raise ValueError(f"codec.decompress returned shape {array.shape}, expected HxWx1 or HxWx3")
-    image = Image.fromarray(np.ascontiguousarray(array))  # uint8: "L" for HxW, "RGB" for HxWx3
-    with atomic_path(out_path) as tmp:
-        image.save(tmp, format="PNG")
-    return len(data), os.path.getsize(out_path), array.shape[0] * array.shape[1]
+    buffer = io.BytesIO()
+    if to == "npy":
+        np.save(buffer, np.ascontiguousarray(np.atleast_3d(array)), allow_pickle=False)
+    else:
+        Image.fromarray(np.ascontiguousarray(array)).save(buffer, format="PNG")  # "L" for HxW, "RGB" for HxWx3
+    return buffer.getvalue(), array.shape[0] * array.shape[1]
 
 
 def _write_bytes(path, data):
