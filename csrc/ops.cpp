@@ -22,6 +22,16 @@ TORCH_LIBRARY(fastae_C, m) {
   m.def(
       "linear_act_bwd(Tensor grad_out, Tensor x, Tensor weight, Tensor saved, int activation, bool need_x, "
       "bool need_w, bool need_b) -> (Tensor, Tensor, Tensor)");
+  // The whole MLP h_{i+1} = act_i(h_i @ weights[i].T + biases[i]), h_0 = x [M, K]: (output; when save,
+  // the L-1 hidden outputs and, per layer, its pre-activation where its activation's derivative
+  // needs it (gelu, gelu_tanh, silu), else an empty tensor; both lists empty without save).
+  m.def(
+      "fused_mlp_fwd(Tensor x, Tensor[] weights, Tensor?[] biases, int[] activations, bool save) -> "
+      "(Tensor, Tensor[], Tensor[])");
+  // From fused_mlp_fwd's saved tensors: (grad_x, grad_weights, grad_biases), empty where not needed.
+  m.def(
+      "fused_mlp_bwd(Tensor grad_out, Tensor x, Tensor[] weights, Tensor[] hidden, Tensor out, Tensor[] preacts, "
+      "int[] activations, bool need_x, bool need_w, bool need_b) -> (Tensor, Tensor[], Tensor[])");
   // Reconstruction loss of contiguous input against target (kind: 0 mse, 1 l1, 2 bce, 3 bce_logits;
   // reduction: 0 none, 1 mean, 2 sum, 3 batch = sum / batch). weight, when given, repeats over the
   // leading `batch` dim. Returns (loss, d loss / d input scaled by the reduction, or empty).

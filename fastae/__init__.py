@@ -11,6 +11,7 @@ __version__ = "0.1.0"
 from fastae._native import build_info  # noqa: E402
 from fastae import codec, nn, ops  # noqa: E402
 from fastae.codec import CodecError  # noqa: E402
+from fastae.pillow import register_pillow  # noqa: E402  (importing it registers .fae with Pillow)
 
 
 def __getattr__(name):  # fastae.load_codec is fastae.codec.api.load_codec, imported when first used
@@ -21,4 +22,4 @@ def __getattr__(name):  # fastae.load_codec is fastae.codec.api.load_codec, impo
     raise AttributeError(f"module 'fastae' has no attribute {name!r}")
 
 
-__all__ = ["__version__", "CodecError", "build_info", "codec", "load_codec", "nn", "ops"]
+__all__ = ["__version__", "CodecError", "build_info", "codec", "load_codec", "nn", "ops", "register_pillow"]

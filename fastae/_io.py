@@ -80,3 +80,26 @@ def read_json(path):
         return json.loads(Path(path).read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"{path}: not a readable JSON file ({e})") from None
+
+
+def replace_between(text: str, section: str, start: str, end: str) -> str:
+    """``text`` with everything between the marker lines ``start`` and ``end`` replaced by
+    ``section``; the rest byte for byte. ValueError unless each marker occurs once, in order."""
+    if text.count(start) != 1 or text.count(end) != 1:
+        raise ValueError(f"expected exactly one {start} and one {end} in the file")
+    head, rest = text.split(start)
+    if end not in rest:
+        raise ValueError(f"{end} comes before {start}")
+    _, tail = rest.split(end)
+    return f"{head}{start}\n{section}\n{end}{tail}"
+
+
+def rewrite_section(path, section: str, start: str, end: str):
+    """Rewrite the text between the markers of the file ``path`` (atomically; its line endings and
+    the rest stay as they are)."""
+    path = Path(path)
+    with open(path, encoding="utf-8", newline="") as f:
+        text = f.read()
+    text = replace_between(text, section, start, end)
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8", newline="") as f:
+        f.write(text)

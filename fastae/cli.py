@@ -34,7 +34,8 @@ def _describe_build(info):
 # A module a command needs but this install lacks -> what installs it (main says so in one line).
 _INSTALL = {"scipy": "'fastae[eval]'", "pytorch_msssim": "'fastae[eval]'", "pillow_heif": "'fastae[eval]'",
             "pillow_jxl": "'fastae[eval]'", "triton": "'fastae[triton]'", "constriction": "'fastae[bench]'",
-            "pytest_benchmark": "'fastae[bench]'", "PIL": "pillow"}
+            "pytest_benchmark": "'fastae[bench]'", "PIL": "pillow", "pyarrow": "'fastae[datasets]'",
+            "ray": "'fastae[ray]'"}
 
 
 def cmd_info(args):
@@ -318,22 +319,31 @@ def _codec_factory(args):
     return factory
 
 
-def cmd_compress(args):
-    from fastae.codec.folder import compress_folder
+def _engine_options(args):
+    return dict(input_format=args.input_format, column=args.column, engine=args.engine, workers=args.workers,
+                gpus_per_worker=args.gpus_per_worker, batch_size=args.batch_size, ray_address=args.ray_address,
+                force=args.force, progress=not args.quiet)
 
-    summary = compress_folder(args.src, args.dst, _codec_factory(args), workers=args.workers, force=args.force,
-                              progress=not args.quiet, batch_size=args.batch_size)
+
+def _report(summary):
     print(summary.format())
+    for where, reason in summary.failed:  # stdout has them in the summary; stderr for logs that keep only it
+        print(f"fastae: failed: {where}: {reason}", file=sys.stderr)
     return 0 if summary.ok else 1
+
+
+def cmd_compress(args):
+    from fastae.datasets import compress_dataset
+
+    return _report(compress_dataset(args.src, args.dst, make_codec=_codec_factory(args), format=args.format,
+                                    images_per_file=args.images_per_file, **_engine_options(args)))
 
 
 def cmd_decompress(args):
-    from fastae.codec.folder import decompress_folder
+    from fastae.datasets import decompress_dataset
 
-    summary = decompress_folder(args.src, args.dst, _codec_factory(args), workers=args.workers, force=args.force,
-                                progress=not args.quiet, batch_size=args.batch_size)
-    print(summary.format())
-    return 0 if summary.ok else 1
+    return _report(decompress_dataset(args.src, args.dst, make_codec=_codec_factory(args), to=args.to,
+                                      **_engine_options(args)))
 
 
 def cmd_eval(args):
@@ -408,7 +418,8 @@ def cmd_eval(args):
         rd.add_comparison(result, earlier, name)
     result["meta"] = {"command": " ".join(["fastae", *args.argv]), "model": base.model_id,
                       "model_hash": base.hash.hex(), "refine": base.refine,
-                      "side_search": base.side_search, "images": len(images), "data": str(args.data),
+                      "side_search": base.side_search, "precision": base.precision, "images": len(images),
+                      "data": str(args.data),
                       "device": str(base.device), "cpu": platform.processor() or platform.machine(),
                       "threads": torch.get_num_threads(), "torch": torch.__version__, "fastae": fastae.__version__,
                       "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
@@ -559,23 +570,42 @@ def main(argv=None):
                             "whatever either side used")
         p.add_argument("--quiet", action="store_true", help="no progress bar")
 
-    compress = sub.add_parser("compress", help="compress every image under SRC into SRC's tree mirrored in DST")
-    compress.add_argument("src")
+    def dataset_options(p):
+        p.add_argument("--input-format", choices=["folder", "parquet", "webdataset"],
+                       help="the kind of SRC (default: detected from it)")
+        p.add_argument("--column", help="Parquet: the image column (default: found by name or type)")
+        p.add_argument("--engine", choices=["local", "ray"], default="local",
+                       help="local: this machine (--workers processes); ray: a Ray Data pipeline (pip install "
+                            "'fastae[ray]')")
+        p.add_argument("--workers", type=int, default=1, help="processes (local) or actors (ray)")
+        p.add_argument("--gpus-per-worker", type=float, default=0, help="ray: GPUs of each actor (with --device cuda)")
+        p.add_argument("--batch-size", type=int, help="ray: folder images per task (default 8; Parquet files and "
+                                                       "shards go one per task)")
+        p.add_argument("--ray-address", help="ray: join this running cluster (default: start a local one)")
+
+    compress = sub.add_parser("compress", help="compress the images of a folder, Parquet files or WebDataset shards "
+                                               "(SRC) into the same kind of files under DST")
+    compress.add_argument("src", help="a folder of images, a .parquet file or a folder of them, a .tar shard, a "
+                                      "folder of shards or a pattern such as 'shard-{000..009}.tar'")
     compress.add_argument("dst")
     codec_options(compress)
-    compress.add_argument("--workers", type=int, default=1, help="processes (CPU)")
-    compress.add_argument("--batch-size", type=int, default=1,
-                        help="images per batched transform (of one padded size; the same files as one at a time)")
+    dataset_options(compress)
+    compress.add_argument("--format", choices=["folder", "parquet", "webdataset"],
+                          help="the kind of output (default: the input's); a folder of images may also be packed "
+                               "into Parquet files or shards")
+    compress.add_argument("--images-per-file", type=int, default=1000,
+                          help="with --format parquet|webdataset from a folder: images in each output file")
     compress.add_argument("--force", action="store_true", help="redo and overwrite files that are already there")
     compress.set_defaults(func=cmd_compress)
 
-    decompress = sub.add_parser("decompress", help="decode every .fae under SRC to PNGs under DST")
+    decompress = sub.add_parser("decompress", help="decode the .fae images of a folder, Parquet files or shards "
+                                                   "(SRC) to PNG under DST")
     decompress.add_argument("src")
     decompress.add_argument("dst")
     codec_options(decompress, quality=False, encoder=False)
-    decompress.add_argument("--workers", type=int, default=1, help="processes (CPU)")
-    decompress.add_argument("--batch-size", type=int, default=1,
-                        help="images per batched transform (of one padded size; the same files as one at a time)")
+    dataset_options(decompress)
+    decompress.add_argument("--to", choices=["png", "npy"], default="png",
+                            help="PNG images or .npy arrays (H x W x C uint8)")
     decompress.add_argument("--force", action="store_true",
                             help="redo and overwrite PNGs that are already there (with DST = the folder of the "
                                  "originals, that replaces them with their decoded copies)")

@@ -149,6 +149,27 @@ def test_readme_section_from_the_newest_gpu_run_between_the_markers(tmp_path):
     assert readme.read_bytes().decode() == text
 
 
+def test_summary_section_gives_each_suites_geometric_mean_and_the_targeted_rows(tmp_path):
+    run = _run("2026-12-02T10:00:00+00:00", "cuda", ["ops", "train"], [
+        _r("ops", "a", "fastae-cuda", 1.0, 2.0, "≥1.25x eager", True),
+        _r("ops", "a", "eager", 2.0, 1.0),
+        _r("ops", "b", "fastae-cuda", 1.0, 0.5),
+        _r("train", "step", "fastae", 1.0, 1.5)])
+    run["rows"][0]["ratio_vs_compile"] = 4.0
+    path = tmp_path / "run.json"
+    path.write_text(json.dumps(run))
+    readme = tmp_path / "README.md"
+    readme.write_text("x\n<!-- bench-table:start -->\n<!-- bench-table:end -->\n")
+    assert report.main([str(path), "--summary", "--readme", str(readme)]) == 0
+    section = readme.read_text()
+    assert "python -m fastae.bench.report --summary --readme README.md" in section and "<details>" not in section
+    # ops: ratios 2.0 and 0.5 -> geometric mean 1.00x, one of two faster; compile only for one row.
+    assert "| ops | fastae-cuda | 2 | 1.00x (0.50-2.00x) | 1 of 2 | 4.00x (4.00-4.00x) | 1 of 1 |" in section
+    assert "| train | fastae | 1 | 1.50x (1.50-1.50x) | 1 of 1 |  |  |" in section
+    assert "| eager |" not in section.split("Targets:")[0]  # baselines are not summarized
+    assert "≥1.25x eager" in section  # the targeted row is listed
+
+
 def test_readme_section_errors(tmp_path, capsys):
     (tmp_path / "cpu.json").write_text(json.dumps(_run("2026-12-03T10:00:00+00:00", "cpu", ["ops"],
                                                        [_r("ops", "cpu row", "eager", 1.0)], name="AMD EPYC")))

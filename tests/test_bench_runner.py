@@ -83,9 +83,14 @@ def test_codec_suite_with_a_codec_file(tmp_path, kind):
                   "--cases", "compress batch 2", "--min-time", "0.01", "--no-progress", "--no-peaks",
                   "--output", str(out)]) == 0
     rows = json.loads(out.read_text())["rows"]
-    assert [r["case"] for r in rows] == ["codec compress batch 2 256x384 q2", "codec decompress batch 2 256x384 q2"]
+    from fastae._device import cpu_has_bf16
+
+    impls = ["fastae-cpu", "fastae-cpu-float32"] if cpu_has_bf16() else ["fastae-cpu"]  # auto, and the fp32 path
+    assert [(r["case"], r["impl"]) for r in rows] == [(f"codec {op} batch 2 256x384 q2", impl)
+                                                       for op in ("compress", "decompress") for impl in impls]
     for r in rows:  # the batched methods reproduce Codec.compress / decompress, or the row says so
-        assert r["error"] is None and r["impl"] == "fastae-cpu"
+        assert r["error"] is None
+        assert r["extra"]["bpp"] > 0
         assert r["rates"]["images/s"] == pytest.approx(2 / (r["median_ms"] / 1e3))
         assert r["rates"]["MB/s"] == pytest.approx(r["rates"]["images/s"] * 256 * 384 * 3 / 1e6)
     # images that are not there: the rows say why and the run fails
@@ -137,3 +142,39 @@ def test_entropy_coder_cases_code_the_symbols_they_time():
     sizes = (cdfs < 65536).sum(1)
     assert symbols.shape == (160, 1536) and (symbols >= 0).all() and (symbols < sizes[:, None]).all()
     assert np.array_equal(index, np.arange(160))
+
+
+def test_codec_suite_times_the_classic_codecs_of_the_same_image(tmp_path):
+    """Batch 1 compress / decompress rows: fastae beside WebP (and AVIF, JPEG XL where Pillow has
+    them), each with the bits per pixel of what it wrote for the same image."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from fastae.bench import codec as bench_codec
+    from fastae.codec import load_codec
+    from fastae.codec.model_file import export_codec
+    from fastae.models.codec import CODEC_MODELS
+
+    model = CODEC_MODELS["factorized"](N=8, M=8, lambdas=(0.01, 0.1))
+    weights = export_codec(model, tmp_path / "tiny.safetensors", model_id="tiny")
+    out = tmp_path / "codec.json"
+    assert bench(["--quick", "--device", "cpu", "--suite", "codec", "--codec-weights", str(weights),
+                  "--cases", "press batch 1", "--min-time", "0.01", "--no-progress", "--no-peaks",
+                  "--output", str(out)]) == 0
+    result = json.loads(out.read_text())
+    rows = {(r["case"].split()[1], r["impl"]): r for r in result["rows"]}
+    available = [n for n in bench_codec.CLASSIC if bench_codec._reference_missing(n) is None]
+    assert "webp" in available
+    image = bench_codec._synthetic_images(1, 256, 384)[0]
+    rgb = np.ascontiguousarray(image.permute(1, 2, 0).numpy())
+    for name in available:
+        for op in ("compress", "decompress"):
+            assert rows[(op, name)]["error"] is None
+        buf = io.BytesIO()
+        Image.fromarray(rgb).save(buf, format=bench_codec._FORMATS[name], **bench_codec.CLASSIC[name])
+        assert rows[("compress", name)]["extra"]["bpp"] == pytest.approx(8 * len(buf.getvalue()) / (256 * 384))
+    fastae_file = load_codec(quality=2, weights=weights).compress(rgb)
+    assert rows[("compress", "fastae-cpu")]["extra"]["bpp"] == pytest.approx(8 * len(fastae_file) / (256 * 384))
+    assert any("classic codecs" in n for n in result["notes"])

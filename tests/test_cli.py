@@ -116,7 +116,10 @@ def test_train_is_repeatable_and_never_overwrites_a_checkpoint(tmp_path, capsys)
 
 
 def test_os_errors_and_interrupts_are_reported_without_a_traceback(tmp_path, capsys, monkeypatch):
+    from PIL import Image
+
     (tmp_path / "src").mkdir()
+    Image.new("RGB", (4, 4)).save(tmp_path / "src" / "a.png")  # an empty source is refused before any of this
     (tmp_path / "dst").write_text("a file where the output folder should be")
     assert cli.main(["compress", str(tmp_path / "src"), str(tmp_path / "dst")]) == 2
     assert "destination dst exists and is not a folder" in capsys.readouterr().err.replace(str(tmp_path) + "/", "")
@@ -178,7 +181,7 @@ def test_a_damaged_config_is_named(tmp_path, capsys):
 
 # ---------------------------------------------------------------------------------------------- the core install
 
-OPTIONAL = ("scipy", "pytorch_msssim", "triton", "constriction", "pytest_benchmark")  # the extras' libraries
+OPTIONAL = ("scipy", "pytorch_msssim", "triton", "constriction", "pytest_benchmark", "pyarrow", "ray")  # the extras' libraries
 
 
 @pytest.fixture

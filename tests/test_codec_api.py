@@ -33,11 +33,43 @@ def test_codec_header_fields(tiny_codec):
     header = read_header(tiny_codec.compress(rgb))
     assert (header.height, header.width, header.channels, header.bit_depth) == (37, 21, 3, 8)
     assert header.model_id == "tiny" and header.model_hash == tiny_codec.hash and header.quality == 2
+    assert header.version == 2 and header.latent_shapes == ()  # they follow from the model and the size
     if isinstance(tiny_codec.model, HyperpriorCodec):  # padded to 64 x 64: y at 1/16, z at 1/64
-        assert header.latent_shapes == ((8, 4, 4), (8, 1, 1))
+        assert tiny_codec.latent_shapes(37, 21) == ((8, 4, 4), (8, 1, 1))
     else:
-        assert header.latent_shapes == ((8, 3, 2),)
+        assert tiny_codec.latent_shapes(37, 21) == ((8, 3, 2),)
     assert header.coder == CODER_RANS and header.precision == 16
+
+
+def test_small_images_pay_at_most_32_bytes_of_header(tiny_codec):
+    """Version 2: header and CRC of a 64 x 64 image's file in at most 32 bytes, all the rest streams."""
+    data = tiny_codec.compress(photo((64, 64)))
+    header = read_header(data)
+    assert len(data) - sum(header.stream_lengths) <= 32
+
+
+def test_version_1_files_still_decode(tiny_codec):
+    """A file in the earlier format (model id and latent shapes in the header) decodes to the same
+    image; one whose stored shapes disagree with the model is refused."""
+    import dataclasses
+
+    from fastae.codec.format import pack, unpack
+
+    rgb = photo((37, 21))
+    data = tiny_codec.compress(rgb)
+    header, streams = unpack(data)
+    v1 = dataclasses.replace(header, version=1, model_id=tiny_codec.model_id,
+                             latent_shapes=tiny_codec.latent_shapes(37, 21))
+    old = pack(v1, streams)
+    assert old[4] == 1 and len(old) > len(data)
+    assert np.array_equal(tiny_codec.decompress(old), tiny_codec.decompress(data))
+    wrong = [(d + 1,) + tuple(s[1:]) for d, *_ in v1.latent_shapes[:1] for s in v1.latent_shapes[:1]]
+    bad = pack(dataclasses.replace(v1, latent_shapes=tuple(wrong) + v1.latent_shapes[1:]), streams)
+    with pytest.raises(CodecError, match="latent shapes"):
+        tiny_codec.decompress(bad)
+    renamed = pack(dataclasses.replace(v1, model_id="another-name"), streams)
+    with pytest.raises(CodecError, match="model hash mismatch"):
+        tiny_codec.decompress(renamed)
 
 
 @pytest.mark.parametrize("shape", [(1, 1), (1, 17), (17, 1), (16, 16), (33, 15)])
@@ -171,7 +203,7 @@ def test_codec_arbitrary_latents_round_trip_through_a_file(tiny_codec):
     if side is not None:
         index = tiny_codec.model.gaussian.index(tiny_codec.layout.parameters(side, lambda m, s: values)[1])
     data = tiny_codec._pack(latents, index, 0, 3, 8)
-    assert read_header(data).latent_shapes == tiny_codec.latent_shapes(h, w)
+    assert read_header(data).latent_shapes == ()  # version 2: derived from the model and the size
     out = tiny_codec.decompress(data, output="tensor")
     assert out.shape == (3, h, w) and out.dtype == torch.uint8
     assert torch.equal(out, tiny_codec.decode(latents)[0])

@@ -6,7 +6,6 @@ import pytest
 import torch
 from PIL import Image
 
-from fastae import cli
 from fastae.codec.format import CodecError
 from tests._codec import photo
 
@@ -56,20 +55,6 @@ def test_bad_batches_are_named(tiny_codec):
     with pytest.raises(CodecError):
         tiny_codec.decompress_many([tiny_codec.compress(photo((8, 8)))[:-1]])
     assert tiny_codec.compress_batch([]) == [] and tiny_codec.decompress_many([]) == []
-
-
-def test_cli_batch_size(tmp_path):
-    """--batch-size: the files and PNGs of a run one image at a time."""
-    src = tmp_path / "src"
-    src.mkdir()
-    for i, image in enumerate(_images()):
-        (image if isinstance(image, Image.Image) else Image.fromarray(image)).save(src / f"{i}.png")
-    for flags, name in (([], "one"), (["--batch-size", "4"], "batched")):
-        assert cli.main(["compress", str(src), str(tmp_path / name), "--quality", "1", "--quiet", *flags]) == 0
-        assert cli.main(["decompress", str(tmp_path / name), str(tmp_path / f"{name}-png"), "--quiet", *flags]) == 0
-    for i in range(len(_images())):
-        assert (tmp_path / "one" / f"{i}.fae").read_bytes() == (tmp_path / "batched" / f"{i}.fae").read_bytes()
-        assert (tmp_path / "one-png" / f"{i}.png").read_bytes() == (tmp_path / "batched-png" / f"{i}.png").read_bytes()
 
 
 def test_the_side_search_does_not_depend_on_the_batch():

@@ -130,3 +130,33 @@ def test_cli_eval_without_a_plugin_says_what_to_install(monkeypatch, tmp_path, c
     err = capsys.readouterr().err
     assert err.strip() == "fastae eval: HEIC (x265) needs the pillow-heif package: pip install 'fastae[eval]'"
     assert not (tmp_path.parent / "rd.json").exists()
+
+
+# ---------------------------------------------------------------------------------------------- README tables
+
+STORED = (__import__("pathlib").Path(__file__).resolve().parents[1] / "bench" / "results"
+          / "codec-kodak-checkerboard-v4-search-cpu-2026-11-25.json")
+
+
+@pytest.mark.skipif(not STORED.is_file(), reason="bench/results is not here (an sdist, not a checkout)")
+def test_rd_table_of_a_stored_eval_carries_its_numbers_between_the_markers(tmp_path):
+    result = json.loads(STORED.read_text())
+    readme = tmp_path / "README.md"
+    head, tail = "# x\r\n\n<!-- codec-table:start -->\n", "\n<!-- codec-table:end -->\nafter\n"
+    readme.write_bytes((head + "old" + tail).encode())
+    assert ce.main([str(STORED), "--readme", str(readme), "--titles", "Kodak"]) == 0
+    text = readme.read_bytes().decode()
+    assert text.startswith(head) and text.endswith(tail) and "old" not in text
+    rows = {line.split(" | ")[0].strip("| *"): line for line in text.splitlines() if line.startswith("| ")}
+    fastae_row = rows["fastae-checkerboard-v4"]
+    for bpp in ("0.25", "0.5", "1.0"):
+        assert f"**{result['psnr_at']['fastae'][bpp]:.2f}**" in fastae_row
+    webp = rows["WebP (method 6)"]
+    assert f"{result['bd_rate']['webp']:+.1f}%" in webp and f"{result['psnr_at']['webp']['1.0']:.2f}" in webp
+    assert "fastae-checkerboard-v2" not in rows  # --compare curves are not references
+    q8 = result["fastae"]["8"]["mean"]
+    assert f"{q8['bpp']:.2f} bpp" in text or f", {q8['bpp']:.2f} bpp" in text
+    # Not an eval result, a title count that does not match: errors, the file untouched.
+    assert ce.main([str(tmp_path / "README.md"), "--readme", str(readme)]) == 2
+    assert ce.main([str(STORED), str(STORED), "--readme", str(readme), "--titles", "one"]) == 2
+    assert readme.read_bytes().decode() == text

@@ -74,55 +74,120 @@ def codec_cases(device, quick, weights, images, notes) -> list:
     notes.add(f"codec: model {codec.model_id} (hash {codec.hash.hex()}), quality {codec.quality}, {source}; "
               "MB/s counts raw RGB bytes (H x W x 3) per second; compress = encode + entropy coding to .fae bytes, "
               "decompress = .fae bytes to uint8 images on the CPU")
+    references = [name for name in CLASSIC if _reference_missing(name) is None]
+    if references:
+        notes.add("codec: the classic codecs of one image (batch 1) through Pillow in the same run: "
+                  + "; ".join(f"{name} {CLASSIC[name]}" for name in references))
+    for name in CLASSIC:
+        if name not in references:
+            notes.add(f"codec: no {name} rows: {_reference_missing(name)}")
     for dev, batches in runs:
-        impl = f"fastae-{dev.type}"
         dev_codec = codec if dev == device else _load_bench_codec(dev, weights, notes)
+        codecs = {f"fastae-{dev.type}": dev_codec}  # the default precision (bfloat16 where native)
+        if dev_codec.precision != "float32":  # and the exact float32 path beside it
+            codecs[f"fastae-{dev.type}-float32"] = _with_precision(dev_codec, "float32")
         for batch in batches:
             for op in ("compress", "decompress", "encode", "decode"):
                 target = None
                 if dev.type == "cuda" and batch > 1 and op in ("encode", "decode") and (height, width) == KODAK_SIZE:
                     target = Target("≥500 images/s", lambda row: row["rates"]["images/s"] >= 500)
+                classic = references if batch == 1 and op in ("compress", "decompress") and dev == device else []
                 cases.append(Case(
-                    "codec", f"codec {op} batch {batch} {height}x{width} q{codec.quality}", (impl,),
-                    _codec_setup(dev_codec, impl, op, batch, height, width, images),
+                    "codec", f"codec {op} batch {batch} {height}x{width} q{codec.quality}", (*codecs, *classic),
+                    _codec_setup(codecs, op, batch, height, width, images, classic),
                     rates={"images/s": batch, "MB/s": batch * height * width * 3 / 1e6}, target=target,
                     device=dev))
     return cases
 
 
-def _codec_setup(codec, impl, op, batch, height, width, images):
+# The classic codecs timed beside fastae (issue 23's settings): Pillow's save arguments of each.
+CLASSIC = {"webp": {"quality": 75, "method": 6}, "avif": {"quality": 60, "speed": 6, "subsampling": "4:4:4"},
+           "jxl": {"quality": 75, "effort": 7}}
+_FORMATS = {"webp": "WEBP", "avif": "AVIF", "jxl": "JXL"}
+
+
+def _reference_missing(name):
+    """None when Pillow can write and read ``name`` here, else why not (fastae.codec.eval's check)."""
+    from fastae.codec.eval import _available
+
+    return _available(name)
+
+
+def _with_precision(codec, precision):
+    from fastae.codec.api import Codec
+
+    return Codec(codec._loaded, codec.quality, codec.refine, codec.side_search, precision)
+
+
+def _classic_step(name, op, rgb):
+    """(step, bits per pixel) of one image through Pillow."""
+    import io
+
+    from PIL import Image
+
+    def encode():
+        buf = io.BytesIO()
+        Image.fromarray(rgb).save(buf, format=_FORMATS[name], **CLASSIC[name])
+        return buf.getvalue()
+
+    data = encode()
+
+    def decode():
+        with Image.open(io.BytesIO(data)) as im:
+            return im.convert("RGB")
+
+    return (encode if op == "compress" else decode), 8 * len(data) / (rgb.shape[0] * rgb.shape[1])
+
+
+def _codec_setup(codecs, op, batch, height, width, images, classic=()):
+    """Each fastae implementation (``codecs``: impl -> Codec) and each classic codec of ``classic``
+    on the same images."""
     def setup():
         import numpy as np
 
         x = (_folder_images(images, batch, height, width) if images
              else _synthetic_images(batch, height, width))
-        if op == "compress":
-            if batch == 1:
-                rgb = np.ascontiguousarray(x[0].permute(1, 2, 0).numpy())
-                step = lambda: codec.compress(rgb)  # noqa: E731  (the public API, image by image)
-            else:
-                first = codec.compress_batch(x[:1])[0]
-                if first != codec.compress(np.ascontiguousarray(x[0].permute(1, 2, 0).numpy())):
-                    return Prepared({impl: "Codec.compress_batch does not match Codec.compress"})
-                step = lambda: codec.compress_batch(x)  # noqa: E731
-        elif op == "decompress":
-            files = codec.compress_batch(x)
-            if batch == 1:
-                step = lambda: codec.decompress(files[0])  # noqa: E731
-            else:
-                mine = codec.decompress_batch(files[:1])[0].cpu().permute(1, 2, 0).numpy()
-                if not np.array_equal(mine, codec.decompress(files[0])):
-                    return Prepared({impl: "Codec.decompress_batch does not match Codec.decompress"})
-                step = lambda: codec.decompress_batch(files).cpu()  # noqa: E731
-        elif op == "encode":
-            xd = x.to(codec.device)
-            step = lambda: codec.encode(xd)  # noqa: E731
-        else:
-            latents = codec.encode(x.to(codec.device))
-            step = lambda: codec.decode(latents)  # noqa: E731
-        return Prepared({impl: step})
+        impls, extra = {}, {}
+        for impl, codec in codecs.items():
+            impls[impl], bpp = _fastae_step(codec, op, x)
+            if bpp is not None:
+                extra[impl] = {"bpp": bpp}
+        rgb = np.ascontiguousarray(x[0].permute(1, 2, 0).numpy())
+        for name in classic:
+            impls[name], bpp = _classic_step(name, op, rgb)
+            extra[name] = {"bpp": bpp}
+        return Prepared(impls, extra=extra)
 
     return setup
+
+
+def _fastae_step(codec, op, x):
+    """(step or why it cannot run, bits per pixel of the files or None) of one op on the images x."""
+    import numpy as np
+
+    height, width = x.shape[-2:]
+    files = codec.compress_batch(x) if op in ("compress", "decompress") else None
+    bpp = None if files is None else 8 * sum(map(len, files)) / (len(files) * height * width)
+    batch = x.shape[0]
+    if op == "compress":
+        if batch == 1:
+            rgb = np.ascontiguousarray(x[0].permute(1, 2, 0).numpy())
+            return (lambda: codec.compress(rgb)), bpp  # the public API, image by image
+        if files[0] != codec.compress(np.ascontiguousarray(x[0].permute(1, 2, 0).numpy())):
+            return "Codec.compress_batch does not match Codec.compress", bpp
+        return (lambda: codec.compress_batch(x)), bpp
+    if op == "decompress":
+        if batch == 1:
+            return (lambda: codec.decompress(files[0])), bpp
+        mine = codec.decompress_batch(files[:1])[0].cpu().permute(1, 2, 0).numpy()
+        if not np.array_equal(mine, codec.decompress(files[0])):
+            return "Codec.decompress_batch does not match Codec.decompress", bpp
+        return (lambda: codec.decompress_batch(files).cpu()), bpp
+    if op == "encode":
+        xd = x.to(codec.device)
+        return (lambda: codec.encode(xd)), None
+    latents = codec.encode(x.to(codec.device))
+    return (lambda: codec.decode(latents)), None
 
 
 # ---------------------------------------------------------------------------------------------- entropy coder

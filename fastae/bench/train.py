@@ -1,12 +1,17 @@
 """The ``train`` suite: one train step (forward, backward, Adam) of the MLP autoencoder
 784-128-64-128-784 and of the conv autoencoder, fastae's models beside the same networks in plain
-torch.nn, eager and compiled; samples/s."""
+torch.nn, eager and compiled; samples/s. The fastae rows step with fastae's optimizer
+(``fastae.train.fit.make_optimizer``, what ``fastae train`` uses); the plain rows with
+``torch.optim.Adam``'s defaults. Beside them, ``fused_mlp`` alone: the same MLP's forward and
+backward as one ``fastae.ops.fused_mlp`` call per fastae backend against the eager and compiled
+``nn.Sequential``."""
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fastae.bench.cases import DTYPES, Case, Lazy, Prepared, compiled, ratio_target
+import fastae
+from fastae.bench.cases import DTYPES, Case, Lazy, Prepared, compiled, fastae_backends, ratio_target
 
 
 class PlainMLPAutoencoder(nn.Module):
@@ -62,7 +67,51 @@ def train_cases(device, dtypes, quick, compile_on, notes) -> list:
                     _train_setup(device, model, DTYPES[dtype], batch), dtype=dtype,
                     flops=_MLP_FLOPS_PER_SAMPLE * batch if model == "mlp" else None,
                     rates={"samples/s": batch}, target=target))
+    mlp_batches = [256] if quick else [256, 4096, 65536]
+    fused_impls = fastae_backends(device, notes)
+    for dtype in dtypes:
+        for batch in mlp_batches:
+            cases.append(Case(
+                "train", f"fused_mlp 784-128-64-128-784 fwd+bwd batch {batch} {dtype}",
+                tuple([i for i, _ in fused_impls] + ["eager"] + (["compile"] if compile_on else [])),
+                _fused_mlp_setup(device, dict(fused_impls), DTYPES[dtype], batch), dtype=dtype,
+                flops=_MLP_FLOPS_PER_SAMPLE * batch, rates={"samples/s": batch}))
     return cases
+
+
+_MLP_ACTS = ("relu", "relu", "relu", "sigmoid")
+
+
+def _fused_mlp_setup(device, backends, dtype, batch):
+    def setup():
+        torch.manual_seed(0)
+        net = PlainMLPAutoencoder().net.to(device, dtype)
+        linears = [m for m in net if isinstance(m, nn.Linear)]
+        weights, biases = [m.weight for m in linears], [m.bias for m in linears]
+        g = torch.Generator(device="cpu").manual_seed(0)
+        x = torch.rand(batch, 784, generator=g).to(device, dtype)
+        grad = torch.randn(batch, 784, generator=g).to(device, dtype)
+        params = [*weights, *biases]
+
+        def step_of(fn):
+            def step():
+                for p in params:
+                    p.grad = None
+                fn(x).backward(grad)
+            return step
+
+        def fused(name):
+            def fn(x):
+                with fastae.ops.backend(name):
+                    return fastae.ops.fused_mlp(x, weights, biases, _MLP_ACTS)
+            return fn
+
+        impls = {impl: step_of(fused(name)) for impl, name in backends.items()}
+        impls["eager"] = step_of(net)
+        impls["compile"] = Lazy(lambda: step_of(compiled(net, fullgraph=True)))
+        return Prepared(impls, tuple(params))
+
+    return setup
 
 
 def _train_setup(device, model_name, dtype, batch):
@@ -80,7 +129,12 @@ def _train_setup(device, model_name, dtype, batch):
                     model = build_model(model_name).to(device)
                 else:
                     model = (PlainMLPAutoencoder() if model_name == "mlp" else PlainConvAutoencoder()).to(device)
-                opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+                if impl.startswith("fastae"):
+                    from fastae.train.fit import make_optimizer
+
+                    opt = make_optimizer("adam", list(model.parameters()), lr=1e-3)
+                else:
+                    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
                 loss_fn = compiled(model.loss) if impl.endswith("compile") else model.loss
 
                 def step():

@@ -28,7 +28,7 @@ from PIL import Image
 
 from fastae._device import cpu_has_bf16, resolve_device
 from fastae.codec import DEFAULT_MODEL, bands, model_file, rans
-from fastae.codec.format import CODER_RANS, CodecError, Header, pack, unpack
+from fastae.codec.format import CODER_RANS, CodecError, Header, pack, remember_model, unpack
 from fastae.codec.image import to_rgb_array
 from fastae.codec.layouts import layout_for
 from fastae.codec.refine import check_refine, refine_latents
@@ -62,6 +62,7 @@ class _Loaded:
 @functools.lru_cache(maxsize=8)
 def _load_cached(path: str, device: str) -> _Loaded:
     model, model_id, model_hash = model_file.read_model_file(path)
+    remember_model(model_hash, model_id)  # names the model of version 2 files in messages
     layout = layout_for(model, device)  # first: its float64 networks are copied from the contiguous CPU weights
     # channels_last: oneDNN's convolutions run ~1.3x faster on it than on NCHW (measured on CPU).
     model = model.to(device, memory_format=torch.channels_last).eval()
@@ -389,15 +390,19 @@ class Codec:
         if isinstance(max_pixels, bool) or not isinstance(max_pixels, numbers.Integral) or max_pixels < 1:
             raise ValueError(f"max_pixels must be a positive integer, got {max_pixels!r}")
         header, streams = unpack(data)
-        if header.model_id != self.model_id or header.model_hash != self.hash:
-            if header.model_id == self.model_id:
+        if header.model_hash != self.hash or (header.version == 1 and header.model_id != self.model_id):
+            if header.model_id is None:  # a version 2 file of a model unknown here
+                hint = ("a model this fastae does not know made it (neither shipped nor loaded here): decode it "
+                        "with that model's weights file, load_codec(weights=FILE) or --weights FILE")
+            elif header.model_id == self.model_id:
                 hint = "a model of the same name with other weights made it: decode it with those weights"
             elif header.model_id in model_file.shipped_models():
                 hint = f"decode it with load_codec(model={header.model_id!r}) or --model {header.model_id}"
             else:
                 hint = (f"{header.model_id!r} is not shipped in this package: decode it with that model's weights "
                         f"file, load_codec(weights=FILE) or --weights FILE")
-            raise CodecError(f"model hash mismatch: the file was made with model {header.model_id!r} "
+            made_by = "an unknown model" if header.model_id is None else f"model {header.model_id!r}"
+            raise CodecError(f"model hash mismatch: the file was made with {made_by} "
                              f"(hash {header.model_hash.hex()}), this codec is {self.model_id!r} "
                              f"(hash {self.hash.hex()}); {hint}")
         if header.precision != rans.PRECISION:
@@ -407,7 +412,8 @@ class Codec:
         if header.height * header.width > max_pixels:
             raise CodecError(f"image of {header.height} x {header.width} pixels is larger than max_pixels={max_pixels}")
         expected = self.latent_shapes(header.height, header.width)
-        if header.latent_shapes != expected or len(streams) != self.layout.streams:
+        stored = header.latent_shapes if header.version == 1 else expected  # version 2 does not store them
+        if stored != expected or len(streams) != self.layout.streams:
             raise CodecError(f"corrupt .fae file: latent shapes {header.latent_shapes} and {len(streams)} streams, "
                              f"expected {expected} and {self.layout.streams} for a {header.height} x "
                              f"{header.width} image")

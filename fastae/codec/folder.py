@@ -61,6 +61,7 @@ from fastae.data.images import IMAGE_EXTENSIONS, walk
 
 __all__ = ["IMAGE_EXTENSIONS", "Summary", "compress_folder", "decompress_folder"]
 FAE_SUFFIX = ".fae"
+DECODED_FORMATS = ("png", "npy")  # what decompress writes
 _STALE_AGE_S = 3600.0  # when the DST lock is not ours alone: age above which a temp file is stale
 
 
@@ -123,14 +124,15 @@ def _mb(n):
 # Public entry points
 
 
-def compress_folder(src, dst, make_codec, workers=1, force=False, progress=True, extensions=None, batch_size=1):
+def compress_folder(src, dst, make_codec, workers=1, force=False, progress=True, extensions=None, runner=None):
     """Compress every image under ``src`` to ``dst/<relative path>.fae``; return a :class:`Summary`.
 
     ``make_codec``: picklable zero-argument callable returning the codec (called once per worker).
     ``extensions``: image suffixes to take (default :data:`IMAGE_EXTENSIONS`), case-insensitive.
-    ``batch_size`` > 1: groups of that many images go through ``codec.compress_batch`` (batched
-    transforms of the images of one padded size; the same files as one at a time); a group that
-    fails is redone file by file, so a bad image fails alone.
+    ``runner``: None (this process, or a pool of ``workers`` processes) or a callable
+    ``runner(todo, task, make_codec, record)`` that runs ``_run_task(task, codec, in_path, out_path)``
+    for every ``(rel, in_path, out_path)`` of ``todo`` and calls ``record(rel, result)`` with each
+    result (fastae.datasets.engines: the Ray Data engine).
     """
     exts = IMAGE_EXTENSIONS if extensions is None else _normalize_extensions(extensions)
     codec = functools.cache(make_codec)  # made on the first existing output to check
@@ -147,24 +149,27 @@ def compress_folder(src, dst, make_codec, workers=1, force=False, progress=True,
         except (CodecError, OSError) as e:
             return f"{path} exists but is not a readable .fae file ({e}); --force replaces it"
         if (header.model_id, header.model_hash, header.quality) != (c.model_id, c.hash, c.quality):
-            return (f"{path} exists from another run (model {header.model_id}, quality {header.quality}; this run: "
+            made_by = header.model_id or f"unknown, hash {header.model_hash.hex()}"
+            return (f"{path} exists from another run (model {made_by}, quality {header.quality}; this run: "
                     f"model {c.model_id}, quality {c.quality}); --force replaces it")
         return None
 
     return _run_folder(
         "compressed", src, dst, make_codec, workers, force, progress,
         is_input=lambda name: _suffix(name) in exts, out_suffix=FAE_SUFFIX, task=_compress_task,
-        check_existing=check_existing, batch_size=batch_size,
+        check_existing=check_existing, runner=runner,
     )
 
 
-def decompress_folder(src, dst, make_codec, workers=1, force=False, progress=True, batch_size=1):
-    """Decompress every ``.fae`` under ``src`` to ``dst/<relative path>.png``; return a :class:`Summary`.
-    ``batch_size`` > 1: groups of that many files through ``codec.decompress_many`` (as compress_folder)."""
+def decompress_folder(src, dst, make_codec, workers=1, force=False, progress=True, to="png", runner=None):
+    """Decompress every ``.fae`` under ``src`` to ``dst/<relative path>.png`` (``to="npy"``: ``.npy``
+    arrays H x W x C uint8, C = 1 or 3); return a :class:`Summary`. ``runner``: as ``compress_folder``."""
+    if to not in DECODED_FORMATS:
+        raise ValueError(f"to must be one of {DECODED_FORMATS}, got {to!r}")
     return _run_folder(
         "decompressed", src, dst, make_codec, workers, force, progress,
-        is_input=lambda name: _suffix(name) == FAE_SUFFIX, out_suffix=".png", task=_decompress_task,
-        batch_size=batch_size,
+        is_input=lambda name: _suffix(name) == FAE_SUFFIX, out_suffix="." + to,
+        task=functools.partial(_decompress_task, to=to), runner=runner,
     )
 
 
@@ -173,7 +178,7 @@ def decompress_folder(src, dst, make_codec, workers=1, force=False, progress=Tru
 
 
 def _run_folder(action, src, dst, make_codec, workers, force, progress, is_input, out_suffix, task,
-                check_existing=None, batch_size=1):
+                check_existing=None, runner=None):
     if str(src) == "" or str(dst) == "":  # Path("") is the current folder: never what was meant
         raise ValueError(f"source and destination must be folder paths, got {str(src)!r} and {str(dst)!r}")
     src, dst = Path(src), Path(dst)
@@ -183,8 +188,6 @@ def _run_folder(action, src, dst, make_codec, workers, force, progress, is_input
         raise ValueError(f"workers must be an integer >= 1, got {workers!r}")
     if not callable(make_codec):
         raise TypeError(f"make_codec must be a zero-argument callable, got {make_codec!r}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
 
     if os.path.lexists(dst) and not dst.is_dir():
         raise FileExistsError(f"destination {dst} exists and is not a folder")
@@ -219,29 +222,20 @@ def _run_folder(action, src, dst, make_codec, workers, force, progress, is_input
             else:
                 todo.append((rel, str(src / rel), str(dst / out_rel)))
 
-        if batch_size > 1:  # groups of files, each one task
-            task = functools.partial(_batch_task, task, batch_size)
-            todo = [(tuple(t[0] for t in todo[i:i + batch_size]), tuple(t[1] for t in todo[i:i + batch_size]),
-                     tuple(t[2] for t in todo[i:i + batch_size])) for i in range(0, len(todo), batch_size)]
-        _process(todo, task, make_codec, workers, progress, summary)
+        _process(todo, task, make_codec, workers, progress, summary, runner)
 
     summary.failed.sort()
     summary.seconds = time.perf_counter() - start
     return summary
 
 
-def _process(todo, task, make_codec, workers, progress, summary):
+def _process(todo, task, make_codec, workers, progress, summary, runner=None):
     from tqdm.auto import tqdm
 
     desc = "compress" if summary.action == "compressed" else "decompress"
     bar = tqdm(total=len(todo), desc=desc, unit="file", disable=not progress, dynamic_ncols=True)
 
     def record(rel, result):
-        if isinstance(rel, tuple):  # a group of files (batch_size > 1): ("ok", "group", [result of each])
-            results = result[2] if result[0] == "ok" else [result] * len(rel)  # else the whole group failed
-            for one_rel, one in zip(rel, results):
-                record(one_rel, one)
-            return
         status, *rest = result
         if status == "ok":
             n_in, n_out, pixels = rest
@@ -254,13 +248,17 @@ def _process(todo, task, make_codec, workers, progress, summary):
         else:
             summary.failed.append((rel.as_posix(), rest[0]))
         bar.update(1)
-        postfix = {"bpp": f"{summary.bpp:.3f}" if summary.pixels else "-"}
+        postfix = {"bytes": f"{_mb(summary.bytes_in)}->{_mb(summary.bytes_out)}",
+                   "bpp": f"{summary.bpp:.3f}" if summary.pixels else "-"}
         if summary.failed:
             postfix["failed"] = len(summary.failed)
         bar.set_postfix(postfix, refresh=False)
 
     try:
-        if workers == 1 or len(todo) <= 1:
+        if runner is not None:
+            if todo:
+                runner(todo, task, make_codec, record)
+        elif workers == 1 or len(todo) <= 1:
             if todo:
                 codec = make_codec()
                 for rel, in_path, out_path in todo:
@@ -326,27 +324,8 @@ def _run_task(task, codec, in_path, out_path):
         return ("error", _message(exc))
 
 
-def _batch_task(task, batch_size, codec, in_paths, out_paths):
-    """("group", [result of each file]) of ``task`` (_compress_task or _decompress_task) on a group of
-    files, their transforms batched (``codec.compress_batch`` / ``decompress_many``); if that fails,
-    each file on its own, so that only the bad ones fail."""
-    try:
-        if task is _compress_task:
-            outputs = codec.compress_batch(list(in_paths), batch_size=batch_size)
-        else:
-            data = []
-            for path in in_paths:
-                with open(path, "rb") as f:
-                    data.append(f.read())
-            outputs = codec.decompress_many(data, batch_size=batch_size)
-        return ("group", [_run_task(functools.partial(task, output=out), codec, i, o)
-                          for out, i, o in zip(outputs, in_paths, out_paths)])
-    except Exception:
-        return ("group", [_run_task(task, codec, i, o) for i, o in zip(in_paths, out_paths)])
-
-
-def _compress_task(codec, in_path, out_path, output=None):
-    data = codec.compress(in_path) if output is None else output
+def _compress_task(codec, in_path, out_path):
+    data = codec.compress(in_path)
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise TypeError(f"codec.compress returned {type(data).__name__}, expected bytes")
     from PIL import Image
@@ -358,23 +337,36 @@ def _compress_task(codec, in_path, out_path, output=None):
     return os.path.getsize(in_path), os.path.getsize(out_path), width * height
 
 
-def _decompress_task(codec, in_path, out_path, output=None):
+def _decompress_task(codec, in_path, out_path, to="png"):
+    with open(in_path, "rb") as f:
+        data = f.read()
+    encoded, pixels = decoded_file(codec, data, to)
+    with atomic_path(out_path) as tmp:
+        _write_bytes(tmp, encoded)
+    return len(data), len(encoded), pixels
+
+
+def decoded_file(codec, data, to="png"):
+    """``(bytes of a .png or .npy file, pixels)`` of the .fae bytes ``data`` decoded by ``codec``:
+    a grey image as an 8-bit grey PNG / an H x W x 1 array, colour as RGB / H x W x 3, uint8."""
+    import io
+
     import numpy as np
     from PIL import Image
 
-    with open(in_path, "rb") as f:
-        data = f.read()
-    array = np.asarray(codec.decompress(data) if output is None else output)
+    array = np.asarray(codec.decompress(data))
     if array.dtype != np.uint8:
         raise TypeError(f"codec.decompress returned dtype {array.dtype}, expected uint8")
     if array.ndim == 3 and array.shape[2] == 1:
         array = array[:, :, 0]
     if not (array.ndim == 2 or array.ndim == 3 and array.shape[2] == 3):
         raise ValueError(f"codec.decompress returned shape {array.shape}, expected HxWx1 or HxWx3")
-    image = Image.fromarray(np.ascontiguousarray(array))  # uint8: "L" for HxW, "RGB" for HxWx3
-    with atomic_path(out_path) as tmp:
-        image.save(tmp, format="PNG")
-    return len(data), os.path.getsize(out_path), array.shape[0] * array.shape[1]
+    buffer = io.BytesIO()
+    if to == "npy":
+        np.save(buffer, np.ascontiguousarray(np.atleast_3d(array)), allow_pickle=False)
+    else:
+        Image.fromarray(np.ascontiguousarray(array)).save(buffer, format="PNG")  # "L" for HxW, "RGB" for HxWx3
+    return buffer.getvalue(), array.shape[0] * array.shape[1]
 
 
 def _write_bytes(path, data):

@@ -76,7 +76,8 @@ class LatentCodec:
         cdf = _cdf(freq)
         stream = rans.encode((q - lo).reshape(1, -1).to(torch.int32), cdf, np.zeros(1, np.int32))
         params = struct.pack("<dqI", self.step, lo, len(freq)) + freq.astype("<u2").tobytes()
-        header = Header(self.model_id, self.hash, 1, CODER_RANS, rans.PRECISION, b, d, 1, 8, ((b, d),), ())
+        header = Header(self.model_id, self.hash, 1, CODER_RANS, rans.PRECISION, b, d, 1, 8, ((b, d),), (),
+                        version=1)  # version 1: the header names the autoencoder
         return pack(header, [params, stream])
 
     @torch.no_grad()

@@ -18,8 +18,17 @@ from fastae.data.images import (IMAGE_EXTENSIONS, NoImagesError, list_images, lo
                                 walk)
 from fastae.data.mnist import has_mnist_files, load_mnist, read_idx, train_val_split
 
-__all__ = ["IMAGE_EXTENSIONS", "NoImagesError", "list_images", "load_dataset", "load_image_folder", "load_mnist",
-           "open_image", "read_idx", "read_rgb", "train_val_split"]
+__all__ = ["FaeDataset", "IMAGE_EXTENSIONS", "NoImagesError", "list_images", "load_dataset", "load_image_folder",
+           "load_mnist", "open_image", "read_idx", "read_rgb", "train_val_split"]
+
+
+def __getattr__(name):  # FaeDataset reads Parquet and tar indexes: imported when first used
+    if name == "FaeDataset":
+        from fastae.data.fae import FaeDataset
+
+        return FaeDataset
+    raise AttributeError(f"module 'fastae.data' has no attribute {name!r}")
+
 
 _EXPECTED = "expected MNIST IDX files (train-images-idx3-ubyte[.gz] or t10k-…) or a folder of images"
 

@@ -153,19 +153,24 @@ def to_8bit(a: np.ndarray) -> np.ndarray:
     return ((a.astype(np.int64) + 128) // 257).astype(np.uint8)
 
 
-def open_image(path: PathLike) -> Image.Image:
+def open_image(path: Union[PathLike, bytes], name: Optional[str] = None) -> Image.Image:
     """The image file ``path``, decoded and turned upright as its EXIF orientation says (its mode
-    and ICC profile as stored: ``read_rgb`` takes it on to sRGB pixels).
+    and ICC profile as stored: ``read_rgb`` takes it on to sRGB pixels). ``path`` may also be the
+    bytes of an image file (a Parquet cell, a tar member), named ``name`` in errors.
 
     Raises ValueError naming the file when Pillow cannot identify it (or it is a decompression
     bomb); OSError when it cannot be read or its pixels are truncated."""
-    path = Path(path)
+    if isinstance(path, (bytes, bytearray, memoryview)):
+        source, path = io.BytesIO(path), name or "image bytes"
+    else:
+        source = path = Path(path)
     try:
-        with Image.open(path) as img:
+        with Image.open(source) as img:
             img.load()
             return upright(img)
     except (Image.UnidentifiedImageError, Image.DecompressionBombError) as e:
-        raise ValueError(f"{path}: not an image fastae can read ({e})") from None
+        why = "Pillow cannot identify it" if isinstance(e, Image.UnidentifiedImageError) and path != source else e
+        raise ValueError(f"{path}: not an image fastae can read ({why})") from None
 
 
 def read_rgb(path: PathLike) -> np.ndarray:

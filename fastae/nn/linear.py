@@ -1,4 +1,5 @@
-"""FusedLinear and FusedMLP: nn.Linear (+ activation) on fastae.ops.linear_act."""
+"""FusedLinear and FusedMLP: nn.Linear (+ activation) on fastae.ops.linear_act, and a stack of them
+on fastae.ops.fused_mlp (the whole network in one op)."""
 
 from typing import Optional, Sequence
 
@@ -7,6 +8,7 @@ from torch import nn
 
 from fastae.ops._common import DTYPES, check_choice
 from fastae.ops.linear import ACTIVATIONS, linear_act
+from fastae.ops.mlp import fused_mlp
 
 
 class FusedLinear(nn.Module):
@@ -42,9 +44,11 @@ class FusedLinear(nn.Module):
 
 
 class FusedMLP(nn.Module):
-    """A stack of FusedLinear layers: ``sizes=[784, 128, 64]`` gives 784→128→64.
+    """A stack of FusedLinear layers: ``sizes=[784, 128, 64]`` gives 784→128→64, run as one
+    ``fastae.ops.fused_mlp`` call (forward and backward each one op for the whole stack).
 
     Hidden layers use ``activation``; the last layer uses ``out_activation`` (None: no activation).
+    Parameters live in ``layers`` (state_dict keys ``layers.<i>.weight`` / ``layers.<i>.bias``).
     """
 
     def __init__(self, sizes: Sequence[int], activation: str = "relu", out_activation: Optional[str] = None,
@@ -63,6 +67,6 @@ class FusedMLP(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for layer in self.layers:
-            x = layer(x)
-        return x
+        layers = self.layers
+        return fused_mlp(x, [layer.weight for layer in layers], [layer.bias for layer in layers],
+                         [layer.activation for layer in layers])

@@ -8,9 +8,10 @@ tested against). ``auto`` (the default) picks the fastest available for the devi
 from fastae.ops._backend import BACKENDS, available_backends, backend, current_backend
 from fastae.ops.gdn import gdn
 from fastae.ops.linear import ACTIVATIONS, linear_act
+from fastae.ops.mlp import fused_mlp
 from fastae.ops.loss import KINDS, REDUCTIONS, gaussian_kl, linear_bce_loss, reconstruction_loss
 
 __all__ = [
     "ACTIVATIONS", "BACKENDS", "KINDS", "REDUCTIONS", "available_backends", "backend", "current_backend",
-    "gaussian_kl", "gdn", "linear_act", "linear_bce_loss", "reconstruction_loss",
+    "fused_mlp", "gaussian_kl", "gdn", "linear_act", "linear_bce_loss", "reconstruction_loss",
 ]

@@ -16,8 +16,22 @@ from fastae.train.checkpoint import STATE, WEIGHTS, resume_checkpoint, save_chec
 OPTIMIZERS = ("sgd", "momentum", "rmsprop", "adam", "adamw")
 
 
+def _fused_ok(params) -> bool:
+    """Whether torch's fused (single-kernel) Adam/AdamW can take these parameters: floating, on the
+    CPU or a CUDA device. On the 2-core CPU of the README it steps the MLP autoencoder's 8
+    parameters in 1.1 ms against 5.3 ms (for-loop) and 9.0 ms (foreach), torch's default there
+    (min of 5x100 steps, 2026-12-02; docs/ops.md)."""
+    params = list(params)
+    if params and isinstance(params[0], dict):
+        params = [p for group in params for p in group["params"]]
+    return bool(params) and all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
+
+
 def make_optimizer(name, params, lr, weight_decay=0.0, momentum=0.9):
-    """An optimizer by name; ``weight_decay`` is L2 regularisation (decoupled for adamw)."""
+    """An optimizer by name; ``weight_decay`` is L2 regularisation (decoupled for adamw). Adam and
+    AdamW run torch's fused implementation where the parameters allow it (the same update, several
+    times faster a step on the CPU)."""
+    params = list(params)
     if name == "sgd":
         return torch.optim.SGD(params, lr=lr, weight_decay=weight_decay)
     if name == "momentum":
@@ -25,9 +39,9 @@ def make_optimizer(name, params, lr, weight_decay=0.0, momentum=0.9):
     if name == "rmsprop":
         return torch.optim.RMSprop(params, lr=lr, weight_decay=weight_decay)
     if name == "adam":
-        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, fused=_fused_ok(params) or None)
     if name == "adamw":
-        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=_fused_ok(params) or None)
     raise ValueError(f"unknown optimizer {name!r}; expected one of {OPTIMIZERS}")
 
 

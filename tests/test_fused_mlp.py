@@ -1,0 +1,238 @@
+"""fastae.ops.fused_mlp on every backend against the plain-PyTorch oracle: the same layers as
+act_i(F.linear(h, w_i, b_i)) one after another, in fp32 from the same values."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import fastae
+from fastae.ops import ACTIVATIONS, fused_mlp
+from tests._util import assert_close, backend_params, device_for
+from tests.test_linear_act import DTYPES, oracle as layer_oracle
+
+# (batch, sizes, activations): batch 0 and 1, widths of 1, 17 and 784, every activation somewhere,
+# a grad-from-output layer next to a pre-activation one.
+CASES = [
+    (0, [17, 5, 3], ["relu", "gelu"]),
+    (1, [1, 1], ["sigmoid"]),
+    (3, [784, 33, 17, 784], ["relu", "silu", "sigmoid"]),
+    (127, [17, 9, 4, 9, 17], ["leaky_relu", "gelu_tanh", "tanh", "none"]),
+    (5, [6, 8, 8, 8, 3], ["gelu", "gelu", "relu", "none"]),
+]
+
+
+def make_params(sizes, dtype, device, bias=True, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    weights, biases = [], []
+    for a, b in zip(sizes[:-1], sizes[1:]):
+        bound = a**-0.5
+        weights.append(((torch.rand(b, a, generator=g) * 2 - 1) * bound).to(device, dtype))
+        biases.append(((torch.rand(b, generator=g) * 2 - 1) * bound).to(device, dtype) if bias else None)
+    return weights, biases
+
+
+def oracle(x, weights, biases, acts):
+    for w, b, a in zip(weights, biases, acts):
+        x = layer_oracle(a, x, w, b)
+    return x
+
+
+def run(backend, x, weights, biases, acts, grad_out):
+    leaves = [t.detach().clone().requires_grad_() if t is not None else None for t in (x, *weights, *biases)]
+    n = len(weights)
+    with fastae.ops.backend(backend):
+        out = fused_mlp(leaves[0], leaves[1:1 + n], leaves[1 + n:], acts)
+    out.backward(grad_out)
+    ref_leaves = [t.detach().float().requires_grad_() if t is not None else None for t in (x, *weights, *biases)]
+    ref = oracle(ref_leaves[0], ref_leaves[1:1 + n], ref_leaves[1 + n:], acts)
+    ref.backward(grad_out.float())
+    grads = [(t.grad, r.grad) for t, r in zip(leaves, ref_leaves) if t is not None]
+    return out, ref, grads
+
+
+@pytest.mark.parametrize("backend", backend_params())
+@pytest.mark.parametrize("dtype, atol, rtol", DTYPES)
+@pytest.mark.parametrize("batch, sizes, acts", CASES)
+def test_matches_oracle(backend, dtype, atol, rtol, batch, sizes, acts):
+    device = device_for(backend)
+    if backend == "triton" and device.type == "cpu" and batch * max(sizes) > 2000 and dtype != torch.float32:
+        pytest.skip("the Triton interpreter is slow; large shapes run in fp32 only")
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(batch, sizes[0], generator=g).to(device, dtype)
+    weights, biases = make_params(sizes, dtype, device)
+    grad_out = torch.randn(batch, sizes[-1], generator=g).to(device, dtype)
+    out, ref, grads = run(backend, x, weights, biases, acts, grad_out)
+    assert out.shape == (batch, sizes[-1]) and out.dtype == dtype and out.device.type == device.type
+    assert_close(out, ref, atol, rtol)
+    for got, want in grads:
+        assert got.dtype == dtype and got.shape == want.shape
+        assert_close(got, want, atol, rtol)
+
+
+@pytest.mark.parametrize("backend", backend_params())
+def test_leading_dims_no_bias_and_non_contiguous(backend):
+    device = device_for(backend)
+    x = torch.randn(2, 3, 40, device=device)[..., ::2]  # [2, 3, 20], strided
+    weights, biases = make_params([20, 12, 7], torch.float32, device, bias=False)
+    biases[1] = torch.randn(7, device=device)
+    grad_out = torch.randn(2, 3, 7, device=device)
+    out, ref, grads = run(backend, x, weights, biases, ["gelu", "relu"], grad_out)
+    assert out.shape == (2, 3, 7)
+    assert_close(out, ref, 1e-4, 1e-4)
+    for got, want in grads:
+        assert_close(got, want, 1e-4, 1e-4)
+
+
+@pytest.mark.parametrize("backend", backend_params())
+def test_gradient_only_where_required(backend):
+    device = device_for(backend)
+    x = torch.randn(9, 12, device=device)
+    weights, biases = make_params([12, 6, 5], torch.float32, device)
+    weights[1].requires_grad_()
+    biases[0].requires_grad_()
+    with fastae.ops.backend(backend):
+        fused_mlp(x, weights, biases, ["tanh", "silu"]).sum().backward()
+    ref = [t.detach().clone().requires_grad_() for t in (weights[1], biases[0])]
+    oracle(x, [weights[0], ref[0]], [ref[1], biases[1]], ["tanh", "silu"]).sum().backward()
+    assert x.grad is None and weights[0].grad is None and biases[1].grad is None
+    assert_close(weights[1].grad, ref[0].grad, 1e-4, 1e-4)
+    assert_close(biases[0].grad, ref[1].grad, 1e-4, 1e-4)
+
+
+@pytest.mark.parametrize("backend", backend_params())
+def test_no_grad_saves_nothing(backend):
+    device = device_for(backend)
+    x = torch.randn(4, 10, device=device)
+    weights, biases = make_params([10, 6, 3], torch.float32, device)
+    acts = [ACTIVATIONS.index("gelu"), ACTIVATIONS.index("relu")]
+    out, hidden, preacts = torch.ops.fastae.fused_mlp_fwd(x, weights, biases, acts, backend, False)
+    assert hidden == [] and preacts == []
+    assert_close(out, oracle(x, weights, biases, ["gelu", "relu"]), 1e-4, 1e-4)
+    out, hidden, preacts = torch.ops.fastae.fused_mlp_fwd(x, weights, biases, acts, backend, True)
+    assert [h.shape for h in hidden] == [(4, 6)]
+    assert preacts[0].shape == (4, 6) and preacts[1].numel() == 0  # relu's derivative comes from its output
+
+
+@pytest.mark.parametrize("backend", backend_params())
+@pytest.mark.parametrize("acts", [["relu", "sigmoid"], ["gelu", "none"]])
+def test_opcheck(backend, acts):
+    device = device_for(backend)
+    x = torch.randn(6, 10, device=device, requires_grad=True)
+    weights, biases = make_params([10, 7, 4], torch.float32, device)
+    for t in (*weights, *biases):
+        t.requires_grad_()
+    ids = [ACTIVATIONS.index(a) for a in acts]
+    torch.library.opcheck(torch.ops.fastae.fused_mlp_fwd, (x, weights, biases, ids, backend, True))
+    out, hidden, preacts = torch.ops.fastae.fused_mlp_fwd(x.detach(), [w.detach() for w in weights],
+                                                          [b.detach() for b in biases], ids, backend, True)
+    torch.library.opcheck(torch.ops.fastae.fused_mlp_bwd,
+                          (torch.randn(6, 4, device=device), x.detach(), [w.detach() for w in weights], hidden, out,
+                           preacts, ids, backend, True, True, True))
+    with fastae.ops.backend(backend):
+        torch.library.opcheck(torch.ops.fastae.fused_mlp, (x, weights, biases, acts))
+
+
+@pytest.mark.parametrize("backend", backend_params(["cpu", "torch", "cuda"]))
+def test_compiled_fullgraph_equals_eager(backend):
+    device = device_for(backend)
+    x = torch.randn(16, 20, device=device)
+    weights, biases = make_params([20, 12, 6, 20], torch.float32, device)
+    params = [t.requires_grad_() for t in (*weights, *biases)]
+    acts = ["gelu", "relu", "sigmoid"]
+
+    def loss(x, *params):
+        out = fused_mlp(x, params[:3], params[3:], acts)
+        return F.mse_loss(out, x), out
+
+    def step(fn):
+        value, out = fn(x, *params)
+        return out.detach(), torch.autograd.grad(value, params)
+
+    with fastae.ops.backend(backend):
+        eager_out, eager_grads = step(loss)
+        out, grads = step(torch.compile(loss, fullgraph=True))
+    assert_close(out, eager_out, 1e-5, 1e-5)
+    for got, want in zip(grads, eager_grads):
+        assert_close(got, want, 1e-5, 1e-5)
+
+
+def test_double_backward_through_the_oracle():
+    x = torch.randn(5, 6, requires_grad=True)
+    weights, biases = make_params([6, 4, 3], torch.float32, "cpu")
+    w = weights[0].requires_grad_()
+    (gx,) = torch.autograd.grad(fused_mlp(x, weights, biases, ["tanh", "gelu"]).pow(2).sum(), x, create_graph=True)
+    (gw,) = torch.autograd.grad(gx.pow(2).sum(), w)
+    xr = x.detach().requires_grad_()
+    (rx,) = torch.autograd.grad(oracle(xr, weights, biases, ["tanh", "gelu"]).pow(2).sum(), xr, create_graph=True)
+    (rw,) = torch.autograd.grad(rx.pow(2).sum(), w)
+    assert_close(gw, rw, 1e-4, 1e-4)
+
+
+def test_autocast_runs_in_the_autocast_dtype():
+    x = torch.randn(4, 8)
+    weights, biases = make_params([8, 6, 3], torch.float32, "cpu")
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = fused_mlp(x, weights, biases, ["relu", "sigmoid"])
+    assert out.dtype == torch.bfloat16
+    assert_close(out, oracle(x, weights, biases, ["relu", "sigmoid"]), 2e-2, 2e-2)
+
+
+@pytest.mark.parametrize(
+    "change, error, message",
+    [
+        ({"weights": []}, ValueError, r"expected at least one weight, got none"),
+        ({"acts": ["relu"]}, ValueError, r"expected one bias \(or None\) and one activation per weight \(2\), got 2 biases and 1"),
+        ({"acts": ["relu", "swish"]}, ValueError, r"unknown activation 'swish'"),
+        ({"x": torch.zeros(2, 5)}, ValueError, r"expected x of shape \[..., in\] with in=4, got \[2, 5\]"),
+        ({"weights": [torch.zeros(3, 4), torch.zeros(2, 4)]}, ValueError,
+         r"expected weights\[1\] to take the 3 outputs of layer 0 with in=3, got \[2, 4\]"),
+        ({"biases": [torch.zeros(3), torch.zeros(3)]}, ValueError, r"expected biases\[1\] of shape \[2\], got \[3\]"),
+        ({"biases": [torch.zeros(3, dtype=torch.float64), None]}, TypeError,
+         r"expected biases\[0\] of dtype torch.float32 like x, got torch.float64"),
+        ({"x": torch.zeros(2, 4, dtype=torch.int64)}, TypeError, r"expected x of dtype float32, float16 or bfloat16"),
+        ({"weights": [torch.zeros(3, 4), "w"]}, TypeError, r"expected weights\[1\] to be a Tensor, got str"),
+    ],
+)
+def test_bad_input_is_named(change, error, message):
+    args = {"x": torch.zeros(2, 4), "weights": [torch.zeros(3, 4), torch.zeros(2, 3)],
+            "biases": [torch.zeros(3), None], "acts": ["relu", "none"]} | change
+    with pytest.raises(error, match=message):
+        fused_mlp(args["x"], args["weights"], args["biases"], args["acts"])
+
+
+def test_fused_mlp_module_loads_the_per_layer_state_dict():
+    """FusedMLP keeps its layers' parameters and keys: a state dict of the per-layer version loads."""
+    torch.manual_seed(0)
+    mlp = fastae.nn.FusedMLP([12, 8, 4, 12], activation="gelu", out_activation="sigmoid")
+    assert list(mlp.state_dict()) == [f"layers.{i}.{p}" for i in range(3) for p in ("weight", "bias")]
+    x = torch.rand(5, 12)
+    ref = x
+    for layer in mlp.layers:
+        ref = fastae.ops.linear_act(ref, layer.weight, layer.bias, layer.activation)
+    assert_close(mlp(x), ref, 1e-5, 1e-5)
+    other = fastae.nn.FusedMLP([12, 8, 4, 12], activation="gelu", out_activation="sigmoid")
+    other.load_state_dict(mlp.state_dict())
+    assert_close(other(x), ref, 1e-5, 1e-5)
+
+
+@pytest.mark.parametrize("name", ["mlp", "denoising"])
+def test_mlp_autoencoder_one_call_loss_equals_the_layered_loss(name):
+    """MLPAutoencoder.loss runs encoder and decoder as one fused_mlp call for mse; its terms and
+    gradients are those of Autoencoder.loss (encode, then decoder.reconstruction)."""
+    from fastae.models import build_model
+    from fastae.models.base import Autoencoder
+
+    torch.manual_seed(0)
+    model = build_model(name).eval()  # eval: no random corruption, so both see the same input
+    x = torch.rand(8, 1, 28, 28)
+    terms = model.loss(x)
+    terms["loss"].backward()
+    grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    ref = Autoencoder.loss(model, x)
+    ref["loss"].backward()
+    assert terms.keys() == ref.keys()
+    for k in terms:
+        assert_close(terms[k], ref[k], 1e-6, 1e-6)
+    for got, p in zip(grads, model.parameters()):
+        assert_close(got, p.grad, 1e-5, 1e-5)
