@@ -47,11 +47,11 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Union
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Union
 
 import numpy as np
 
-from fastae._io import atomic_path
+from fastae.codec.metrics import _WIN_SIZE, MS_SSIM_WEIGHTS, _ms_ssim_levels, ms_ssim, psnr  # noqa: F401 (re-exported)
 
 PathLike = Union[str, os.PathLike]
 
@@ -60,9 +60,6 @@ __all__ = [
     "DEFAULT_QUALITIES", "MS_SSIM_WEIGHTS", "PSNR_AT_BPP", "rd_markdown", "write_rd_section",
 ]
 
-#: Standard MS-SSIM scale weights (Wang, Simoncelli & Bovik 2003), finest scale first.
-MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
-_WIN_SIZE = 11  # Gaussian window of SSIM (sigma 1.5), the pytorch_msssim default
 
 @dataclass(frozen=True)
 class Reference:
@@ -99,114 +96,6 @@ PSNR_AT_BPP = (0.25, 0.5, 1.0)
 
 _CODEC_NAMES = {"fastae": "fastae", **{name: ref.label for name, ref in REFERENCES.items()}}
 _SUMMARY_KEYS = ("meta", "bd_rate", "bd_psnr", "psnr_at")
-
-
-# ---------------------------------------------------------------------------------------------
-# Distortion metrics
-# ---------------------------------------------------------------------------------------------
-
-def _check_pair(a, b, what: str):
-    a, b = np.asarray(a), np.asarray(b)
-    if a.shape != b.shape:
-        raise ValueError(f"{what}: images must have the same shape, got {a.shape} and {b.shape}")
-    if a.ndim not in (2, 3) or a.size == 0:
-        raise ValueError(f"{what}: expected HxW or HxWxC images, got shape {a.shape}")
-    return a, b
-
-
-def psnr(a, b, max_value: float = 255.0) -> float:
-    """Peak signal-to-noise ratio in dB between two HxWxC (or HxW) images, usually uint8.
-
-    ``10 * log10(max_value**2 / MSE)`` with the MSE over all pixels and channels, computed in float64.
-    Identical images give ``float('inf')``.
-    """
-    a, b = _check_pair(a, b, "psnr")
-    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
-    if mse == 0.0:
-        return float("inf")
-    return float(10.0 * math.log10(float(max_value) ** 2 / mse))
-
-
-def _to_nchw(a: np.ndarray):
-    import torch
-    t = torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))
-    t = t.unsqueeze(-1) if t.dim() == 2 else t
-    return t.permute(2, 0, 1).unsqueeze(0)  # [1, C, H, W]
-
-
-def _ms_ssim_levels(x, y, weights: Sequence[float], data_range: float = 255.0,
-                    win_size: int = _WIN_SIZE, win_sigma: float = 1.5) -> float:
-    """MS-SSIM with ``len(weights)`` scales on [1, C, H, W] float tensors.
-
-    The same computation as ``pytorch_msssim.ms_ssim`` (valid-padded separable Gaussian window,
-    relu'd contrast-structure terms at the finer scales, SSIM at the coarsest, 2x2 average pooling
-    with odd-size padding), without its fixed check that the image is large enough for 5 scales.
-    """
-    import torch
-    import torch.nn.functional as F
-
-    # The window is built in float32 and then cast, exactly as pytorch_msssim does, so that the
-    # 2-4 scale values are computed the same way as the 5-scale ones.
-    coords = torch.arange(win_size, dtype=torch.float32) - win_size // 2
-    g = torch.exp(-(coords ** 2) / (2 * win_sigma ** 2))
-    g = (g / g.sum()).to(x.dtype).view(1, 1, 1, -1).repeat(x.shape[1], 1, 1, 1)  # [C, 1, 1, win]
-    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
-
-    def blur(t):
-        t = F.conv2d(t, g.transpose(2, 3), groups=t.shape[1])  # along H
-        return F.conv2d(t, g, groups=t.shape[1])  # along W
-
-    values = []
-    for level in range(len(weights)):
-        mu_x, mu_y = blur(x), blur(y)
-        var_x, var_y = blur(x * x) - mu_x ** 2, blur(y * y) - mu_y ** 2
-        cov = blur(x * y) - mu_x * mu_y
-        cs_map = (2 * cov + c2) / (var_x + var_y + c2)
-        if level < len(weights) - 1:
-            values.append(torch.relu(cs_map.flatten(2).mean(-1)))  # [1, C]
-            padding = [s % 2 for s in x.shape[2:]]
-            x, y = F.avg_pool2d(x, 2, padding=padding), F.avg_pool2d(y, 2, padding=padding)
-        else:
-            ssim_map = (2 * mu_x * mu_y + c1) / (mu_x ** 2 + mu_y ** 2 + c1) * cs_map
-            values.append(torch.relu(ssim_map.flatten(2).mean(-1)))
-    w = torch.tensor(list(weights), dtype=x.dtype).view(-1, 1, 1)
-    return float(torch.prod(torch.stack(values) ** w, dim=0).mean())
-
-
-def ms_ssim(a, b) -> float:
-    """Multi-scale SSIM (data range 255) between two HxWx3 (or HxW) uint8 images; 1.0 for identical ones.
-
-    Uses ``pytorch_msssim`` with its defaults (11-tap Gaussian window, sigma 1.5), on float32
-    tensors [1, C, H, W] (float64 changes values by ~1e-7 and is 4x slower on CPU). The 5 standard scales need the smaller side to be larger than
-    ``(11 - 1) * 2**4 = 160`` px. Smaller images fall back to fewer scales:
-
-    * smaller side > ``10 * 2**(n - 1)`` px: ``n`` scales (n = 5 .. 2: sides > 160, 80, 40, 20 px) with
-      the first ``n`` MS-SSIM weights renormalised to sum to 1 (pytorch_msssim asserts the 5-scale
-      size even when given fewer weights, so 2 to 4 scales are computed by this module with the
-      same formulas; see ``_ms_ssim_levels``);
-    * 11 .. 20 px: single-scale SSIM (``pytorch_msssim.ssim``);
-    * below 11 px (the window size): ValueError.
-
-    So values for images of 160 px or less are not comparable with the usual 5-scale MS-SSIM.
-    """
-    a, b = _check_pair(a, b, "ms_ssim")
-    try:
-        import pytorch_msssim
-    except ImportError as e:
-        raise ImportError("ms_ssim needs the pytorch_msssim package: pip install fastae[eval] "
-                          "(or pip install pytorch_msssim)") from e
-    side = min(a.shape[:2])
-    if side < _WIN_SIZE:
-        raise ValueError(f"ms_ssim: images must be at least {_WIN_SIZE}x{_WIN_SIZE} px (the SSIM window), "
-                         f"got shape {a.shape}")
-    x, y = _to_nchw(a), _to_nchw(b)
-    scales = max(n for n in range(1, 6) if n == 1 or side > (_WIN_SIZE - 1) * 2 ** (n - 1))
-    if scales == 5:
-        return float(pytorch_msssim.ms_ssim(x, y, data_range=255, win_size=_WIN_SIZE))
-    if scales == 1:
-        return float(pytorch_msssim.ssim(x, y, data_range=255, win_size=_WIN_SIZE))
-    weights = np.asarray(MS_SSIM_WEIGHTS[:scales], dtype=np.float64)
-    return _ms_ssim_levels(x, y, (weights / weights.sum()).tolist())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -542,145 +431,25 @@ def add_comparison(result: Dict[str, Any], earlier: Mapping[str, Any], name: str
 
 
 # ---------------------------------------------------------------------------------------------
-# Plot
+# Reports (fastae/codec/rd_report.py): the plot and the README tables
 # ---------------------------------------------------------------------------------------------
 
-#: Line styles of the plot: fastae solid, the references dashed or dotted, each its own marker.
-_STYLES = {"fastae": "o-", "webp": "s--", "jpeg": "^:", "avif": "D--", "heic": "v--", "jxl": "P:"}
-
-
 def plot_rd(result: Mapping[str, Any], path: PathLike) -> Path:
-    """Write a PNG of PSNR (dB) against bpp with one line per codec in ``result`` (from :func:`evaluate`),
-    each named in a legend outside the axes (so it never covers a curve) with fastae's BD-rate
-    against it. Written atomically; returns the path.
+    """Write the RD plot of ``result`` to ``path`` (PNG): see ``fastae.codec.rd_report.plot_rd``."""
+    from fastae.codec.rd_report import plot_rd as plot
 
-    Uses matplotlib's ``Figure`` with the Agg canvas (no pyplot, no display needed).
-    """
-    fig = rd_figure(result)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    return Path(path)
+    return plot(result, path)
 
 
-def rd_figure(result: Mapping[str, Any]):
-    """The matplotlib Figure that :func:`plot_rd` writes."""
-    from matplotlib import colormaps
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+def __getattr__(name):  # rd_figure, rd_markdown, write_rd_section, main, RD_START, RD_END
+    if name in ("rd_figure", "rd_markdown", "write_rd_section", "main", "RD_START", "RD_END"):
+        from fastae.codec import rd_report
 
-    curves = [k for k in result if k not in _SUMMARY_KEYS]
-    if not curves:
-        raise ValueError(f"expected a result from evaluate() with at least one codec curve, got keys {list(result)}")
-    fig = Figure(figsize=(12, 6), layout="constrained")  # constrained: the axes take what the legend leaves
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    bd = result.get("bd_rate", {})
-    colours = colormaps["tab10"].colors
-    for i, name in enumerate(curves):
-        rates, psnrs = _curve_points(result[name])
-        label = _CODEC_NAMES.get(name, name)
-        if name in bd:
-            label += " (" + ("n/a" if bd[name] is None else f"{bd[name]:+.1f}%") + ")"
-        # past ten curves the colours repeat: the line style tells those apart
-        style = _STYLES.get(name, "o" + ("-", "-.", "--")[i // len(colours) % 3])
-        ax.plot(rates, psnrs, style, label=label, markersize=4, color=colours[i % len(colours)],
-                linewidth=2.2 if name == "fastae" else 1.2)
-    ax.set_xlabel("bits per pixel (bpp)")
-    ax.set_ylabel("PSNR (dB, RGB)")
-    meta = result.get("meta", {})
-    on = f" on {meta['images']} images" if isinstance(meta, dict) and meta.get("images") else ""
-    model = f": {meta['model']}" if isinstance(meta, dict) and meta.get("model") else ""
-    ax.set_title(f"Rate-distortion{on}, mean per quality{model}", loc="left", fontsize=11)
-    ax.grid(True, alpha=0.3)
-    fig.legend(loc="outside right upper", fontsize=9, title="fastae's BD-rate against each" if bd else None,
-               title_fontsize=9)
-    return fig
-
-
-# --------------------------------------------------------------------------------------------- tables
-
-RD_START, RD_END = "<!-- codec-table:start -->", "<!-- codec-table:end -->"
-
-
-def _fmt_db(value) -> str:
-    return "n/a" if value is None else f"{value:.2f}"
-
-
-def rd_markdown(result: Mapping[str, Any], title: str, source: str = "") -> List[str]:
-    """Markdown lines of one ``fastae eval`` result: PSNR at ``PSNR_AT_BPP`` of fastae and of each
-    reference measured in the same run, fastae's BD-rate against each, and fastae's rate and PSNR
-    per quality. Curves added with ``--compare`` (other models) are left out."""
-    meta = result.get("meta") or {}
-    at = result.get("psnr_at") or {}
-    refs = [name for name in REFERENCES if name in result]
-    model = meta.get("model", "fastae")
-    head = f"| {title} | " + " | ".join(f"{b} bpp" for b in PSNR_AT_BPP) + f" | BD-rate of {model} against it |"
-    lines = [head, "|---" * (len(PSNR_AT_BPP) + 2) + "|"]
-    lines.append(f"| **{model}** | " + " | ".join(f"**{_fmt_db(at.get('fastae', {}).get(str(b)))}**"
-                                                   for b in PSNR_AT_BPP) + " | |")
-    for name in refs:
-        bd = (result.get("bd_rate") or {}).get(name)
-        ref = REFERENCES[name]
-        settings = ", ".join(f"{k} {v}" for k, v in ref.options.items()
-                             if k != "optimize") if name != "jpeg" else "4:2:0, optimized"
-        lines.append(f"| {ref.label} ({settings}) | " + " | ".join(_fmt_db(at.get(name, {}).get(str(b)))
-                                                               for b in PSNR_AT_BPP)
-                     + " | " + ("n/a" if bd is None else f"{bd:+.1f}%") + " |")
-    qualities = sorted(result.get("fastae", {}), key=int)
-    rates = [result["fastae"][q]["mean"]["bpp"] for q in qualities]
-    psnrs = [result["fastae"][q]["mean"]["psnr"] for q in qualities]
-    where = f"{meta.get('images', '?')} images of `{meta.get('data', '?')}`"
-    how = (f"{meta.get('device', '?')}, {meta.get('threads', '?')} threads, torch {meta.get('torch', '?')}"
-           + (f", transforms in {meta['precision']}" if meta.get("precision") else "") + f", {str(meta.get('date', ''))[:10]}")
-    lines += ["", f"{where}; PSNR (RGB, mean over images per quality setting) at each rate; whole-file bits; "
-              f"negative BD-rate: fastae needs fewer bits. Per quality {', '.join(qualities)}: "
-              + ", ".join(f"{r:.2f}" for r in rates) + " bpp at " + ", ".join("n/a" if p is None else f"{p:.1f}" for p in psnrs)
-              + f" dB. `{meta.get('command', 'fastae eval')}` ({how})" + (f": `{source}`." if source else ".")]
-    return lines
-
-
-def write_rd_section(path: PathLike, results: Sequence[PathLike], titles: Optional[Sequence[str]] = None) -> None:
-    """Rewrite the text between ``RD_START`` and ``RD_END`` in the file ``path`` with one table per
-    ``fastae eval`` JSON in ``results`` (``titles``: the first column's heading of each)."""
-    import json
-
-    from fastae._io import rewrite_section
-
-    titles = list(titles) if titles else [Path(r).stem for r in results]
-    if len(titles) != len(results):
-        raise ValueError(f"expected one title per result, got {len(titles)} titles for {len(results)} results")
-    names = " ".join(Path(r).name for r in results)
-    lines = [f"<!-- generated by `python -m fastae.codec.eval --readme {Path(path).name}` from {names}; "
-             "do not edit by hand -->"]
-    for title, file in zip(titles, results):
-        with open(file, encoding="utf-8") as f:
-            result = json.load(f)
-        if not isinstance(result, dict) or "fastae" not in result or "psnr_at" not in result:
-            raise ValueError(f"{file}: not a `fastae eval` result (no fastae curve and psnr_at)")
-        lines += [""] + rd_markdown(result, title, source=Path(file).name)
-    rewrite_section(path, "\n".join(lines), RD_START, RD_END)
-
-
-def main(argv=None) -> int:
-    """``python -m fastae.codec.eval --readme README.md RESULT.json [...] [--titles ...]``."""
-    import argparse
-    import sys
-
-    parser = argparse.ArgumentParser(prog="python -m fastae.codec.eval",
-                                     description="Write the rate-distortion tables of `fastae eval` results into "
-                                                 f"a markdown file, between {RD_START} and {RD_END}.")
-    parser.add_argument("results", nargs="+", help="`fastae eval --output` JSON files")
-    parser.add_argument("--readme", required=True, metavar="FILE", help="the markdown file to rewrite")
-    parser.add_argument("--titles", nargs="+", help="the first column's heading of each table (default: file names)")
-    args = parser.parse_args(argv)
-    try:
-        write_rd_section(args.readme, args.results, args.titles)
-    except (ValueError, OSError) as e:
-        print(f"python -m fastae.codec.eval: {e}", file=sys.stderr)
-        return 2
-    print(f"rewrote the codec tables of {args.readme}")
-    return 0
+        return getattr(rd_report, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 if __name__ == "__main__":
+    from fastae.codec.rd_report import main
+
     raise SystemExit(main())
