@@ -151,7 +151,7 @@ def test_rd_table_of_a_stored_eval_carries_its_numbers_between_the_markers(tmp_p
     fastae_row = rows["fastae-checkerboard-v4"]
     for bpp in ("0.25", "0.5", "1.0"):
         assert f"**{result['psnr_at']['fastae'][bpp]:.2f}**" in fastae_row
-    webp = rows["WebP (method 6)"]
+    webp = rows["WebP, method 6"]
     assert f"{result['bd_rate']['webp']:+.1f}%" in webp and f"{result['psnr_at']['webp']['1.0']:.2f}" in webp
     assert "fastae-checkerboard-v2" not in rows  # --compare curves are not references
     q8 = result["fastae"]["8"]["mean"]

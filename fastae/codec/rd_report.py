@@ -91,7 +91,7 @@ def rd_markdown(result: Mapping[str, Any], title: str, source: str = "") -> List
         ref = REFERENCES[name]
         settings = ", ".join(f"{k} {v}" for k, v in ref.options.items()
                              if k != "optimize") if name != "jpeg" else "4:2:0, optimized"
-        lines.append(f"| {ref.label} ({settings}) | " + " | ".join(_fmt_db(at.get(name, {}).get(str(b)))
+        lines.append(f"| {ref.label}, {settings} | " + " | ".join(_fmt_db(at.get(name, {}).get(str(b)))
                                                                for b in PSNR_AT_BPP)
                      + " | " + ("n/a" if bd is None else f"{bd:+.1f}%") + " |")
     qualities = sorted(result.get("fastae", {}), key=int)
