@@ -85,7 +85,7 @@ def codec_cases(device, quick, weights, images, notes) -> list:
         dev_codec = codec if dev == device else _load_bench_codec(dev, weights, notes)
         codecs = {f"fastae-{dev.type}": dev_codec}  # the default precision (bfloat16 where native)
         if dev_codec.precision != "float32":  # and the exact float32 path beside it
-            codecs[f"fastae-{dev.type}-float32"] = _with_precision(dev_codec, "float32")
+            codecs[f"fastae-{dev.type}-float32"] = dev_codec.with_precision("float32")
         for batch in batches:
             for op in ("compress", "decompress", "encode", "decode"):
                 target = None
@@ -111,12 +111,6 @@ def _reference_missing(name):
     from fastae.codec.eval import _available
 
     return _available(name)
-
-
-def _with_precision(codec, precision):
-    from fastae.codec.api import Codec
-
-    return Codec(codec._loaded, codec.quality, codec.refine, codec.side_search, precision)
 
 
 def _classic_step(name, op, rgb):

@@ -140,6 +140,10 @@ class Codec:
     def with_quality(self, quality: int) -> "Codec":
         return Codec(self._loaded, quality, self.refine, self.side_search, self.precision)
 
+    def with_precision(self, precision: str) -> "Codec":
+        """The same model and settings with the transforms in ``precision`` (see ``load_codec``)."""
+        return Codec(self._loaded, self.quality, self.refine, self.side_search, precision)
+
     def _transforms(self):
         """The context the analysis and synthesis run in: bf16 autocast, or for "float32" the
         reference formulas of the fused ops (GDN), which give the pixels of earlier versions."""
