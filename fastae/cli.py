@@ -120,7 +120,7 @@ def cmd_train_codec(args):
                           downscale=args.downscale, device=args.device, seed=args.seed, resume=args.resume,
                           time_limit=args.time_limit, kind=args.kind, init=args.init,
                           compile=args.compile, stop_at=args.stop_at, hyper_input=args.hyper_input,
-                          widths=args.widths)
+                          widths=args.widths, checkpoint_every=args.checkpoint_every)
     weights = export_codec(load_model(out), out / "codec.safetensors", model_id=args.model_id,
                            weights_dtype=args.weights_dtype)
     last = {}
@@ -400,6 +400,8 @@ def main(argv=None):
                        help="the transforms' channels at 1/2, 1/4 and 1/8 of the image size (default N at each)")
     codec.add_argument("--downscale", type=int, default=2, help="shrink the photos by this factor first")
     codec.add_argument("--time-limit", type=float, help="seconds; stop after a checkpoint (continue with --resume)")
+    codec.add_argument("--checkpoint-every", type=int, default=250, metavar="STEPS",
+                       help="write a checkpoint (and a training-history row per quality) every STEPS steps")
     codec.add_argument("--kind", choices=["factorized", "hyperprior", "checkerboard"], default="factorized",
                        help="entropy model: per-channel factorized, a mean-scale hyperprior, or the hyperprior with a "
                             "checkerboard context (the last two: crop a multiple of 64)")

@@ -159,8 +159,8 @@ def train_codec(data, out, steps: int = 20000, batch_size: int = 8, crop: int = 
     (``HyperpriorCodec.hyper_input``). ``widths``: the transforms' channels at 1/2, 1/4 and 1/8 of
     the image size (default N at each). ``init`` of a narrower model of the same kind widens it.
     ``amp``: True (bf16 autocast on a GPU and on a CPU that computes bf16 natively), False or "bf16".
-    Returns the history: a list of {"step", "quality", "loss", "bpp", "psnr"} averaged over
-    ``checkpoint_every`` steps per quality.
+    Returns the history: a list of {"step", "quality", "loss", "bpp", "psnr"}, each quality's steps
+    averaged between two checkpoints (every ``checkpoint_every`` steps, all qualities counted).
     """
     from tqdm.auto import tqdm
 
