@@ -24,11 +24,18 @@ using RowFn = void (*)(const IntConvRow&);
 RowFn row_kernel(int64_t isa) {
 #if defined(__GNUC__) && defined(__x86_64__)
   const Capability cap = capability();
-  const int64_t best = cap == Capability::kAvx512 ? 2 : cap == Capability::kAvx2 ? 1 : 0;
+  static const bool vnni = [] {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512vnni");
+  }();
+  const int64_t best = cap == Capability::kAvx512 ? (vnni ? 3 : 2) : cap == Capability::kAvx2 ? 1 : 0;
   TORCH_CHECK(isa >= -1 && isa <= best, "fastae_C::int_conv: isa ", isa, " is not available on this CPU (",
-              "0 baseline, 1 AVX2, 2 AVX-512; this CPU has up to ", best, ")");
+              "0 baseline, 1 AVX2, 2 AVX-512, 3 AVX-512 VNNI; this CPU has up to ", best, ")");
   const int64_t use = isa < 0 ? best : isa;
-  return use == 2 ? avx512::int_conv_row : use == 1 ? avx2::int_conv_row : baseline::int_conv_row;
+  return use == 3   ? avx512vnni::int_conv_row
+         : use == 2 ? avx512::int_conv_row
+         : use == 1 ? avx2::int_conv_row
+                    : baseline::int_conv_row;
 #else
   TORCH_CHECK(isa == -1 || isa == 0, "fastae_C::int_conv: only the baseline build (isa 0) exists here, got ", isa);
   return baseline::int_conv_row;

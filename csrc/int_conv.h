@@ -37,6 +37,9 @@ FASTAE_DECLARE_INT_CONV
 namespace avx512 {
 FASTAE_DECLARE_INT_CONV
 }
+namespace avx512vnni {
+FASTAE_DECLARE_INT_CONV
+}
 #endif
 
 }  // namespace fastae

@@ -31,7 +31,12 @@ inline IVec ipair(const int16_t* p) {
   std::memcpy(&v, p, 4);
   return _mm512_set1_epi32(v);
 }
+#if defined(__AVX512VNNI__)
+// vpdpwssd: both products and the add to the lane in one instruction, the same int32 (no saturation).
+inline IVec imadd(IVec acc, IVec a, IVec w) { return _mm512_dpwssd_epi32(acc, a, w); }
+#else
 inline IVec imadd(IVec acc, IVec a, IVec w) { return _mm512_add_epi32(acc, _mm512_madd_epi16(a, w)); }
+#endif
 inline void istore(int32_t* p, IVec v) { _mm512_storeu_si512(p, v); }
 #elif defined(__AVX2__)
 using IVec = __m256i;

@@ -11,8 +11,8 @@ and an int32 bias, then a rescaling by an integer multiplier and a shift, rounde
 (mult[1] != mult[0] makes a leaky ReLU, 0 a ReLU; lo and hi clip the activation). Before
 anything runs, ``sum |x| |w| + |bias|`` is bounded below 2^31 from max |x| and the weights, so no
 partial sum can overflow and every backend gets the same integers in any summation order: the
-C++ kernels (csrc/int_conv*.cpp: baseline, AVX2 and AVX-512 builds of one kernel, picked at run
-time or forced with ``isa``), Triton (kernels/int_conv.py), CUDA (csrc/cuda/int_conv.cu) and the
+C++ kernels (csrc/int_conv*.cpp: baseline, AVX2, AVX-512 and AVX-512 VNNI builds of one kernel,
+picked at run time or forced with ``isa``), Triton (kernels/int_conv.py), CUDA (csrc/cuda/int_conv.cu) and the
 torch oracle (float64 products and sums of integers below 2^53 are exact).
 
 Tensors are channels-last: x ``[N, H, W, Cin]``, the output ``[N, Ho, Wo, Cout]``. One
@@ -39,7 +39,7 @@ ACT_MIN, ACT_MAX = -(1 << 14), (1 << 14) - 1  # int16 activations of 15 bits
 WEIGHT_MAX = 127  # int8 weights, symmetric
 ACC_LIMIT = 1 << 31  # sum |x| |w| + |bias| must stay below it
 MULT_LIMIT = 1 << 21  # multipliers below it: the C++ kernels rescale in double, exactly (v * m < 2^52)
-ISAS = ("baseline", "avx2", "avx512")  # the C++ kernel's instruction-set builds (isa=None: the best this CPU has)
+ISAS = ("baseline", "avx2", "avx512", "avx512vnni")  # the C++ kernel's instruction-set builds (isa=None: the best this CPU has)
 
 
 @dataclass(frozen=True)
@@ -298,8 +298,8 @@ def int_conv2d(x: Tensor, layer: IntConvLayer, isa: Optional[str] = None, x_max:
     Args:
         x: int16 ``[N, H, W, Cin]`` (channels last), values in [ACT_MIN, ACT_MAX], on the layer's device.
         layer: the weights, bias, rescaling, clip and plan.
-        isa: with the C++ backend, run its ``baseline``, ``avx2`` or ``avx512`` build (None: the best
-            this CPU has).
+        isa: with the C++ backend, run its ``baseline``, ``avx2``, ``avx512`` or ``avx512vnni`` build
+            (None: the best this CPU has).
         x_max: the caller's guarantee that every |x| <= x_max (at most ACT_MAX), e.g. the clip of the
             layer that made x: the bound is checked against it instead of a scan of x.
 
