@@ -20,6 +20,7 @@ tables were read with its weights. ``Codec`` (fastae.codec.api) asks the layout 
 kind (``layout_for``) and tests no kind itself.
 """
 
+import functools
 import math
 
 import torch
@@ -142,21 +143,34 @@ class CheckerboardLayout(HyperpriorLayout):
         return torch.round(y - means), scales
 
     def _latent_streams(self, values, index) -> list:
-        mask = checkerboard(*values.shape[-2:])[0].expand_as(values)
-        return self.gaussian.compress(values[mask], index[mask]) + self.gaussian.compress(values[~mask], index[~mask])
+        anchors, others = _halves(tuple(values.shape))
+        v, i = values.reshape(-1), index.reshape(-1)
+        return self.gaussian.compress(v[anchors], i[anchors]) + self.gaussian.compress(v[others], i[others])
 
     def _decode_latents(self, streams, side, shape):
-        mask = checkerboard(*shape[-2:])[0].expand(shape)
+        anchors, others = _halves(tuple(shape))
+        flat = torch.zeros(math.prod(shape), dtype=torch.int32)
 
-        def anchors(means, scales):
-            out = torch.zeros(shape, dtype=torch.int32)
-            out[mask] = self.gaussian.decompress(streams[0], streams[1], self.gaussian.index(scales)[0].cpu()[mask])
-            return out[None]
+        def decode_anchors(means, scales):
+            flat[anchors] = self.gaussian.decompress(streams[0], streams[1], self._index(scales, anchors))
+            return flat.reshape(shape)[None]
 
-        means, scales, values = self.parameters(side, anchors)
-        values = values[0]
-        values[~mask] = self.gaussian.decompress(streams[2], streams[3], self.gaussian.index(scales)[0].cpu()[~mask])
-        return means, values
+        means, scales, values = self.parameters(side, decode_anchors)
+        values = values[0].reshape(-1)
+        values[others] = self.gaussian.decompress(streams[2], streams[3], self._index(scales, others))
+        return means, values.reshape(shape)
+
+    def _index(self, scales, positions):
+        """The tables (CPU int32) of the latents at flat ``positions`` of [M, h, w], from ``scales``
+        [1, M, h, w]: only those searched for, half the work of indexing every latent."""
+        return self.gaussian.index(scales[0].reshape(-1)[positions.to(scales.device)]).cpu()
+
+
+@functools.lru_cache(maxsize=16)
+def _halves(shape: tuple) -> tuple:
+    """Flat positions (int64, ascending) of the anchors of a [M, h, w] latent tensor and of the others."""
+    mask = checkerboard(*shape[-2:])[0].expand(shape).reshape(-1)
+    return mask.nonzero().squeeze(1), (~mask).nonzero().squeeze(1)
 
 
 LAYOUTS = {cls.kind: cls for cls in (FactorizedLayout, HyperpriorLayout, CheckerboardLayout)}
