@@ -33,6 +33,7 @@ from fastae.codec.image import to_rgb_array
 from fastae.codec.layouts import layout_for
 from fastae.codec.refine import check_refine, refine_latents
 from fastae.models.codec import CodecModel
+from fastae.nn.subpixel import SubpixelConvTranspose2d
 
 MAX_PIXELS = Image.MAX_IMAGE_PIXELS  # Pillow's decompression-bomb limit; decoding refuses larger images
 #: Precisions of the analysis and synthesis transforms. They change pixels (and, in the analysis, a
@@ -57,6 +58,7 @@ class _Loaded:
     model_id: str
     hash: bytes
     layout: object  # the FactorizedLayout (or subclass) of the model's kind: fastae.codec.layouts
+    fast_synthesis: torch.nn.Module  # g_s as the bfloat16 path runs it (see _fast_synthesis)
 
 
 @functools.lru_cache(maxsize=8)
@@ -66,7 +68,23 @@ def _load_cached(path: str, device: str) -> _Loaded:
     layout = layout_for(model, device)  # first: its float64 networks are copied from the contiguous CPU weights
     # channels_last: oneDNN's convolutions run ~1.3x faster on it than on NCHW (measured on CPU).
     model = model.to(device, memory_format=torch.channels_last).eval()
-    return _Loaded(model, model_id, model_hash, layout)
+    return _Loaded(model, model_id, model_hash, layout, _fast_synthesis(model.g_s, torch.device(device)))
+
+
+def _fast_synthesis(g_s: torch.nn.Sequential, device) -> torch.nn.Module:
+    """``g_s`` for the bfloat16 path: on a CPU its last layer, a transposed convolution to a few
+    channels, as a convolution and a pixel shuffle (fastae.nn.subpixel; measured 2.5x faster in
+    oneDNN bf16 for 96 -> 3 channels, while for 96 -> 96 the transposed one is 1.6x faster),
+    computing the pixels minus 0.5 in bf16 and adding 0.5 in fp32, which halves the bf16 rounding
+    of the brighter pixels. Pixels within the bf16 path's rounding of the fp32 path's."""
+    last = g_s[-1]
+    if device.type != "cpu" or not isinstance(last, torch.nn.ConvTranspose2d) or last.out_channels > 16:
+        return g_s
+    try:
+        fast = SubpixelConvTranspose2d(last, center=0.5)
+    except ValueError:  # another kernel or stride: keep it as it is
+        return g_s
+    return torch.nn.Sequential(*g_s[:-1], fast.to(memory_format=torch.channels_last))
 
 
 def load_codec(quality: Optional[int] = None, model: str = DEFAULT_MODEL, device="cpu", weights=None,
@@ -244,8 +262,10 @@ class Codec:
         """Images [B, C, height, width] of ``dtype`` from the float latents ``y_hat``, band by band."""
         y = y_hat.contiguous(memory_format=torch.channels_last)
 
+        g_s = self._loaded.fast_synthesis if self.precision == "bfloat16" else self.model.g_s
+
         def finished(part):  # each band's pixels clamped and converted at once: no float image is ever whole
-            x = self.model.synthesis(part, quality).float().clamp(0, 1)  # float32 before rounding to 8 bits
+            x = self.model.synthesis(part, quality, g_s).float().clamp(0, 1)  # float32 before rounding to 8 bits
             return (x * 255).round().to(torch.uint8) if dtype == torch.uint8 else x.to(dtype)
 
         ls = self.model.latent_stride

@@ -162,10 +162,11 @@ class CodecModel(nn.Module):
         q = self._check_quality(quality)
         return self.g_a(x) * torch.exp(self.log_gain[q])[None, :, None, None]
 
-    def synthesis(self, y_hat: Tensor, quality: int) -> Tensor:
-        """Image (not clamped) from rounded latents ``y_hat``."""
+    def synthesis(self, y_hat: Tensor, quality: int, g_s: nn.Module = None) -> Tensor:
+        """Image (not clamped) from rounded latents ``y_hat`` (``g_s``: another form of this
+        model's synthesis transform to run, e.g. fastae.codec's bf16 one; default ``self.g_s``)."""
         q = self._check_quality(quality)
-        return self.g_s(y_hat * torch.exp(self.log_inv_gain[q])[None, :, None, None])
+        return (self.g_s if g_s is None else g_s)(y_hat * torch.exp(self.log_inv_gain[q])[None, :, None, None])
 
     def rd_loss(self, x: Tensor, quality: int) -> dict:
         """lambda * 255^2 * MSE + bpp for the quality's lambda (the training objective)."""
