@@ -15,7 +15,7 @@ model_file (export_codec, the weights file), bands (large images), format (.fae)
 
 from fastae.codec.format import CodecError, Header, read_header
 
-DEFAULT_MODEL = "fastae-checkerboard-v4"  # the shipped model load_codec and the CLI use unless told otherwise
+DEFAULT_MODEL = "fastae-checkerboard-v8"  # the shipped model load_codec and the CLI use unless told otherwise
 
 _LAZY = {"load_codec": "fastae.codec.api", "Codec": "fastae.codec.api", "Latents": "fastae.codec.api",
          "export_codec": "fastae.codec.model_file", "LatentCodec": "fastae.codec.latent",

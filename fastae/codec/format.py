@@ -84,6 +84,7 @@ KNOWN_MODELS = {
     "6387b6ddcb8b4ee7": "fastae-checkerboard-v1",
     "408ed5ef48a163c2": "fastae-checkerboard-v2",
     "02dafa8730d05425": "fastae-checkerboard-v4",
+    "66489995867c7e52": "fastae-checkerboard-v8",
 }
 _LOADED = {}  # hash hex -> model id of model files loaded in this process
 
