@@ -10,7 +10,8 @@ from fastae import cli
 from fastae.codec.api import load_codec
 from fastae.codec.model_file import WEIGHTS_DIR
 from tests._codec import DATA, photo
-from tests.test_codec_reference import SHIPPED, _latents_sha
+from fastae.codec import DEFAULT_MODEL as SHIPPED
+from tests.test_codec_reference import _latents_sha
 
 shipped = pytest.mark.skipif(not (WEIGHTS_DIR / f"{SHIPPED}.safetensors").exists(),
                              reason=f"{SHIPPED} is not shipped in this install")
