@@ -143,3 +143,28 @@ def test_experiment_codec_side_search_counts_the_files_it_changed(tmp_path, caps
     assert m, out
     assert int(m.group(1)) == sum(map(len, off)) and int(m.group(2)) == sum(map(len, on))
     assert int(m.group(3)) == sum(a != b for a, b in zip(off, on)) > 0
+
+
+def test_experiment_codec_precision_compares_both_paths(tmp_path):
+    """experiments/codec_precision.py (docs/codec.md's precision figures) on two small photos at one
+    quality: each path's mean PSNR and bpp are those of its own compress and decompress, and every
+    bf16 file reads to the same latents under either decoder."""
+    from fastae.codec.metrics import psnr
+
+    script = experiment_script("codec_precision")
+    images = [photo((40, 56)), photo((48, 64))[::-1].copy()]
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i, rgb in enumerate(images):
+        Image.fromarray(rgb).save(folder / f"{i}.png")
+    script.main(["--data", str(folder), "--qualities", "2", "--output", str(tmp_path / "p.json")])
+    (row,) = json.loads((tmp_path / "p.json").read_text())["rows"]
+    assert row["quality"] == 2 and row["images"] == 2 and row["same_latents_either_decoder"] == 2
+    for precision in ("bfloat16", "float32"):
+        codec = load_codec(quality=2, precision=precision)
+        files = [codec.compress(rgb) for rgb in images]
+        want_psnr = np.mean([psnr(rgb, codec.decompress(f)) for rgb, f in zip(images, files)])
+        want_bpp = np.mean([len(f) * 8 / (rgb.shape[0] * rgb.shape[1]) for rgb, f in zip(images, files)])
+        assert row[precision]["psnr"] == pytest.approx(want_psnr, abs=1e-9)
+        assert row[precision]["bpp"] == pytest.approx(want_bpp, rel=1e-12)
+    assert row["psnr_bf16_minus_fp32"] == pytest.approx(row["bfloat16"]["psnr"] - row["float32"]["psnr"])
