@@ -89,6 +89,21 @@ def test_fae_dataset_in_a_dataloader(tiny_codec, tmp_path, kind):
     for i, image in enumerate(got):
         expected = tiny_codec.decompress(tiny_codec.compress(Image.open(io.BytesIO(images[i]))))
         assert image.dtype == torch.uint8 and torch.equal(image, torch.from_numpy(expected).permute(2, 0, 1))
+    # decode=False: the workers read the bytes, one codec decodes each collated batch (a GPU's way)
+    raw = FaeDataset(tmp_path / "fae", decode=False)
+    assert raw[0] == ds.data(0) and "undecoded" in repr(raw)
+    batches = list(torch.utils.data.DataLoader(raw, batch_size=3, collate_fn=list, num_workers=2))
+    assert [len(files) for files in batches] == [3, 2] and all(isinstance(f, bytes) for f in batches[0])
+    decoded = [x for files in batches for x in tiny_codec.decompress_many(files, output="tensor")]
+    assert len(decoded) == 5 and all(torch.equal(a, b) for a, b in zip(decoded, got))
+
+
+def test_fae_dataset_refuses_decode_options_without_decoding(tmp_path):
+    (tmp_path / "a.fae").write_bytes(b"")
+    with pytest.raises(ValueError, match="decode=False yields the .fae bytes"):
+        FaeDataset(tmp_path, decode=False, transform=lambda x: x)
+    with pytest.raises(TypeError, match="decode must be True or False, got 'no'"):
+        FaeDataset(tmp_path, decode="no")
 
 
 @pytest.mark.parametrize("tiny_codec", ["factorized"], indirect=True)

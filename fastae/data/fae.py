@@ -13,6 +13,15 @@ index is built in ``__init__`` (file paths, Parquet row counts, tar member offse
 read and decoded in ``__getitem__``, so DataLoader workers each decode their own share, each
 making its codec once (the shipped model the files name, or ``make_codec()``). Images of several
 sizes are not collated: use ``batch_size=None``, a ``transform`` that crops, or a collate_fn.
+
+With ``decode=False`` items are the .fae bytes, for decoding batches where the model runs fastest
+(a GPU): the workers only read, and one codec decodes each collated batch at once.
+
+    ds = FaeDataset("train_fae", decode=False)
+    loader = DataLoader(ds, batch_size=64, collate_fn=list, num_workers=2)
+    codec = fastae.load_codec(device="cuda")
+    for files in loader:
+        images = codec.decompress_many(files, output="tensor")  # batched syntheses, any sizes
 """
 
 import tarfile
@@ -33,13 +42,20 @@ class FaeDataset(torch.utils.data.Dataset):
         make_codec: a picklable zero-argument callable returning the codec to decode with (default:
             the shipped model each file names, ``fastae.pillow.codec_for``).
         transform: applied to each uint8 tensor [C, H, W].
+        decode: False: items are the .fae bytes, undecoded (decode batches with
+            ``Codec.decompress_many``); ``make_codec`` and ``transform`` then do not apply.
     """
 
-    def __init__(self, source, column=None, make_codec=None, transform=None):
+    def __init__(self, source, column=None, make_codec=None, transform=None, decode: bool = True):
         from fastae.datasets import detect
 
+        if not isinstance(decode, bool):
+            raise TypeError(f"FaeDataset: decode must be True or False, got {decode!r}")
+        if not decode and (make_codec is not None or transform is not None):
+            raise ValueError("FaeDataset: decode=False yields the .fae bytes; make_codec and transform apply to "
+                             "decoded images (decode the batches yourself, e.g. Codec.decompress_many)")
         kind, base, units = detect(source, decompress=True)
-        self.kind, self.make_codec, self.transform = kind, make_codec, transform
+        self.kind, self.make_codec, self.transform, self.decode = kind, make_codec, transform, decode
         self._codec = None
         self._cache = (None, None)  # (Parquet file, row group) -> its .fae cells, in this process
         if kind == "folder":
@@ -99,6 +115,8 @@ class FaeDataset(torch.utils.data.Dataset):
         data = self.data(index)
         if data is None:
             raise ValueError(f"item {index} ({self.items[index]}) holds no image (its compression failed)")
+        if not self.decode:
+            return data
         if self.make_codec is not None:
             if self._codec is None:
                 self._codec = self.make_codec()
@@ -111,7 +129,7 @@ class FaeDataset(torch.utils.data.Dataset):
         return self.transform(image) if self.transform is not None else image
 
     def __repr__(self):
-        return f"FaeDataset({self.kind}, {len(self)} images)"
+        return f"FaeDataset({self.kind}, {len(self)} images{'' if self.decode else ', undecoded'})"
 
 
 __all__ = ["FaeDataset"]
