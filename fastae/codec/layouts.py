@@ -166,11 +166,18 @@ class CheckerboardLayout(HyperpriorLayout):
         return self.gaussian.index(scales[0].reshape(-1)[positions.to(scales.device)]).cpu()
 
 
-@functools.lru_cache(maxsize=16)
 def _halves(shape: tuple) -> tuple:
-    """Flat positions (int64, ascending) of the anchors of a [M, h, w] latent tensor and of the others."""
+    """Flat positions (int64, ascending) of the anchors of a [M, h, w] latent tensor and of the
+    others; kept for a few recent shapes of up to 4M latents (8 bytes each: 32 MB at most)."""
+    return _halves_cached(shape) if math.prod(shape) <= 1 << 22 else _find_halves(shape)
+
+
+def _find_halves(shape: tuple) -> tuple:
     mask = checkerboard(*shape[-2:])[0].expand(shape).reshape(-1)
     return mask.nonzero().squeeze(1), (~mask).nonzero().squeeze(1)
+
+
+_halves_cached = functools.lru_cache(maxsize=4)(_find_halves)
 
 
 LAYOUTS = {cls.kind: cls for cls in (FactorizedLayout, HyperpriorLayout, CheckerboardLayout)}
