@@ -27,6 +27,31 @@ def atomic_path(path):
         raise
 
 
+@contextlib.contextmanager
+def atomic_dir(path):
+    """Yield a new temporary folder beside ``path``; on success it takes the place of ``path`` (an
+    existing ``path`` is removed only then), on failure it is removed with what was written in it
+    — so ``path`` is either the old folder or the complete new one."""
+    import shutil
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX))
+    try:
+        yield tmp
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700
+        if os.path.lexists(path):  # replaced: moved aside, then removed once the new one is in place
+            old = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX))
+            os.replace(path, old / "old")
+            os.rename(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
 def _umask():
     mask = os.umask(0)
     os.umask(mask)

@@ -482,8 +482,8 @@ def main(argv=None):
     codec_options(compress)
     dataset_options(compress)
     compress.add_argument("--format", choices=["folder", "parquet", "webdataset"],
-                          help="the kind of output (default: the input's); a folder of images may also be packed "
-                               "into Parquet files or shards")
+                          help="the kind of output (default: the input's): a folder of images packs into Parquet "
+                               "files or shards, Parquet files and shards convert into each other or into folders")
     compress.add_argument("--images-per-file", type=int, default=1000,
                           help="with --format parquet|webdataset from a folder: images in each output file")
     compress.add_argument("--force", action="store_true", help="redo and overwrite files that are already there")

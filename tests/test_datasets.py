@@ -249,8 +249,9 @@ def test_cli(tmp_path, capsys, monkeypatch):
     captured = capsys.readouterr()
     assert "compressed 2 images in 1 parquet file" in captured.out and "data.parquet: row 2" in captured.err
     assert pq.read_table(tmp_path / "fae.parquet").num_rows == 3
-    assert cli.main(["compress", str(src), str(tmp_path / "x"), "--format", "webdataset", *base]) == 2
-    assert "--format webdataset from a parquet source is not supported" in capsys.readouterr().err
+    assert cli.main(["compress", str(src), str(tmp_path / "x"), "--format", "webdataset", *base]) == 1
+    assert "compressed 2 images in 1 webdataset file" in capsys.readouterr().out
+    assert [m for m, _ in _members(tmp_path / "x" / "data.tar")] == ["0.fae", "1.fae"]  # keys from the paths
     monkeypatch.setitem(__import__("sys").modules, "pyarrow", None)
     assert cli.main(["compress", str(src), str(tmp_path / "y"), *base]) == 1
     assert "pip install 'fastae[datasets]'" in capsys.readouterr().err
@@ -286,7 +287,8 @@ def test_ray_engine_writes_the_local_bytes(ray_cluster, tmp_path):
                                                     for i, b in enumerate(images[s:])])
     for i, b in enumerate(images):
         (tmp_path / "img" / f"{i}.png").write_bytes(b)
-    for kind, format in (("pq", None), ("wds", None), ("img", None), ("img", "parquet")):
+    for kind, format in (("pq", None), ("wds", None), ("img", None), ("img", "parquet"), ("pq", "webdataset"),
+                         ("wds", "parquet"), ("wds", "folder")):
         src, out = tmp_path / kind, f"{kind}-{format}"
         local = compress_dataset(src, tmp_path / "local" / out, make_codec=make, format=format, images_per_file=2,
                                  progress=False)
@@ -296,7 +298,7 @@ def test_ray_engine_writes_the_local_bytes(ray_cluster, tmp_path):
         names = sorted(p.relative_to(tmp_path / "local").as_posix() for p in (tmp_path / "local" / out).rglob("*"))
         assert names and names == sorted(p.relative_to(tmp_path / "ray").as_posix()
                                          for p in (tmp_path / "ray" / out).rglob("*"))
-        for name in names:
+        for name in (n for n in names if (tmp_path / "local" / n).is_file()):
             assert (tmp_path / "local" / name).read_bytes() == (tmp_path / "ray" / name).read_bytes(), name
 
 
@@ -330,5 +332,107 @@ def test_folder_packed_into_parquet_and_shards(tiny_codec, tmp_path):
     again = compress_dataset(src, tmp_path / "wds", make_codec=make, format="webdataset", images_per_file=3,
                              progress=False)
     assert (again.files, again.skipped) == (0, 2)
-    with pytest.raises(ValueError, match="--format folder from a webdataset source is not supported"):
-        compress_dataset(tmp_path / "wds", tmp_path / "x", make_codec=make, format="folder", progress=False)
+
+
+def test_parquet_converted_to_shards_and_folders(tiny_codec, tmp_path):
+    images = _images(4)
+    images[2] = b"not an image"
+    names = ["cat/a.png", "cat/b.png", "dog/c.png", "dog/d.jpg"]
+    write_images(tmp_path / "named.parquet", images, names=names, row_group_size=3,
+                 label=[0, 1, 2, 3], caption=["x", None, "z", "w"])
+    write_images(tmp_path / "plain.parquet", images[:2], struct=False, score=[0.5, 1.25])
+    make = _factory(tiny_codec)
+    summary = compress_dataset(tmp_path / "named.parquet", tmp_path / "named.tar", make_codec=make,
+                               format="webdataset", progress=False)
+    assert (summary.kind, summary.files, summary.images) == ("webdataset", 1, 3)
+    assert [w for w, _ in summary.failed] == ["named.parquet: row 2"]
+    expected = []
+    for i, name in enumerate(names):  # keys from the struct's paths; the columns as members in order
+        key = name.rsplit(".", 1)[0]
+        if i != 2:
+            expected.append((key + ".fae", _expected(tiny_codec, images[i])))
+        expected.append((key + ".label", str(i).encode()))
+        if i != 1:
+            expected.append((key + ".caption", "xyzw"[i].encode()))
+    assert _members(tmp_path / "named.tar") == expected
+
+    summary = compress_dataset(tmp_path / "plain.parquet", tmp_path / "wds", make_codec=make, format="webdataset",
+                               progress=False)
+    assert summary.images == 2 and [m for m, _ in _members(tmp_path / "wds" / "plain.tar")] == [
+        "000000.fae", "000000.score", "000001.fae", "000001.score"]  # no paths: row numbers
+    assert _members(tmp_path / "wds" / "plain.tar")[3][1] == b"1.25"
+
+    summary = compress_dataset(tmp_path / "named.parquet", tmp_path / "folder", make_codec=make, format="folder",
+                               progress=False)
+    assert (summary.kind, summary.files, summary.images) == ("folder", 1, 3)
+    out = tmp_path / "folder" / "named"
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()) == [
+        "cat/a.fae", "cat/b.fae", "dog/d.fae", "metadata.jsonl"]
+    assert (out / "dog" / "d.fae").read_bytes() == _expected(tiny_codec, images[3])
+    lines = [json.loads(line) for line in (out / "metadata.jsonl").read_text().splitlines()]
+    assert lines == [{"file_name": "cat/a.fae", "label": 0, "caption": "x"},
+                     {"file_name": "cat/b.fae", "label": 1, "caption": None},
+                     {"file_name": "dog/d.fae", "label": 3, "caption": "w"}]
+    again = compress_dataset(tmp_path / "named.parquet", tmp_path / "folder", make_codec=make, format="folder",
+                             progress=False)
+    assert (again.files, again.skipped) == (0, 1)
+    assert sorted(os.listdir(tmp_path / "folder")) == [ERRORS_FILE, "named"]  # no temporary left
+
+
+def test_shards_converted_to_parquet_and_folders(tiny_codec, tmp_path):
+    images = _images(3)
+    samples = [{"__key__": f"s/{i:04d}", "jpg": b, "cls": str(i).encode()} for i, b in enumerate(images)]
+    samples[1]["json"] = b'{"a": 1}'
+    samples[2]["seg.png"] = images[0]  # a second image: kept by shards and folders, not by a Parquet row
+    samples.append({"__key__": "s/0003", "cls": b"9"})  # no image
+    write_shard(tmp_path / "in.tar", samples)
+    make = _factory(tiny_codec)
+    summary = compress_dataset(tmp_path / "in.tar", tmp_path / "out.parquet", make_codec=make, format="parquet",
+                               progress=False)
+    assert (summary.kind, summary.files, summary.images) == ("parquet", 1, 3)
+    assert summary.failed == [("in.tar: member s/0002.seg.png", "a second image of sample 's/0002': a Parquet row "
+                               "holds one image (--format webdataset keeps every member)")]
+    table = pq.read_table(tmp_path / "out.parquet")
+    assert table.column_names == ["__key__", "image", "cls", "json", "fae_height", "fae_width", "fae_quality",
+                                  "fae_model", "fae_error"]
+    rows = table.to_pylist()
+    assert [r["__key__"] for r in rows] == ["s/0000", "s/0001", "s/0002", "s/0003"]
+    assert [r["cls"] for r in rows] == [b"0", b"1", b"2", b"9"]
+    assert [r["json"] for r in rows] == [None, b'{"a": 1}', None, None]
+    for i in range(3):
+        assert rows[i]["image"] == {"bytes": _expected(tiny_codec, images[i]), "path": f"s/{i:04d}.fae"}
+    assert rows[3]["image"] is None and rows[3]["fae_error"] is None
+    back = decompress_dataset(tmp_path / "out.parquet", tmp_path / "back.parquet", make_codec=make, progress=False)
+    assert back.ok and back.images == 3  # a converted file decodes like any fastae Parquet file
+
+    summary = compress_dataset(tmp_path / "in.tar", tmp_path / "folder", make_codec=make, format="folder",
+                               progress=False)
+    assert summary.ok and summary.images == 4
+    out = tmp_path / "folder" / "in"
+    files = {p.relative_to(out).as_posix(): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert sorted(files) == ["s/0000.cls", "s/0000.fae", "s/0001.cls", "s/0001.fae", "s/0001.json", "s/0002.cls",
+                             "s/0002.fae", "s/0002.seg.fae", "s/0003.cls"]
+    assert files["s/0002.seg.fae"] == _expected(tiny_codec, images[0]) and files["s/0001.json"] == b'{"a": 1}'
+
+    evil = tmp_path / "evil"
+    evil.mkdir()
+    write_shard(evil / "e.tar", [{"__key__": "../x", "cls": b"1"}])
+    summary = compress_dataset(evil, tmp_path / "evil-out", make_codec=make, format="folder", progress=False)
+    assert [w for w, _ in summary.failed] == ["e.tar"] and "outside the output folder" in summary.failed[0][1]
+    assert not (tmp_path / "x.cls").exists() and os.listdir(tmp_path / "evil-out") == [ERRORS_FILE]
+
+
+def test_atomic_dir_keeps_the_old_folder_until_the_new_one_is_complete(tmp_path):
+    from fastae._io import atomic_dir
+
+    target = tmp_path / "out"
+    target.mkdir()
+    (target / "old.txt").write_text("old")
+    with pytest.raises(RuntimeError), atomic_dir(target) as tmp:
+        (tmp / "new.txt").write_text("half")
+        raise RuntimeError("killed")
+    assert os.listdir(tmp_path) == ["out"] and os.listdir(target) == ["old.txt"]
+    with atomic_dir(target) as tmp:
+        (tmp / "new.txt").write_text("new")
+        assert os.listdir(target) == ["old.txt"]
+    assert os.listdir(tmp_path) == ["out"] and os.listdir(target) == ["new.txt"]

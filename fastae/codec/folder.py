@@ -53,6 +53,7 @@ import dataclasses
 import functools
 import os
 import re
+import shutil
 import time
 from pathlib import Path
 
@@ -435,10 +436,14 @@ def _remove_stale_temps(folder, out_suffix, any_age):
         if not pattern.match(entry.name):
             continue
         with contextlib.suppress(OSError):
-            if not entry.is_file(follow_symlinks=False):
+            is_dir = entry.is_dir(follow_symlinks=False)  # fastae._io.atomic_dir's
+            if not (is_dir or entry.is_file(follow_symlinks=False)):
                 continue
             if any_age or now - entry.stat(follow_symlinks=False).st_mtime > _STALE_AGE_S:
-                os.unlink(entry.path)
+                if is_dir:
+                    shutil.rmtree(entry.path, ignore_errors=True)
+                else:
+                    os.unlink(entry.path)
 
 
 @contextlib.contextmanager

@@ -10,7 +10,9 @@ The kind of SRC is detected (``input_format`` overrides): a folder of images (fa
 a Parquet file or a folder of them (fastae.datasets.parquet), a WebDataset shard ``x.tar``, a folder
 of shards or a brace pattern ``shard-{000..009}.tar`` (fastae.datasets.webdataset). Each input
 file becomes one output file of the same kind and relative name under DST (a single input file
-may also be given its output file name: ``compress_dataset("a.parquet", "b.parquet")``).
+may also be given its output file name: ``compress_dataset("a.parquet", "b.parquet")``), or of
+the kind ``format`` asks for: Parquet files and shards convert into each other or into folders
+(fastae.datasets.convert), a folder of images packs into Parquet files or shards.
 
 The work per file is one function; the engine (fastae.datasets.engines) runs it here or on a Ray
 cluster, with the same output bytes. Outputs are written under a temporary name and renamed when
@@ -173,7 +175,9 @@ def compress_dataset(src, dst, quality=None, model=DEFAULT_MODEL, weights=None, 
     ``column``: the Parquet image column (default: found by name or type).
     ``format``: the kind of output, default the input's; a folder of images may also be packed into
     Parquet files (``part-00000.parquet``, Hugging Face layout) or shards (``shard-00000.tar``) of
-    ``images_per_file`` images each, in sorted order (so a re-run of the same folder resumes).
+    ``images_per_file`` images each, in sorted order (so a re-run of the same folder resumes); a
+    Parquet file becomes a shard or a folder, a shard a Parquet file or a folder, one output per
+    input (fastae.datasets.convert says how rows, samples and columns map).
     ``engine``: "local" (``workers`` processes) or "ray" (an actor pool of ``workers`` actors with
     ``gpus_per_worker`` GPUs each; ``ray_address`` joins a running cluster, else one is started
     here unless Ray is already initialised). ``batch_size``: images of a folder per Ray task
@@ -216,9 +220,7 @@ def _run(action, src, dst, make_codec, input_format, format, column, engine, wor
     if format is not None and format not in KINDS:
         raise ValueError(f"format must be one of {KINDS}, got {format!r}")
     pack = kind == "folder" and format in ("parquet", "webdataset")  # image files packed into Parquet or shards
-    if format is not None and format != kind and not pack:
-        raise ValueError(f"--format {format} from a {kind} source is not supported: the output is of the input's "
-                         f"kind ({kind}), or Parquet files or shards from a folder of images")
+    convert = kind != "folder" and format not in (None, kind)  # Parquet <-> shards, either to a folder
     if isinstance(images_per_file, bool) or not isinstance(images_per_file, int) or images_per_file < 1:
         raise ValueError(f"images_per_file must be an integer >= 1, got {images_per_file!r}")
     if column is not None and kind != "parquet":
@@ -228,8 +230,9 @@ def _run(action, src, dst, make_codec, input_format, format, column, engine, wor
                          batch_size or (8 if kind == "folder" and not pack else 1), ray_address, progress)
     if kind == "folder" and not pack:
         return _run_folder(action, src, dst, make_codec, run, engine, force, progress, to, start)
-    out_kind = format if pack else kind
-    if out_kind == "parquet":
+    out_kind = format if pack or convert else kind
+    out_suffix = _SUFFIX.get(out_kind, "")  # a folder per input file when converting to a folder
+    if "parquet" in (kind, out_kind):
         import pyarrow  # noqa: F401 - a missing extra fails now, with the extra's name
 
     dst = Path(dst)
@@ -239,13 +242,13 @@ def _run(action, src, dst, make_codec, input_format, format, column, engine, wor
         outputs = [dst / rel for rel in units]
         _check_paths(src, dst, [], outputs, single)
     else:
-        single = len(units) == 1 and Path(src).is_file() and dst.suffix.lower() == _SUFFIX[kind]
-        outputs = [dst] if single else [dst / rel for rel in units]
+        single = len(units) == 1 and Path(src).is_file() and out_suffix and dst.suffix.lower() == out_suffix
+        outputs = [dst] if single else [dst / rel.with_suffix(out_suffix) for rel in units]
         inputs = [base / rel for rel in units]
         _check_paths(src, dst, inputs, outputs, single)
         if kind == "parquet":
             _check_columns(inputs, column, action)
-        task = _task(kind, action, column, to)
+        task = _task(kind, action, column, to, out_kind)
     out_dir = dst.parent if single else dst
     out_dir.mkdir(parents=True, exist_ok=True)
     summary = DatasetSummary(action=action, kind=out_kind)
@@ -255,7 +258,7 @@ def _run(action, src, dst, make_codec, input_format, format, column, engine, wor
         from fastae.codec.folder import _remove_stale_temps
 
         for folder in sorted({o.parent for o in outputs}):
-            _remove_stale_temps(folder, _SUFFIX[out_kind], any_age)
+            _remove_stale_temps(folder, out_suffix, any_age)
 
     from fastae.codec.folder import _run_lock
 
@@ -320,9 +323,12 @@ def _check_columns(inputs, column, action):
         parquet.find_image_column(schema, name, path)
 
 
-def _task(kind, action, column, to):
+def _task(kind, action, column, to, out_kind):
     from fastae.datasets import units
 
+    if out_kind != kind:
+        return functools.partial(units.convert_unit, kind=kind, out_kind=out_kind,
+                                 **({"column": column} if kind == "parquet" else {}))
     if kind == "parquet":
         return functools.partial(units.parquet_compress if action == "compressed" else units.parquet_decompress,
                                  column=column, **({} if action == "compressed" else {"to": to}))
@@ -337,7 +343,9 @@ def _check_existing(kind, action, path, codec):
     c = codec()
     if not all(hasattr(c, a) for a in ("model_id", "hash", "quality")):
         return None
-    if kind == "parquet":
+    if kind == "folder":
+        from fastae.datasets.convert import check_existing_folder as check_existing
+    elif kind == "parquet":
         from fastae.datasets.parquet import check_existing
     else:
         from fastae.datasets.webdataset import check_existing

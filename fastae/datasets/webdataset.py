@@ -9,6 +9,7 @@ member that fails is left out and reported (member and reason), the sample's oth
 Decompressing does the reverse for ``.fae`` members (``key.png``, or ``key.npy``).
 """
 
+import contextlib
 import copy
 import io
 import os
@@ -32,11 +33,46 @@ def _rename(name, suffix):
     return stem + suffix
 
 
-def _run(in_path, out_path, is_input, convert, suffix):
-    from fastae._io import atomic_path
+def member_path(folder, name):
+    """Where the tar member ``name`` goes under ``folder``; ValueError for a name that would leave it."""
+    parts = name.replace("\\", "/").split("/")
+    if name.startswith("/") or ".." in parts or not name.strip("/"):
+        raise ValueError(f"member {name!r}: a path outside the output folder")
+    return os.path.join(folder, *[p for p in parts if p not in ("", ".")])
 
+
+class _FolderSink:
+    """Writes the members of a shard as files under a folder (``key.fae``, ``key.cls``, ...)."""
+
+    def __init__(self, folder):
+        self.folder = folder
+
+    def addfile(self, info, data=None):
+        if info.isdir():
+            os.makedirs(member_path(self.folder, info.name), exist_ok=True)
+        elif info.isfile():
+            path = member_path(self.folder, info.name)
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with open(path, "wb") as f:
+                f.write(data.read())
+            os.utime(path, (info.mtime, info.mtime))
+
+
+@contextlib.contextmanager
+def _sink(out_path, tar_format, to_folder):
+    from fastae._io import atomic_dir, atomic_path
+
+    if to_folder:
+        with atomic_dir(out_path) as tmp:
+            yield _FolderSink(tmp)
+    else:
+        with atomic_path(out_path) as tmp, tarfile.open(tmp, "w", format=tar_format) as out:
+            yield out
+
+
+def _run(in_path, out_path, is_input, convert, suffix, to_folder=False):
     stats = {"images": 0, "pixels": 0, "bytes_in": 0, "bytes_out": 0, "errors": []}
-    with _open(in_path) as source, atomic_path(out_path) as tmp, tarfile.open(tmp, "w", format=source.format) as out:
+    with _open(in_path) as source, _sink(out_path, source.format, to_folder) as out:
         try:
             for member in source:
                 if not member.isfile():
@@ -63,17 +99,21 @@ def _run(in_path, out_path, is_input, convert, suffix):
     return stats
 
 
-def compress_shard(codec, in_path, out_path):
+def is_image(name):
+    return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+
+
+def compress_shard(codec, in_path, out_path, to_folder=False):
     """Compress the image members of the shard ``in_path`` into the shard ``out_path`` (written
-    under a temporary name, renamed when complete). Returns counts and the failed members."""
+    under a temporary name, renamed when complete). Returns counts and the failed members.
+    ``to_folder``: write the members as files of the new folder ``out_path`` instead."""
     from fastae.data.images import open_image
 
     def convert(data, name):
         image = open_image(data)
         return codec.compress(image), image.size[0] * image.size[1]
 
-    return _run(in_path, out_path, lambda n: os.path.splitext(n)[1].lower() in IMAGE_EXTENSIONS, convert,
-                FAE_SUFFIX)
+    return _run(in_path, out_path, is_image, convert, FAE_SUFFIX, to_folder)
 
 
 def decompress_shard(codec, in_path, out_path, to="png"):
