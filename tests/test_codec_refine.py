@@ -120,3 +120,30 @@ def test_search_side_never_rates_worse_and_the_plain_decoder_reads_its_files(tin
 def test_side_search_rejects_non_booleans(bad):
     with pytest.raises(ValueError, match=re.escape(f"side_search must be True or False, got {bad!r}")):
         fastae.load_codec(quality=1, side_search=bad)
+
+
+def test_coding_does_not_import_torch_dynamo():
+    """Compressing and decompressing with the shipped model, the side search included, stays off
+    torch.optim and the custom-op wrappers, which import torch._dynamo (3-4 s) on first use."""
+    import subprocess
+    import sys
+
+    code = """
+import sys
+import numpy as np
+import torch
+from fastae.codec.api import load_codec
+from fastae.codec.refine import search_side
+codec = load_codec(quality=2)
+image = (np.random.RandomState(0).rand(64, 80, 3) * 255).astype(np.uint8)
+codec.decompress(codec.compress(image))
+model = codec.model
+with torch.inference_mode():
+    y = model.g_a(torch.rand(1, 3, 128, 128))
+    z = model.h_a(y)
+search_side(model, y, z, 2)
+print("torch._dynamo" in sys.modules)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"

@@ -119,6 +119,29 @@ def needs_side_search(values: torch.Tensor, scales: torch.Tensor) -> torch.Tenso
     return outliers >= SEARCH_SHARE * bits.sum(1)
 
 
+class _Adam:
+    """torch.optim.Adam's update (defaults: betas 0.9, 0.999, eps 1e-8; its single-tensor CPU path,
+    the same floats) for one tensor, without torch.optim: constructing an optimizer imports
+    torch._dynamo, 3-4 s on a process's first image."""
+
+    def __init__(self, param, lr, betas=(0.9, 0.999), eps=1e-8):
+        self.param, self.lr, self.betas, self.eps, self.step_count = param, lr, betas, eps, 0
+        self.exp_avg = torch.zeros_like(param, memory_format=torch.preserve_format)
+        self.exp_avg_sq = torch.zeros_like(param, memory_format=torch.preserve_format)
+
+    @torch.no_grad()
+    def step(self):
+        beta1, beta2 = self.betas
+        grad = self.param.grad
+        self.step_count += 1
+        step = float(self.step_count)
+        self.exp_avg.lerp_(grad, 1 - beta1)
+        self.exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+        step_size = self.lr / (1 - beta1**step)
+        denom = (self.exp_avg_sq.sqrt() / (1 - beta2**step) ** 0.5).add_(self.eps)
+        self.param.addcdiv_(self.exp_avg, denom, value=-step_size)
+
+
 def search_side(model: HyperpriorCodec, y: torch.Tensor, z: torch.Tensor, quality: int, steps: int = None,
                 lr: float = None, seed: int = 0) -> torch.Tensor:
     """Hyper-latents (unrounded) [B, N, h, w] for the latents ``y`` that cost fewer bits than ``z``.
@@ -140,7 +163,7 @@ def search_side(model: HyperpriorCodec, y: torch.Tensor, z: torch.Tensor, qualit
     with torch.inference_mode(False), torch.enable_grad():
         y = y.detach().float().clone()
         z = z.detach().float().clone().requires_grad_(True)
-        optimizer = torch.optim.Adam([z], lr=lr)
+        optimizer = _Adam(z, lr)
         # one generator per image: an image's noise, and so its search, do not depend on the batch it is in
         generators = [torch.Generator(device=y.device).manual_seed(seed) for _ in range(y.shape[0])]
         best_bits = torch.full((y.shape[0],), math.inf, device=y.device)

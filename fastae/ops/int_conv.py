@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from fastae.ops import _backend
+from fastae.ops._common import plain_eager
 
 ACT_MIN, ACT_MAX = -(1 << 14), (1 << 14) - 1  # int16 activations of 15 bits
 WEIGHT_MAX = 127  # int8 weights, symmetric
@@ -275,6 +276,11 @@ def int_conv(x: Tensor, weight: Tensor, bias: Tensor, mult: Tensor, shift: Tenso
     """The plan's convolution of a zero-padded int16 x [N, Hp, Wp, Cin] (Cin even) with the packed int8
     weight [T, Cin / 2, Cout16, 2]; taps flat (dy, dx) per tap in padded coordinates, phases flat
     (py, px, first tap, end tap) per phase."""
+    return _int_conv_impl(x, weight, bias, mult, shift, taps, phases, si, so, out_h, out_w, lo, hi, out_dtype, backend,
+                          isa)
+
+
+def _int_conv_impl(x, weight, bias, mult, shift, taps, phases, si, so, out_h, out_w, lo, hi, out_dtype, backend, isa):
     taps2 = [tuple(taps[i:i + 2]) for i in range(0, len(taps), 2)]
     phases4 = [tuple(phases[i:i + 4]) for i in range(0, len(phases), 4)]
     if backend == "torch":
@@ -337,6 +343,8 @@ def int_conv2d(x: Tensor, layer: IntConvLayer, isa: Optional[str] = None, x_max:
     x = F.pad(x, (0, cin % 2, left, right, top, bottom)).contiguous()  # a zero channel makes Cin even
     taps = [v for _, _, dy, dx in plan.taps for v in (dy + top, dx + left)]
     phases = [v for p in plan.phases for v in p]
-    return int_conv(x, layer.weight, layer.bias, layer.mult, layer.shift, taps, phases, plan.si, plan.so, out_h, out_w,
-                    layer.lo, layer.hi, layer.out_dtype, _backend.resolve(x.device),
-                    -1 if isa is None else ISAS.index(isa))
+    args = (x, layer.weight, layer.bias, layer.mult, layer.shift, taps, phases, plan.si, plan.so, out_h, out_w,
+            layer.lo, layer.hi, layer.out_dtype, _backend.resolve(x.device), -1 if isa is None else ISAS.index(isa))
+    if plain_eager(x):  # the op's function itself: the custom-op machinery costs ~3.6 s (it imports
+        return _int_conv_impl(*args)  # torch._dynamo) on a process's first call, and µs on every call
+    return int_conv(*args)
