@@ -169,8 +169,9 @@ def _default(value, default):
 
 
 # Options of `fastae train` that only one kind of training reads: given to the other, they are an error.
-_ZOO_ONLY = ("--epochs", "--optimizer", "--weight-decay", "--loss", "--hidden", "--latent-activation", "--noise",
-             "--noise-level", "--sparsity", "--sparsity-weight", "--beta", "--val-fraction", "--normal-class", "--size")
+_ZOO_ONLY = ("--epochs", "--optimizer", "--weight-decay", "--amp", "--loss", "--hidden", "--latent-activation",
+             "--noise", "--noise-level", "--sparsity", "--sparsity-weight", "--beta", "--val-fraction", "--normal-class",
+             "--size")
 _CODEC_ONLY = ("--lmbda", "--steps", "--crop", "--channels", "--widths", "--downscale", "--time-limit", "--kind", "--stop-at",
                "--compile", "--hyper-input", "--init", "--model-id", "--weights-dtype", "--entropy-only", "--integer",
                "--pool")
@@ -253,7 +254,7 @@ def cmd_train(args):
     model = build_model(args.model, **config)
     history = fit(model, x[train_idx], x[val_idx], epochs=args.epochs, batch_size=_default(args.batch_size, 256),
                   optimizer=args.optimizer, lr=_default(args.lr, 1e-3), weight_decay=args.weight_decay,
-                  device=args.device, seed=args.seed, out=out, resume=args.resume)
+                  amp=args.amp, device=args.device, seed=args.seed, out=out, resume=args.resume)
     model.eval()
     val_x = x[val_idx].to(next(model.parameters()).device)
     with torch.no_grad():
@@ -374,6 +375,8 @@ def main(argv=None):
     train.add_argument("--optimizer", choices=OPTIMIZERS, default="adam")
     train.add_argument("--lr", type=float, help="default 1e-3 (codec: 3e-4)")
     train.add_argument("--weight-decay", type=float, default=0.0, help="L2 regularisation")
+    train.add_argument("--amp", choices=["auto", "off", "bf16", "fp16"], default="auto",
+                       help="mixed precision: autocast to bf16 or fp16; auto: bf16 on a GPU that has it, off on the CPU")
     train.add_argument("--loss", choices=["mse", "bce"])
     train.add_argument("--latent", type=int)
     train.add_argument("--hidden", type=_int_list, help="e.g. 128 or 512,256")

@@ -59,7 +59,7 @@ def test_console_script_runs():
 @pytest.mark.parametrize("model, extra, files", [
     ("mlp", ["--hidden", "32", "--latent", "8"], set()),
     ("vae", ["--hidden", "32", "--latent", "2", "--loss", "bce"], {"samples.png", "manifold.png"}),
-    ("conv", ["--latent", "8"], set()),
+    ("conv", ["--latent", "8", "--amp", "bf16"], set()),
 ])
 def test_train_writes_its_artifacts_and_anomaly_reads_them(tmp_path, capsys, model, extra, files):
     out = tmp_path / model
@@ -90,6 +90,9 @@ def test_train_writes_its_artifacts_and_anomaly_reads_them(tmp_path, capsys, mod
     (["train", "codec", "--data", "{mnist}", "--out", "{tmp}", "--epochs", "5"],
      "--epochs does not apply to train codec (only to the autoencoder zoo"),
     (["train", "codec", "--data", "{mnist}", "--out", "{tmp}", "--epoch", "5"], "unrecognized arguments: --epoch"),
+    (["train", "codec", "--data", "{mnist}", "--out", "{tmp}", "--amp", "bf16"],
+     "--amp does not apply to train codec (only to the autoencoder zoo"),
+    (["train", "mlp", "--data", "{mnist}", "--out", "{tmp}", "--amp", "half"], "argument --amp: invalid choice"),
 ])
 def test_bad_input_is_reported_without_a_traceback(tmp_path, capsys, argv, message):
     argv = [a.format(mnist=MNIST, tmp=tmp_path) for a in argv]

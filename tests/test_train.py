@@ -171,3 +171,20 @@ def test_resume_with_another_optimizer_and_load_model_on_a_bad_device(tmp_path):
     assert len(fit(again, x, None, epochs=2, out=tmp_path, resume=True, progress=False)["train_loss"]) == 2
     with pytest.raises(ValueError, match="load_model: device: 'gpu' is not a device"):
         load_model(tmp_path, device="gpu")
+
+
+def test_tensor_batches_are_the_rows_the_dataloader_would_stack():
+    """fit's tensor dataset hands the DataLoader whole batches (__getitems__); the oracle is
+    torch's TensorDataset with the default collate, under the same sampler and generator."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from fastae.train.fit import _collate, _dataset
+
+    x = torch.rand(1000, 7, 3)
+    runs = []
+    for dataset, collate in ((TensorDataset(x), None), (_dataset(x, "train"), _collate)):
+        loader = DataLoader(dataset, 96, shuffle=True, generator=torch.Generator().manual_seed(5), drop_last=True,
+                            collate_fn=collate)
+        runs.append([b[0] if isinstance(b, list) else b for b in loader])
+    assert len(runs[0]) == len(runs[1]) == 1000 // 96
+    assert all(torch.equal(a, b) for a, b in zip(*runs))

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, TensorDataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, TensorDataset, default_collate
 
 from fastae._device import autocast_dtype, resolve_device
 from fastae.train.checkpoint import STATE, WEIGHTS, resume_checkpoint, save_checkpoint
@@ -53,10 +53,25 @@ def _dataset(data, name):
     if isinstance(data, torch.Tensor):
         if not data.is_floating_point():
             raise TypeError(f"{name}: expected a float tensor of inputs in [0, 1], got {data.dtype}")
-        return TensorDataset(data)
+        return _Rows(data)
     if isinstance(data, Dataset):
         return data
     raise TypeError(f"{name}: expected a float Tensor [N, ...] or a torch Dataset, got {type(data).__name__}")
+
+
+class _Rows(TensorDataset):
+    """A tensor of inputs as a Dataset whose batches are one indexing of the tensor: the DataLoader
+    calls ``__getitems__`` with a batch's indices (same sampler, same order), instead of
+    ``__getitem__`` per row and a ``torch.stack`` (2.5 ms a batch of 256 MNIST rows, a tenth of an
+    MLP autoencoder's step on the CPU)."""
+
+    def __getitems__(self, indices):
+        return self.tensors[0][torch.as_tensor(indices, dtype=torch.long)]
+
+
+def _collate(batch):
+    """The DataLoader's collate_fn: a _Rows batch is already a tensor; anything else as torch's."""
+    return batch if isinstance(batch, torch.Tensor) else default_collate(batch)
 
 
 class _PhaseLoss(torch.nn.Module):
@@ -134,7 +149,7 @@ def fit(model, train, val=None, epochs=50, batch_size=256, optimizer="adam", lr=
     sampler = DistributedSampler(train_set, world, rank, shuffle=True, seed=seed) if world > 1 else None
     generator = torch.Generator().manual_seed(seed)
     loader = DataLoader(train_set, batch_size, shuffle=sampler is None, sampler=sampler, generator=generator,
-                        drop_last=len(train_set) > batch_size)
+                        drop_last=len(train_set) > batch_size, collate_fn=_collate)
     step_fn = _PhaseLoss(model)
     if world > 1:
         step_fn = torch.nn.parallel.DistributedDataParallel(step_fn, find_unused_parameters=len(optimizers) > 1)
@@ -189,7 +204,7 @@ def evaluate(model, data, batch_size=1024, device=None, amp_dtype=None):
     was_training = model.training
     model.eval()
     sums, seen = {}, 0
-    for batch in DataLoader(_dataset(data, "val"), batch_size):
+    for batch in DataLoader(_dataset(data, "val"), batch_size, collate_fn=_collate):
         x = _first(batch).to(device)
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             terms = model.loss(x, "ae")
