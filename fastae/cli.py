@@ -308,16 +308,13 @@ def cmd_anomaly(args):
 
 
 def _codec_factory(args):
-    import functools
-
-    from fastae.codec.api import load_codec
+    from fastae.codec.api import CodecFactory
 
     device = resolve_device(args.device, "--device")
-    factory = functools.partial(load_codec, quality=getattr(args, "quality", None), model=args.model, device=device,
-                                weights=args.weights, refine=getattr(args, "refine", 0),
-                                side_search=getattr(args, "side_search", True), precision=args.precision)
-    factory()  # fail now, with a clear message, on an unknown model, quality or weights file
-    return factory
+    # fails now, with a clear message, on an unknown model, quality or weights file
+    return CodecFactory(quality=getattr(args, "quality", None), model=args.model, device=device, weights=args.weights,
+                        refine=getattr(args, "refine", 0), side_search=getattr(args, "side_search", True),
+                        precision=args.precision)
 
 
 def _engine_options(args):

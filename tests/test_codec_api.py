@@ -213,3 +213,19 @@ def test_fastae_load_codec_is_the_one_entry_point():
     """fastae.load_codec, fastae.codec.load_codec and the function itself are one object."""
     assert fastae.load_codec is fastae.codec.load_codec is load_codec is fastae.codec.api.load_codec
     assert fastae.codec.Codec is fastae.codec.api.Codec and fastae.codec.Latents is Latents
+
+
+def test_codec_factory_checks_at_once_and_makes_one_codec_per_process(tmp_path):
+    import pickle
+
+    from fastae.codec.api import CodecFactory
+
+    weights = export_codec(tiny_model("factorized"), tmp_path / "tiny.safetensors", model_id="tiny")
+    with pytest.raises(ValueError, match="quality"):
+        CodecFactory(quality=99, weights=weights)
+    factory = CodecFactory(quality=2, weights=weights)
+    codec = factory()
+    assert factory() is codec and codec.quality == 2  # the checked codec serves this process
+    copy = pickle.loads(pickle.dumps(factory))  # a worker's copy makes its own
+    assert copy() is not codec and copy().quality == 2 and copy() is copy()
+    assert copy().compress(photo((24, 40))) == codec.compress(photo((24, 40)))

@@ -116,6 +116,25 @@ def load_codec(quality: Optional[int] = None, model: str = DEFAULT_MODEL, device
     return Codec(loaded, quality, refine, side_search, precision)
 
 
+class CodecFactory:
+    """A picklable zero-argument callable returning ``load_codec(**kwargs)``, for the code that
+    makes a codec per worker (fastae.codec.folder, fastae.datasets). It makes one at once, so bad
+    arguments fail before any work, and hands that one out again in this process; a pickled copy
+    (a worker process, a Ray actor) makes its own."""
+
+    def __init__(self, **kwargs):
+        self.kwargs = kwargs
+        self._codec = load_codec(**kwargs)
+
+    def __call__(self):
+        if self._codec is None:
+            self._codec = load_codec(**self.kwargs)
+        return self._codec
+
+    def __getstate__(self):
+        return {"kwargs": self.kwargs, "_codec": None}
+
+
 @dataclass
 class Latents:
     """Rounded latents of a batch: ``values`` int32 [B, M, h, w] (on the codec's device), the

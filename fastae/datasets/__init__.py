@@ -201,12 +201,10 @@ def decompress_dataset(src, dst, model=DEFAULT_MODEL, weights=None, device="cpu"
 
 
 def _factory(quality, model, weights, device, precision):
-    from fastae.codec.api import load_codec
+    from fastae.codec.api import CodecFactory
 
-    factory = functools.partial(load_codec, quality=quality, model=model, device=device, weights=weights,
-                                precision=precision)
-    factory()  # fail now, with a clear message, on an unknown model, quality or weights file
-    return factory
+    # fails now, with a clear message, on an unknown model, quality or weights file
+    return CodecFactory(quality=quality, model=model, device=device, weights=weights, precision=precision)
 
 
 def _run(action, src, dst, make_codec, input_format, format, column, engine, workers, gpus_per_worker, batch_size,
