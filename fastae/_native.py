@@ -63,8 +63,14 @@ LOAD_ERROR = _LOAD_ERROR
 
 
 def has_kernel(op, dispatch_key):
-    """Whether fastae._C registered a kernel of ``fastae_C::op`` for ``dispatch_key`` ("CPU", "CUDA")."""
-    return LOADED and torch._C._dispatch_has_kernel_for_dispatch_key(f"fastae_C::{op}", dispatch_key)
+    """Whether fastae._C registered a kernel of ``fastae_C::op`` for ``dispatch_key`` ("CPU", "CUDA")
+    (False for an op that this build does not define)."""
+    if not LOADED:
+        return False
+    try:
+        return torch._C._dispatch_has_kernel_for_dispatch_key(f"fastae_C::{op}", dispatch_key)
+    except RuntimeError:  # "operator fastae_C::op does not exist": built from older sources
+        return False
 
 
 def build_info():

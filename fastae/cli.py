@@ -470,8 +470,9 @@ def main(argv=None):
                             "'fastae[ray]')")
         p.add_argument("--workers", type=int, default=1, help="processes (local) or actors (ray)")
         p.add_argument("--gpus-per-worker", type=float, default=0, help="ray: GPUs of each actor (with --device cuda)")
-        p.add_argument("--batch-size", type=int, help="ray: folder images per task (default 8; Parquet files and "
-                                                       "shards go one per task)")
+        p.add_argument("--batch-size", type=int,
+                       help="local: folder images coded together (default 1; batching pays on a GPU, not on a CPU); "
+                            "ray: folder images per task (default 8; Parquet files and shards go one per task)")
         p.add_argument("--ray-address", help="ray: join this running cluster (default: start a local one)")
 
     compress = sub.add_parser("compress", help="compress the images of a folder, Parquet files or WebDataset shards "

@@ -407,3 +407,38 @@ def test_symlinked_folders_are_followed_once(tree, tmp_path):
     assert summary.files == 4 and summary.ignored >= 2
     written = sorted(p.relative_to(tmp_path / "dst").as_posix() for p in (tmp_path / "dst").rglob("*.fae"))
     assert written == sorted(f"again/{rel}" for rel in expected)  # the first link in sorted order
+
+
+def _same_codec(codec):
+    return codec
+
+
+def _contents(root):
+    return {rel: (Path(root) / rel).read_bytes() for rel in _files(root)}
+
+
+def test_batched_folder_runs_write_the_files_of_single_ones(tiny_codec, tmp_path):
+    """batch_size > 1 (compress_batch / decompress_many, for a GPU) writes the bytes of the
+    one-at-a-time run, and a bad image or a damaged file fails alone within its batch."""
+    import functools
+
+    src = tmp_path / "src"
+    src.mkdir()
+    for i, shape in enumerate([(40, 56), (40, 56), (64, 64), (40, 56), (33, 47)]):
+        Image.fromarray(photo(shape)).save(src / f"{i}.png")
+    Image.fromarray(photo((30, 30))[:, :, 0]).save(src / "grey.png")
+    (src / "bad.png").write_bytes(b"junk")
+    make = functools.partial(_same_codec, tiny_codec)
+    one = compress_folder(src, tmp_path / "one", make, progress=False)
+    three = compress_folder(src, tmp_path / "three", make, progress=False, batch_size=3)
+    assert (three.files, [f for f, _ in three.failed]) == (one.files, ["bad.png"]) == (6, ["bad.png"])
+    assert _contents(tmp_path / "three") == _contents(tmp_path / "one")
+    (tmp_path / "one" / "3.fae").write_bytes(b"FAE broken")
+    back = [decompress_folder(tmp_path / "one", tmp_path / f"back{b}", make, progress=False, batch_size=b)
+            for b in (1, 4)]
+    assert [(s.files, [f for f, _ in s.failed]) for s in back] == [(5, ["3.fae"])] * 2
+    assert _contents(tmp_path / "back4") == _contents(tmp_path / "back1")
+    with pytest.raises(ValueError, match="does not combine with workers=2"):
+        compress_folder(src, tmp_path / "x", make, workers=2, batch_size=2, progress=False)
+    with pytest.raises(ValueError, match="batch_size must be an integer >= 1, got 0"):
+        compress_folder(src, tmp_path / "x", make, batch_size=0, progress=False)

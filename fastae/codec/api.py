@@ -321,11 +321,16 @@ class Codec:
             if isinstance(batch, (str, Path, bytes, Image.Image, np.ndarray)):
                 raise TypeError(f"compress_batch: expected a [B, 3, H, W] tensor or a list of images, got one "
                                 f"{type(batch).__name__} (compress takes one image)")
-            items = []
-            for image in batch:
-                rgb, channels, bit_depth = to_rgb_array(image)
-                x = torch.from_numpy(np.require(rgb, requirements="W")).permute(2, 0, 1)[None]
-                items.append((self._model_channels(x, channels), channels, bit_depth))
+            items = [self._prepare(image) for image in batch]
+        return self._compress_prepared(items, batch_size)
+
+    def _prepare(self, image):
+        """``(x [1, C, H, W] uint8 or uint16, channels, bit depth)`` of an image as compress reads it."""
+        rgb, channels, bit_depth = to_rgb_array(image)
+        x = torch.from_numpy(np.require(rgb, requirements="W")).permute(2, 0, 1)[None]
+        return self._model_channels(x, channels), channels, bit_depth
+
+    def _compress_prepared(self, items, batch_size=None) -> list:
         out = [None] * len(items)
         for group in self._buckets([x.shape[-2:] for x, _, _ in items], batch_size):
             x = torch.cat([self._pad(_unit(items[k][0])) for k in group])

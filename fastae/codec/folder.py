@@ -125,10 +125,13 @@ def _mb(n):
 # Public entry points
 
 
-def compress_folder(src, dst, make_codec, workers=1, force=False, progress=True, extensions=None, runner=None):
+def compress_folder(src, dst, make_codec, workers=1, force=False, progress=True, extensions=None, runner=None,
+                    batch_size=1):
     """Compress every image under ``src`` to ``dst/<relative path>.fae``; return a :class:`Summary`.
 
     ``make_codec``: picklable zero-argument callable returning the codec (called once per worker).
+    ``batch_size``: images coded together in this process (``Codec.compress_batch``: batched
+    transforms on the codec's device, the same files), for a GPU; on a CPU one at a time is faster.
     ``extensions``: image suffixes to take (default :data:`IMAGE_EXTENSIONS`), case-insensitive.
     ``runner``: None (this process, or a pool of ``workers`` processes) or a callable
     ``runner(todo, task, make_codec, record)`` that runs ``_run_task(task, codec, in_path, out_path)``
@@ -158,19 +161,22 @@ def compress_folder(src, dst, make_codec, workers=1, force=False, progress=True,
     return _run_folder(
         "compressed", src, dst, make_codec, workers, force, progress,
         is_input=lambda name: _suffix(name) in exts, out_suffix=FAE_SUFFIX, task=_compress_task,
-        check_existing=check_existing, runner=runner,
+        check_existing=check_existing, runner=runner, batch_size=batch_size, batch_task=_compress_batch,
     )
 
 
-def decompress_folder(src, dst, make_codec, workers=1, force=False, progress=True, to="png", runner=None):
+def decompress_folder(src, dst, make_codec, workers=1, force=False, progress=True, to="png", runner=None,
+                      batch_size=1):
     """Decompress every ``.fae`` under ``src`` to ``dst/<relative path>.png`` (``to="npy"``: ``.npy``
-    arrays H x W x C uint8, C = 1 or 3); return a :class:`Summary`. ``runner``: as ``compress_folder``."""
+    arrays H x W x C uint8, C = 1 or 3); return a :class:`Summary`. ``runner``, ``batch_size``: as
+    ``compress_folder`` (here ``Codec.decompress_many``)."""
     if to not in DECODED_FORMATS:
         raise ValueError(f"to must be one of {DECODED_FORMATS}, got {to!r}")
     return _run_folder(
         "decompressed", src, dst, make_codec, workers, force, progress,
         is_input=lambda name: _suffix(name) == FAE_SUFFIX, out_suffix="." + to,
-        task=functools.partial(_decompress_task, to=to), runner=runner,
+        task=functools.partial(_decompress_task, to=to), runner=runner, batch_size=batch_size,
+        batch_task=functools.partial(_decompress_batch, to=to),
     )
 
 
@@ -179,7 +185,7 @@ def decompress_folder(src, dst, make_codec, workers=1, force=False, progress=Tru
 
 
 def _run_folder(action, src, dst, make_codec, workers, force, progress, is_input, out_suffix, task,
-                check_existing=None, runner=None):
+                check_existing=None, runner=None, batch_size=1, batch_task=None):
     if str(src) == "" or str(dst) == "":  # Path("") is the current folder: never what was meant
         raise ValueError(f"source and destination must be folder paths, got {str(src)!r} and {str(dst)!r}")
     src, dst = Path(src), Path(dst)
@@ -189,6 +195,11 @@ def _run_folder(action, src, dst, make_codec, workers, force, progress, is_input
         raise ValueError(f"workers must be an integer >= 1, got {workers!r}")
     if not callable(make_codec):
         raise TypeError(f"make_codec must be a zero-argument callable, got {make_codec!r}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+    if batch_size > 1 and (workers > 1 or runner is not None):
+        raise ValueError(f"batch_size {batch_size} batches images in this process (for its device); it does not "
+                         f"combine with workers={workers} or another engine")
 
     if os.path.lexists(dst) and not dst.is_dir():
         raise FileExistsError(f"destination {dst} exists and is not a folder")
@@ -223,6 +234,8 @@ def _run_folder(action, src, dst, make_codec, workers, force, progress, is_input
             else:
                 todo.append((rel, str(src / rel), str(dst / out_rel)))
 
+        if batch_size > 1:
+            task = functools.partial(_batched, batch_task=batch_task, size=batch_size)
         _process(todo, task, make_codec, workers, progress, summary, runner)
 
     summary.failed.sort()
@@ -259,6 +272,9 @@ def _process(todo, task, make_codec, workers, progress, summary, runner=None):
         if runner is not None:
             if todo:
                 runner(todo, task, make_codec, record)
+        elif isinstance(task, functools.partial) and task.func is _batched:
+            if todo:
+                task(make_codec(), todo, record)
         elif workers == 1 or len(todo) <= 1:
             if todo:
                 codec = make_codec()
@@ -338,6 +354,71 @@ def _compress_task(codec, in_path, out_path):
     return os.path.getsize(in_path), os.path.getsize(out_path), width * height
 
 
+def _batched(codec, todo, record, batch_task, size):
+    """Run ``todo`` ``size`` files at a time through ``batch_task(codec, items) -> [result]``."""
+    for start in range(0, len(todo), size):
+        items = todo[start:start + size]
+        for (rel, _, _), result in zip(items, batch_task(codec, items)):
+            record(rel, result)
+
+
+def _compress_batch(codec, items):
+    """The results of compressing ``items`` ([(rel, in_path, out_path)]) together: each image read
+    on its own (a bad one fails alone), the good ones through ``codec.compress_batch``."""
+    from PIL import Image
+
+    if not hasattr(codec, "_compress_prepared"):  # not a fastae Codec: one image at a time
+        return [_run_task(_compress_task, codec, i, o) for _, i, o in items]
+    results, prepared, where = [None] * len(items), [], []
+    for k, (_, in_path, _) in enumerate(items):
+        try:
+            prepared.append(codec._prepare(in_path))
+            where.append(k)
+        except Exception as exc:
+            results[k] = ("error", _message(exc))
+    try:
+        files = codec._compress_prepared(prepared) if prepared else []
+    except Exception:  # the batch as a whole (memory, a device error): each image on its own
+        files = None
+    for i, k in enumerate(where):
+        in_path, out_path = items[k][1], items[k][2]
+        if files is None:
+            results[k] = _run_task(_compress_task, codec, in_path, out_path)
+            continue
+        try:
+            with Image.open(in_path) as image:  # reads the header only
+                width, height = image.size
+            with atomic_path(out_path) as tmp:
+                _write_bytes(tmp, files[i])
+            results[k] = ("ok", os.path.getsize(in_path), len(files[i]), width * height)
+        except Exception as exc:
+            results[k] = ("error", _message(exc))
+    return results
+
+
+def _decompress_batch(codec, items, to="png"):
+    """The results of decoding ``items`` together (``codec.decompress_many``); when any file of the
+    batch is damaged, each file on its own, so that only the damaged ones fail."""
+    try:
+        datas = []
+        for _, in_path, _ in items:
+            with open(in_path, "rb") as f:
+                datas.append(f.read())
+        arrays = codec.decompress_many(datas)
+    except Exception:
+        return [_run_task(functools.partial(_decompress_task, to=to), codec, i, o) for _, i, o in items]
+    results = []
+    for data, array, (_, _, out_path) in zip(datas, arrays, items):
+        try:
+            encoded, pixels = encoded_file(array, to)
+            with atomic_path(out_path) as tmp:
+                _write_bytes(tmp, encoded)
+            results.append(("ok", len(data), len(encoded), pixels))
+        except Exception as exc:
+            results.append(("error", _message(exc)))
+    return results
+
+
 def _decompress_task(codec, in_path, out_path, to="png"):
     with open(in_path, "rb") as f:
         data = f.read()
@@ -354,12 +435,17 @@ PNG_LEVEL = 1
 def decoded_file(codec, data, to="png"):
     """``(bytes of a .png or .npy file, pixels)`` of the .fae bytes ``data`` decoded by ``codec``:
     a grey image as an 8-bit grey PNG / an H x W x 1 array, colour as RGB / H x W x 3, uint8."""
+    return encoded_file(codec.decompress(data), to)
+
+
+def encoded_file(array, to="png"):
+    """``(bytes of a .png or .npy file, pixels)`` of a decoded image (what ``decoded_file`` writes)."""
     import io
 
     import numpy as np
     from PIL import Image
 
-    array = np.asarray(codec.decompress(data))
+    array = np.asarray(array)
     if array.dtype != np.uint8:
         raise TypeError(f"codec.decompress returned dtype {array.dtype}, expected uint8")
     if array.ndim == 3 and array.shape[2] == 1:

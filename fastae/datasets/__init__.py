@@ -181,7 +181,8 @@ def compress_dataset(src, dst, quality=None, model=DEFAULT_MODEL, weights=None, 
     ``engine``: "local" (``workers`` processes) or "ray" (an actor pool of ``workers`` actors with
     ``gpus_per_worker`` GPUs each; ``ray_address`` joins a running cluster, else one is started
     here unless Ray is already initialised). ``batch_size``: images of a folder per Ray task
-    (default 8; Parquet files and shards are one per task)."""
+    (default 8; Parquet files and shards are one per task); with the local engine, images of a
+    folder coded together in one process (default 1; for a GPU, see ``Codec.compress_batch``)."""
     make_codec = make_codec or _factory(quality, model, weights, device, precision)
     return _run("compressed", src, dst, make_codec, input_format, format, column, engine, workers, gpus_per_worker,
                 batch_size, ray_address, force, progress, "png", images_per_file)
@@ -227,7 +228,7 @@ def _run(action, src, dst, make_codec, input_format, format, column, engine, wor
     run = engines.runner(engine, workers, gpus_per_worker,
                          batch_size or (8 if kind == "folder" and not pack else 1), ray_address, progress)
     if kind == "folder" and not pack:
-        return _run_folder(action, src, dst, make_codec, run, engine, force, progress, to, start)
+        return _run_folder(action, src, dst, make_codec, run, engine, force, progress, to, start, batch_size)
     out_kind = format if pack or convert else kind
     out_suffix = _SUFFIX.get(out_kind, "")  # a folder per input file when converting to a folder
     if "parquet" in (kind, out_kind):
@@ -388,16 +389,18 @@ def _process(todo, task, make_codec, run, summary, progress):
         bar.close()
 
 
-def _run_folder(action, src, dst, make_codec, run, engine, force, progress, to, start):
+def _run_folder(action, src, dst, make_codec, run, engine, force, progress, to, start, batch_size=None):
     from fastae.codec.folder import compress_folder, decompress_folder
 
     runner = run if engine != "local" else None
     workers = run.keywords.get("workers", 1)
+    batch = batch_size or 1 if engine == "local" else 1  # local: images coded together; ray: images per task
     if action == "compressed":
-        result = compress_folder(src, dst, make_codec, workers=workers, force=force, progress=progress, runner=runner)
+        result = compress_folder(src, dst, make_codec, workers=workers, force=force, progress=progress, runner=runner,
+                                 batch_size=batch)
     else:
         result = decompress_folder(src, dst, make_codec, workers=workers, force=force, progress=progress, to=to,
-                                   runner=runner)
+                                   runner=runner, batch_size=batch)
     summary = DatasetSummary(**dataclasses.asdict(result), kind="folder", images=result.files)
     summary.seconds = time.perf_counter() - start
     _write_errors(summary, Path(dst))
