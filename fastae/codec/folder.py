@@ -152,11 +152,7 @@ def compress_folder(src, dst, make_codec, workers=1, force=False, progress=True,
             header = read_header(path)
         except (CodecError, OSError) as e:
             return f"{path} exists but is not a readable .fae file ({e}); --force replaces it"
-        if (header.model_id, header.model_hash, header.quality) != (c.model_id, c.hash, c.quality):
-            made_by = header.model_id or f"unknown, hash {header.model_hash.hex()}"
-            return (f"{path} exists from another run (model {made_by}, quality {header.quality}; this run: "
-                    f"model {c.model_id}, quality {c.quality}); --force replaces it")
-        return None
+        return other_run(path, header, c)
 
     return _run_folder(
         "compressed", src, dst, make_codec, workers, force, progress,
@@ -234,16 +230,17 @@ def _run_folder(action, src, dst, make_codec, workers, force, progress, is_input
             else:
                 todo.append((rel, str(src / rel), str(dst / out_rel)))
 
-        if batch_size > 1:
-            task = functools.partial(_batched, batch_task=batch_task, size=batch_size)
-        _process(todo, task, make_codec, workers, progress, summary, runner)
+        _process(todo, task, make_codec, workers, progress, summary, runner,
+                 batch=(batch_task, batch_size) if batch_size > 1 else None)
 
     summary.failed.sort()
     summary.seconds = time.perf_counter() - start
     return summary
 
 
-def _process(todo, task, make_codec, workers, progress, summary, runner=None):
+def _process(todo, task, make_codec, workers, progress, summary, runner=None, batch=None):
+    """Run ``todo`` and record each result in ``summary``: through ``runner``, a pool of ``workers``
+    processes, ``batch`` = (batch_task, size) in this process, or ``task`` file by file here."""
     from tqdm.auto import tqdm
 
     desc = "compress" if summary.action == "compressed" else "decompress"
@@ -272,9 +269,9 @@ def _process(todo, task, make_codec, workers, progress, summary, runner=None):
         if runner is not None:
             if todo:
                 runner(todo, task, make_codec, record)
-        elif isinstance(task, functools.partial) and task.func is _batched:
+        elif batch is not None:
             if todo:
-                task(make_codec(), todo, record)
+                _batched(make_codec(), todo, record, *batch)
         elif workers == 1 or len(todo) <= 1:
             if todo:
                 codec = make_codec()
@@ -332,6 +329,16 @@ def _worker_task(task, in_path, out_path):
     return _run_task(task, _WORKER_CODEC, in_path, out_path)
 
 
+def other_run(path, header, codec):
+    """Why the output at ``path``, whose (first) .fae file has ``header``, is not from this run's
+    codec (None: it is, the output can be skipped)."""
+    if (header.model_id, header.model_hash, header.quality) == (codec.model_id, codec.hash, codec.quality):
+        return None
+    made_by = header.model_id or f"unknown, hash {header.model_hash.hex()}"
+    return (f"{path} exists from another run (model {made_by}, quality {header.quality}; this run: "
+            f"model {codec.model_id}, quality {codec.quality}); --force replaces it")
+
+
 def _run_task(task, codec, in_path, out_path):
     """Run one file; an Exception becomes an ("error", message) result, anything else
     (KeyboardInterrupt, SystemExit) propagates."""
@@ -345,6 +352,11 @@ def _compress_task(codec, in_path, out_path):
     data = codec.compress(in_path)
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise TypeError(f"codec.compress returned {type(data).__name__}, expected bytes")
+    return _store_compressed(in_path, out_path, data)
+
+
+def _store_compressed(in_path, out_path, data):
+    """Write the .fae bytes ``data`` of ``in_path`` to ``out_path``; (bytes in, bytes out, pixels)."""
     from PIL import Image
 
     with Image.open(in_path) as image:  # reads the header only
@@ -365,8 +377,6 @@ def _batched(codec, todo, record, batch_task, size):
 def _compress_batch(codec, items):
     """The results of compressing ``items`` ([(rel, in_path, out_path)]) together: each image read
     on its own (a bad one fails alone), the good ones through ``codec.compress_batch``."""
-    from PIL import Image
-
     if not hasattr(codec, "_compress_prepared"):  # not a fastae Codec: one image at a time
         return [_run_task(_compress_task, codec, i, o) for _, i, o in items]
     results, prepared, where = [None] * len(items), [], []
@@ -386,11 +396,7 @@ def _compress_batch(codec, items):
             results[k] = _run_task(_compress_task, codec, in_path, out_path)
             continue
         try:
-            with Image.open(in_path) as image:  # reads the header only
-                width, height = image.size
-            with atomic_path(out_path) as tmp:
-                _write_bytes(tmp, files[i])
-            results[k] = ("ok", os.path.getsize(in_path), len(files[i]), width * height)
+            results[k] = ("ok", *_store_compressed(in_path, out_path, files[i]))
         except Exception as exc:
             results[k] = ("error", _message(exc))
     return results
@@ -410,10 +416,7 @@ def _decompress_batch(codec, items, to="png"):
     results = []
     for data, array, (_, _, out_path) in zip(datas, arrays, items):
         try:
-            encoded, pixels = encoded_file(array, to)
-            with atomic_path(out_path) as tmp:
-                _write_bytes(tmp, encoded)
-            results.append(("ok", len(data), len(encoded), pixels))
+            results.append(("ok", *_store_decoded(data, array, out_path, to)))
         except Exception as exc:
             results.append(("error", _message(exc)))
     return results
@@ -422,7 +425,12 @@ def _decompress_batch(codec, items, to="png"):
 def _decompress_task(codec, in_path, out_path, to="png"):
     with open(in_path, "rb") as f:
         data = f.read()
-    encoded, pixels = decoded_file(codec, data, to)
+    return _store_decoded(data, codec.decompress(data), out_path, to)
+
+
+def _store_decoded(data, array, out_path, to):
+    """Write the decoded image ``array`` of the .fae bytes ``data`` to ``out_path``; (bytes in, bytes out, pixels)."""
+    encoded, pixels = encoded_file(array, to)
     with atomic_path(out_path) as tmp:
         _write_bytes(tmp, encoded)
     return len(data), len(encoded), pixels

@@ -37,7 +37,7 @@ import posixpath
 import re
 import tarfile
 
-from fastae.codec.folder import FAE_SUFFIX
+from fastae.codec.folder import FAE_SUFFIX, other_run
 from fastae.datasets import parquet, webdataset
 
 ROWS_PER_GROUP = 64
@@ -84,19 +84,6 @@ def _json_value(value):
     return value
 
 
-def _compress(codec, data, stats):
-    from fastae.data.images import open_image
-
-    image = open_image(data)
-    out = codec.compress(image)
-    width, height = image.size
-    stats["images"] += 1
-    stats["pixels"] += width * height
-    stats["bytes_in"] += len(data)
-    stats["bytes_out"] += len(out)
-    return out
-
-
 def _rows(source, name, kind, columns):
     """``(row, image bytes or None, {column: value})`` of every row, one row group in memory."""
     row = 0
@@ -141,7 +128,7 @@ def parquet_to_shard(codec, in_path, out_path, column=None):
             key = keys[row]
             if data is not None:
                 try:
-                    add(key + FAE_SUFFIX, _compress(codec, data, stats))
+                    add(key + FAE_SUFFIX, parquet.compress_image(codec, data, stats)[0])
                 except Exception as e:  # noqa: BLE001 - the sample keeps its other members
                     stats["errors"].append({"row": row, "reason": f"{type(e).__name__}: {e}"})
             for c, value in values.items():
@@ -164,7 +151,7 @@ def parquet_to_folder(codec, in_path, out_path, column=None):
             if data is None:
                 continue
             try:
-                encoded = _compress(codec, data, stats)
+                encoded = parquet.compress_image(codec, data, stats)[0]
             except Exception as e:  # noqa: BLE001 - the row is left out and reported
                 stats["errors"].append({"row": row, "reason": f"{type(e).__name__}: {e}"})
                 continue
@@ -291,9 +278,5 @@ def check_existing_folder(path, codec):
                         header = read_header(f.read())
                 except (CodecError, OSError) as e:
                     return f"{path} exists but holds an unreadable .fae file ({e}); --force replaces it"
-                if (header.model_id, header.model_hash, header.quality) != (codec.model_id, codec.hash, codec.quality):
-                    return (f"{path} exists from another run (model {header.model_id or header.model_hash.hex()}, "
-                            f"quality {header.quality}; this run: model {codec.model_id}, quality {codec.quality}); "
-                            f"--force replaces it")
-                return None
+                return other_run(path, header, codec)
     return None

@@ -145,8 +145,6 @@ def _compress_cells(codec, cells, kind, first_row, stats):
     """The compressed cells of ``cells`` (binary or {bytes, path} structs) and the arrays of the
     ``fae_*`` columns; failures go to ``stats["errors"]`` with their row number."""
     pa, _ = _pa()
-    from fastae.data.images import open_image
-
     fields = _fae_fields()
     images, extra = [], [[] for _ in fields]
     for row, cell in enumerate(cells, first_row):
@@ -156,14 +154,8 @@ def _compress_cells(codec, cells, kind, first_row, stats):
             info = (None, None, None, None, "the cell has a path but no image bytes")
         elif data is not None:
             try:
-                image = open_image(data)
-                width, height = image.size
-                out = codec.compress(image)
+                out, (width, height) = compress_image(codec, data, stats)
                 info = (height, width, codec.quality, codec.model_id, None)
-                stats["images"] += 1
-                stats["pixels"] += width * height
-                stats["bytes_in"] += len(data)
-                stats["bytes_out"] += len(out)
             except Exception as e:  # noqa: BLE001 - the row keeps its place, the reason is kept
                 info = (None, None, None, None, f"{type(e).__name__}: {e}")
         if info[4] is not None:
@@ -174,6 +166,21 @@ def _compress_cells(codec, cells, kind, first_row, stats):
         for values, v in zip(extra, info):
             values.append(v)
     return images, [pa.array(values, type=f.type) for values, f in zip(extra, fields)]
+
+
+def compress_image(codec, data, stats):
+    """``(.fae bytes, (width, height))`` of the image file bytes ``data``, read as files are
+    (fastae.data.open_image), counted in ``stats``."""
+    from fastae.data.images import open_image
+
+    image = open_image(data)
+    out = codec.compress(image)
+    width, height = image.size
+    stats["images"] += 1
+    stats["pixels"] += width * height
+    stats["bytes_in"] += len(data)
+    stats["bytes_out"] += len(out)
+    return out, image.size
 
 
 def pack_files(codec, files, out_path, rows_per_group=64):

@@ -15,7 +15,7 @@ import io
 import os
 import tarfile
 
-from fastae.codec.folder import FAE_SUFFIX, decoded_file
+from fastae.codec.folder import FAE_SUFFIX, decoded_file, other_run
 from fastae.data.images import IMAGE_EXTENSIONS
 
 SUFFIX = ".tar"
@@ -158,13 +158,7 @@ def check_existing(path, codec):
         with _open(path) as shard:
             for member in shard:
                 if member.isfile() and member.name.endswith(FAE_SUFFIX):
-                    header = read_header(shard.extractfile(member).read())
-                    if (header.model_id, header.model_hash, header.quality) != (codec.model_id, codec.hash,
-                                                                                codec.quality):
-                        return (f"{path} exists from another run (model {header.model_id or header.model_hash.hex()}, quality "
-                                f"{header.quality}; this run: model {codec.model_id}, quality {codec.quality}); "
-                                f"--force replaces it")
-                    return None
+                    return other_run(path, read_header(shard.extractfile(member).read()), codec)
     except (ValueError, CodecError, tarfile.TarError, OSError) as e:
         return f"{path} exists but is not a readable shard of .fae files ({e}); --force replaces it"
     return None
