@@ -9,11 +9,15 @@ context run in float64: fastae/codec/parameters.py). --streams sums, over the wh
 quality, the bytes of each part of the files: a checkerboard model's anchors (streams 0-1), the
 other latents (2-3, coded with the context), the hyper-latents (4-5).
 
+--keep-freed-memory runs it as the ``fastae`` command does (``fastae.keep_freed_memory()``: no page
+faults for each new large tensor); each line gives the page faults per image either way.
+
     python experiments/codec_speed.py --data ../shared/data/kodak [--weights FILE] [--qualities 1 4 8]
-        [--images 12] [--refine 30] [--table-flips] [--streams]
+        [--images 12] [--refine 30] [--table-flips] [--streams] [--keep-freed-memory]
 """
 
 import argparse
+import resource
 import statistics
 import time
 
@@ -73,7 +77,10 @@ def main(argv=None):
     parser.add_argument("--refine", type=int, default=0, help="also time compress with this many refinement steps")
     parser.add_argument("--table-flips", action="store_true", help="count float32/float64 table disagreements")
     parser.add_argument("--streams", action="store_true", help="bytes of each part of the files, per quality")
+    parser.add_argument("--keep-freed-memory", action="store_true", help="call fastae.keep_freed_memory() first")
     args = parser.parse_args(argv)
+    if args.keep_freed_memory:
+        fastae.keep_freed_memory()
     if args.images < 1:
         parser.error(f"--images must be at least 1, got {args.images}")
     paths = list_images(args.data)
@@ -86,12 +93,14 @@ def main(argv=None):
         codec = fastae.load_codec(quality=quality, weights=args.weights)
         codec.decompress(codec.compress(timed[0]))  # warm-up
         files = [codec.compress(rgb) for rgb in timed]
+        faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         line = (f"quality {quality}: compress {_median_seconds(codec.compress, timed):.3f} s, "
                 f"decompress {_median_seconds(codec.decompress, files):.3f} s")
+        faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults) / len(timed)
         if args.refine:
             refined = fastae.load_codec(quality=quality, weights=args.weights, refine=args.refine)
             line += f", compress with refine={args.refine} {_median_seconds(refined.compress, timed):.2f} s"
-        print(f"{line} (median over {len(timed)} images, {threads} threads)")
+        print(f"{line} (median over {len(timed)} images, {threads} threads, {faults:.0f} page faults per image)")
         if args.streams:
             parts = stream_bytes(codec, images)
             line = f"quality {quality}: " + ", ".join(f"{k} {v} B" for k, v in parts.items())

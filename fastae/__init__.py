@@ -8,6 +8,7 @@
 
 __version__ = "0.1.0"
 
+from fastae._malloc import keep_freed_memory  # noqa: E402
 from fastae._native import build_info  # noqa: E402
 from fastae import codec, nn, ops  # noqa: E402
 from fastae.codec import CodecError  # noqa: E402
@@ -22,4 +23,5 @@ def __getattr__(name):  # fastae.load_codec is fastae.codec.api.load_codec, impo
     raise AttributeError(f"module 'fastae' has no attribute {name!r}")
 
 
-__all__ = ["__version__", "CodecError", "build_info", "codec", "load_codec", "nn", "ops", "register_pillow"]
+__all__ = ["__version__", "CodecError", "build_info", "codec", "keep_freed_memory", "load_codec", "nn", "ops",
+           "register_pillow"]

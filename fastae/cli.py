@@ -523,6 +523,9 @@ def main(argv=None):
 
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
+    from fastae._malloc import keep_freed_memory_unless_disabled
+
+    keep_freed_memory_unless_disabled()  # no page faults for each new large tensor (fastae._malloc)
     try:
         return args.func(args)
     except (ValueError, TypeError, FileNotFoundError, FileExistsError, FloatingPointError) as e:  # bad input: say what, no traceback
