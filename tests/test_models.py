@@ -294,3 +294,30 @@ def test_bad_inputs_are_named():
         model.decode(torch.rand(4, 3))
     with pytest.raises(ValueError, match=r"unknown phase 'disc'; expected one of \['ae'\]"):
         model.loss(blobs(4), "disc")
+
+
+@pytest.mark.parametrize("cls", [ConvAutoencoder, ConvVAE])
+def test_conv_models_run_channels_last_with_the_nchw_values(cls):
+    """The conv layers keep channels-last weights (oneDNN then runs channels-last from the first
+    layer on); loss and gradients are those of the same weights in NCHW, and the state_dict saved
+    contiguous loads back into the channels-last model."""
+    torch.manual_seed(0)
+    model = cls(input_shape=(3, 20, 18), channels=(8, 16), latent=4)
+    convs = [m for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d))]
+    assert convs and all(c.weight.is_contiguous(memory_format=torch.channels_last) and not c.weight.is_contiguous()
+                         for c in convs)
+    reference = cls(input_shape=(3, 20, 18), channels=(8, 16), latent=4)
+    reference.load_state_dict({k: v.contiguous() for k, v in model.state_dict().items()})
+    for c in reference.modules():
+        if isinstance(c, (torch.nn.Conv2d, torch.nn.ConvTranspose2d)):
+            c.weight.data = c.weight.data.contiguous()
+        if isinstance(c, torch.nn.ReLU):
+            c.inplace = False
+    model.eval(), reference.eval()  # no sampling noise in the VAE's code
+    x = torch.rand(5, 3, 20, 18)
+    losses = [m.loss(x)["loss"] for m in (model, reference)]
+    torch.testing.assert_close(losses[0], losses[1], rtol=1e-5, atol=1e-6)
+    for loss in losses:
+        loss.backward()
+    for (name, p), q in zip(model.named_parameters(), reference.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-6, msg=name)

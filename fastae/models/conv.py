@@ -2,11 +2,21 @@
 
 import math
 
+import torch
 from torch import Tensor, nn
 
 from fastae.nn import FusedLinear
 from fastae.ops import ACTIVATIONS, reconstruction_loss
 from fastae.models.base import LOSSES, Autoencoder, full_precision
+
+
+def _channels_last(layers: nn.Sequential) -> nn.Sequential:
+    """``layers`` with their convolution weights channels-last, so that oneDNN's convolutions read
+    and write channels-last activations from the first layer on (measured on the 2-core Xeon, the
+    conv AE's train step at batch 4096: 1.2x in fp32, 1.5x in bf16 against NCHW; docs/training.md).
+    Values agree up to the order of the sums; a state_dict saved from it is contiguous after ``.contiguous()``, as
+    fastae's checkpoints write it, and loads into either layout."""
+    return layers.to(memory_format=torch.channels_last)
 
 
 def conv_sizes(height: int, width: int, n: int) -> list:
@@ -26,8 +36,8 @@ class ConvEncoder(nn.Module):
         self.input_shape = tuple(input_shape)
         layers = []
         for c_in, c_out in zip((input_shape[0], *channels[:-1]), channels):
-            layers += [nn.Conv2d(c_in, c_out, 3, stride=2, padding=1), nn.ReLU()]
-        self.convs = nn.Sequential(*layers)
+            layers += [nn.Conv2d(c_in, c_out, 3, stride=2, padding=1), nn.ReLU(inplace=True)]
+        self.convs = _channels_last(nn.Sequential(*layers))
         self.features = channels[-1] * math.prod(conv_sizes(*input_shape[1:], len(channels))[-1])
 
     def forward(self, x: Tensor) -> Tensor:
@@ -51,8 +61,8 @@ class ConvDecoder(nn.Module):
             # A stride-2 transposed conv makes 2·n - 1 + output_padding out of n.
             padding = tuple(big - 2 * small + 1 for big, small in zip(sizes[i], sizes[i + 1]))
             layers += [nn.ConvTranspose2d(channels[i], outs[i], 3, stride=2, padding=1, output_padding=padding),
-                       nn.ReLU() if i else nn.Sigmoid()]
-        self.deconvs = nn.Sequential(*layers)
+                       nn.ReLU(inplace=True) if i else nn.Sigmoid()]
+        self.deconvs = _channels_last(nn.Sequential(*layers))
 
     def forward(self, z: Tensor) -> Tensor:
         return self.deconvs(self.linear(z).reshape(z.shape[0], *self.code_shape))
