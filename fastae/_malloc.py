@@ -4,9 +4,9 @@ glibc's malloc serves an allocation above its mmap threshold (at most 32 MiB by 
 fresh pages from the kernel and returns them when the block is freed, and it trims the free top of
 the heap. PyTorch's CPU allocator is malloc, so each large tensor the codec or a training step
 makes anew -- every activation of a Kodak-sized image is 5-40 MB -- costs a page fault per 4 KiB
-touched: about 18,000 faults per Kodak image, measured. Raising the thresholds keeps those pages
-in the process for the next tensor: the codec's compress/decompress of a Kodak image dropped from
-about 127/115 ms to 112/104 ms on the development machine (docs/codec.md, Speed). The price is
+touched: 9,500 to 19,000 faults per Kodak image, measured. Raising the thresholds keeps those
+pages in the process for the next tensor (2 to 171 faults per image) and makes the codec and the
+train steps faster (docs/codec.md, "Memory kept between images"; docs/training.md). The price is
 memory: up to ``trim`` bytes of free heap stay with the process.
 
 The ``fastae`` command calls it first. In your own program call ``fastae.keep_freed_memory()``, or
@@ -41,7 +41,8 @@ def keep_freed_memory(mmap_threshold: int = 256 * MIB, trim: int = 1024 * MIB, t
     """Serve allocations below ``mmap_threshold`` bytes from the heap and keep up to ``trim`` bytes
     of freed heap in the process (growing it ``top_pad`` bytes at a time), for this process and,
     through glibc's environment variables, the processes it starts (fastae's worker processes).
-    Returns whether glibc accepted the settings (False elsewhere than Linux with glibc)."""
+    Values above 2 GiB - 1 (mallopt's int) are capped there. Returns whether glibc accepted the
+    settings (False elsewhere than Linux with glibc)."""
     for name, value in (("mmap_threshold", mmap_threshold), ("trim", trim), ("top_pad", top_pad)):
         if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 1 << 62:
             raise ValueError(f"keep_freed_memory: {name} must be a non-negative number of bytes, got {value!r}")
@@ -49,11 +50,11 @@ def keep_freed_memory(mmap_threshold: int = 256 * MIB, trim: int = 1024 * MIB, t
     if libc is None:
         return False
     values = {_M_MMAP_THRESHOLD: mmap_threshold, _M_TRIM_THRESHOLD: trim, _M_TOP_PAD: top_pad}
-    ok = all(libc.mallopt(ctypes.c_int(param), ctypes.c_int(min(value, 2 ** 31 - 1))) == 1
-             for param, value in values.items())
+    accepted = [libc.mallopt(ctypes.c_int(param), ctypes.c_int(min(value, 2 ** 31 - 1))) == 1
+                for param, value in values.items()]
     for name, param in _ENV.items():
-        os.environ.setdefault(name, str(values[param]))
-    return ok
+        os.environ.setdefault(name, str(min(values[param], 2 ** 31 - 1)))
+    return all(accepted)
 
 
 def keep_freed_memory_unless_disabled() -> bool:

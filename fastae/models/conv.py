@@ -13,9 +13,9 @@ from fastae.models.base import LOSSES, Autoencoder, full_precision
 def _channels_last(layers: nn.Sequential) -> nn.Sequential:
     """``layers`` with their convolution weights channels-last, so that oneDNN's convolutions read
     and write channels-last activations from the first layer on (measured on the 2-core Xeon, the
-    conv AE's train step at batch 4096: 1.2x in fp32, 1.5x in bf16 against NCHW; docs/training.md).
-    Values agree up to the order of the sums; a state_dict saved from it is contiguous after ``.contiguous()``, as
-    fastae's checkpoints write it, and loads into either layout."""
+    conv AE's train step against NCHW weights: 1.26x in bf16 at batch 4096, about even in fp32 and
+    at batch 256; docs/training.md). Values agree up to the order of the sums. fastae's checkpoints
+    save the weights ``.contiguous()``; a state_dict of either layout loads into it."""
     return layers.to(memory_format=torch.channels_last)
 
 
