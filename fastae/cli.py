@@ -120,7 +120,8 @@ def cmd_train_codec(args):
                           downscale=args.downscale, device=args.device, seed=args.seed, resume=args.resume,
                           time_limit=args.time_limit, kind=args.kind, init=args.init,
                           compile=args.compile, stop_at=args.stop_at, hyper_input=args.hyper_input,
-                          widths=args.widths, checkpoint_every=args.checkpoint_every)
+                          widths=args.widths, checkpoint_every=args.checkpoint_every,
+                          quality_order=args.quality_order)
     weights = export_codec(load_model(out), out / "codec.safetensors", model_id=args.model_id,
                            weights_dtype=args.weights_dtype)
     last = {}
@@ -174,7 +175,7 @@ _ZOO_ONLY = ("--epochs", "--optimizer", "--weight-decay", "--amp", "--loss", "--
              "--size")
 _CODEC_ONLY = ("--lmbda", "--steps", "--crop", "--channels", "--widths", "--downscale", "--time-limit", "--kind", "--stop-at",
                "--compile", "--hyper-input", "--init", "--model-id", "--weights-dtype", "--entropy-only", "--integer",
-               "--pool")
+               "--pool", "--quality-order")
 
 
 def _given(argv, options):
@@ -407,6 +408,9 @@ def main(argv=None):
                             "checkerboard context (the last two: crop a multiple of 64)")
     codec.add_argument("--stop-at", type=int, metavar="STEP",
                        help="stop after this step, the learning rate still following --steps")
+    codec.add_argument("--quality-order", type=int, nargs="+", metavar="Q",
+                       help="the qualities the steps train, in a cycle (default 1 2 ... one per --lmbda); repeat "
+                            "some to train them more often")
     codec.add_argument("--compile", action="store_true",
                        help="torch.compile the training step (compiles for a few minutes, then faster steps)")
     codec.add_argument("--hyper-input", choices=["noise", "rounded"], default="noise",

@@ -195,3 +195,24 @@ def test_load_photos_names_what_it_leaves_out(tmp_path):
     assert "1 not readable as images (broken.png)" in message and "readme" not in message
     with pytest.raises(ValueError, match="no image of at least 128x128"):
         load_photos(tmp_path, downscale=1, min_side=128)
+
+
+def test_quality_order_chooses_each_steps_quality(photos, tmp_path):
+    """Step i trains quality_order[i % len]: the history (a checkpoint per step) lists them in turn;
+    the default order is 1..Q, the same run as passing it."""
+    order = [2, 1, 2]
+    history = train_codec(photos, tmp_path / "o", steps=5, crop=64, amp=False, quality_order=order,
+                          **{**TINY, "checkpoint_every": 1})
+    assert [row["quality"] for row in history] == [2, 1, 2, 2, 1]
+    default = train_codec(photos, tmp_path / "d", steps=2, crop=64, amp=False, **TINY)
+    explicit = train_codec(photos, tmp_path / "e", steps=2, crop=64, amp=False, quality_order=[1, 2], **TINY)
+    assert default == explicit
+
+
+@pytest.mark.parametrize("order, message", [([], "must list qualities in 1..2"), ([1, 3], "must list qualities"),
+                                            ([0, 1, 2], "must list qualities"), ([True, 2], "must list qualities"),
+                                            ([2, 2], r"must train every quality at least once; it lacks \[1\]")])
+def test_quality_order_rejects_bad_orders(photos, tmp_path, order, message):
+    with pytest.raises(ValueError, match=f"train_codec: quality_order {message}"):
+        train_codec(photos, tmp_path / "bad", steps=1, crop=64, quality_order=order, **TINY)
+    assert not (tmp_path / "bad").exists()  # refused before anything is written

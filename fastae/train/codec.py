@@ -142,11 +142,26 @@ def _warm_start(model: CodecModel, init) -> list:
     return sorted(take)
 
 
+def _quality_order(order, qualities: int) -> tuple:
+    """``order`` (qualities 1..``qualities``, each at least once) as a tuple; None: 1..qualities."""
+    if order is None:
+        return tuple(range(1, qualities + 1))
+    order = tuple(order)
+    bad = [q for q in order if isinstance(q, bool) or not isinstance(q, int) or not 1 <= q <= qualities]
+    if bad or not order:
+        raise ValueError(f"train_codec: quality_order must list qualities in 1..{qualities} (one per lambda), "
+                         f"got {list(order)}")
+    missing = sorted(set(range(1, qualities + 1)) - set(order))
+    if missing:
+        raise ValueError(f"train_codec: quality_order must train every quality at least once; it lacks {missing}")
+    return order
+
+
 def train_codec(data, out, steps: int = 20000, batch_size: int = 8, crop: int = 128, lr: float = 3e-4,
                 N: int = 128, M: int = 192, lambdas=LAMBDAS, downscale: int = 2, device="auto", seed: int = 0,
                 checkpoint_every: int = 250, resume: bool = False, amp: bool = True, progress: bool = True,
                 time_limit: float = None, kind: str = "factorized", init=None, compile: bool = False,
-                stop_at: int = None, hyper_input: str = "noise", widths=None):
+                stop_at: int = None, hyper_input: str = "noise", widths=None, quality_order=None):
     """Train a codec model of ``kind`` on random crops of the photos in ``data``; checkpoints in ``out``.
 
     ``time_limit`` (seconds) stops early after a checkpoint (resume later with ``resume=True``);
@@ -159,6 +174,9 @@ def train_codec(data, out, steps: int = 20000, batch_size: int = 8, crop: int = 
     (``HyperpriorCodec.hyper_input``). ``widths``: the transforms' channels at 1/2, 1/4 and 1/8 of
     the image size (default N at each). ``init`` of a narrower model of the same kind widens it.
     ``amp``: True (bf16 autocast on a GPU and on a CPU that computes bf16 natively), False or "bf16".
+    ``quality_order``: the qualities (1-based) that steps 0, 1, 2, ... train, in a cycle (default
+    1, 2, ..., one per lambda); repeating some trains them more often, e.g. new top qualities whose
+    transforms must still learn to use the rate (a resumed run may change it).
     Returns the history: a list of {"step", "quality", "loss", "bpp", "psnr"}, each quality's steps
     averaged between two checkpoints (every ``checkpoint_every`` steps, all qualities counted).
     """
@@ -188,6 +206,7 @@ def train_codec(data, out, steps: int = 20000, batch_size: int = 8, crop: int = 
     if time_limit is not None and not 0 <= time_limit < math.inf:
         raise ValueError(f"train_codec: time_limit must be a number of seconds >= 0, got {time_limit!r}")
     end = steps if stop_at is None else stop_at
+    order = _quality_order(quality_order, len(lambdas))
     device = resolve_device(device, "train_codec: device")
     # bf16 autocast on a GPU, and on a CPU with native bf16; the entropy models stay fp32 (CodecModel.forward).
     amp_dtype = autocast_dtype(amp, device, cpu=True)
@@ -239,7 +258,7 @@ def train_codec(data, out, steps: int = 20000, batch_size: int = 8, crop: int = 
         print(f"train_codec: the checkpoint in {out} is at step {start}, not before step {end}: nothing to train "
               f"(raise --steps to continue)")
     for step in range(start, end):
-        quality = step % model.qualities + 1
+        quality = order[step % len(order)]
         for group in optimizer.param_groups:
             group["lr"] = _lr_at(step, steps, lr) * group["scale"]
         x = random_crops(photos, batch_size, crop, generator).to(device, non_blocking=True)
