@@ -1,6 +1,11 @@
 """fastae.ops.fused_mlp on every backend against the plain-PyTorch oracle: the same layers as
 act_i(F.linear(h, w_i, b_i)) one after another, in fp32 from the same values."""
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -236,3 +241,29 @@ def test_mlp_autoencoder_one_call_loss_equals_the_layered_loss(name):
         assert_close(terms[k], ref[k], 1e-6, 1e-6)
     for got, p in zip(grads, model.parameters()):
         assert_close(got, p.grad, 1e-5, 1e-5)
+
+
+_GEMM_PATHS = """
+import sys, torch
+from tests.test_fused_mlp import make_params, run
+from tests._util import assert_close
+torch.manual_seed(0)
+weights, biases = make_params([96, 40, 8, 40, 96], torch.float32, "cpu")
+x, grad = torch.rand(33, 96), torch.randn(33, 96)
+out, ref, grads = run("cpu", x, weights, biases, ["relu", "gelu", "relu", "sigmoid"], grad)
+assert_close(out, ref, atol=1e-5, rtol=1e-4)
+for got, want in grads:
+    assert_close(got, want, atol=1e-5, rtol=1e-4)
+print("ok")
+"""
+
+
+@pytest.mark.skipif(not fastae.build_info()["loaded"], reason="fastae._C not built")
+@pytest.mark.parametrize("onednn", ["0", "1"])
+def test_cpu_gemm_paths_match_the_oracle(onednn):
+    """The C++ op's GEMMs through MKL (at::addmm / at::mm) and through oneDNN's inner product (the
+    choice on non-Intel CPUs, forced here with FASTAE_CPU_ONEDNN=1), read once per process."""
+    env = {**os.environ, "FASTAE_CPU_ONEDNN": onednn}
+    out = subprocess.run([sys.executable, "-c", _GEMM_PATHS], capture_output=True, text=True, env=env,
+                         cwd=Path(__file__).resolve().parents[1])
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
