@@ -7,7 +7,9 @@
 // row-major order; the encoder runs backwards so the decoder reads forwards.
 #include <torch/library.h>
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <vector>
@@ -165,15 +167,51 @@ at::Tensor rans_decode(const at::Tensor& data, const at::Tensor& cdfs, const at:
   return out;
 }
 
+// Table index of each float64 scale: the number of thresholds below it, as
+// torch.searchsorted(thresholds, scales) counts (NaN: all of them), in one pass. below[k] holds the
+// count of thresholds below the grid point k / 2^bits (k clamped to [0, below.size - 1], where every
+// threshold is below); the thresholds are more than a grid step apart, so at most the one at
+// below[k] can lie between k / 2^bits and the scale. fastae.codec.entropy.GaussianConditional.index.
+at::Tensor grid_index(const at::Tensor& scales, const at::Tensor& below, const at::Tensor& thresholds, int64_t bits) {
+  TORCH_CHECK(scales.scalar_type() == at::kDouble && thresholds.scalar_type() == at::kDouble &&
+                  below.scalar_type() == at::kInt && below.dim() == 1 && below.numel() > 0 && thresholds.dim() == 1,
+              "grid_index: expected float64 scales and thresholds [T] and int32 below [K + 1], got ",
+              scales.scalar_type(), ", ", thresholds.scalar_type(), " ", thresholds.sizes(), " and ",
+              below.scalar_type(), " ", below.sizes());
+  TORCH_CHECK(bits >= 0 && bits <= 52, "grid_index: bits must be in 0..52, got ", bits);
+  const at::Tensor s = scales.contiguous(), b = below.contiguous(), t = thresholds.contiguous();
+  at::Tensor out = at::empty(s.sizes(), s.options().dtype(at::kInt));
+  const double* sp = s.const_data_ptr<double>();
+  const int32_t* bp = b.const_data_ptr<int32_t>();
+  const double* tp = t.const_data_ptr<double>();
+  int32_t* op = out.mutable_data_ptr<int32_t>();
+  const int64_t last = b.numel() - 1, count = t.numel();
+  const double unit = std::ldexp(1.0, static_cast<int>(bits));
+  at::parallel_for(0, s.numel(), 32768, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      const double v = sp[i];
+      const double f = std::floor(v * unit);
+      const int64_t k = v != v ? last : !(f >= 0.0) ? 0 : f >= static_cast<double>(last) ? last : static_cast<int64_t>(f);
+      int32_t idx = bp[k];
+      if (idx < count && tp[idx] < v) ++idx;
+      op[i] = idx;
+    }
+  });
+  return out;
+}
+
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(fastae_C, m) {
   // rANS coder of the .fae format; see the top of csrc/rans.cpp.
   m.def("rans_encode(Tensor symbols, Tensor cdfs, Tensor index, int precision) -> Tensor");
   m.def("rans_decode(Tensor data, Tensor cdfs, Tensor index, int length, int precision) -> Tensor");
+  m.def("grid_index(Tensor scales, Tensor below, Tensor thresholds, int bits) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(fastae_C, CompositeExplicitAutograd, m) {
   m.impl("rans_encode", &rans_encode);
   m.impl("rans_decode", &rans_decode);
 }
+
+TORCH_LIBRARY_IMPL(fastae_C, CPU, m) { m.impl("grid_index", &grid_index); }

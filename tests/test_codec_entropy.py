@@ -187,3 +187,42 @@ def test_entropy_models_name_missing_and_malformed_tables():
     with pytest.raises(ValueError, match="scales must be increasing positive float64"):
         gaussian.load_tables({**tables, "scales": tables["scales"].flip(0)})
 
+
+
+def _index_cases(thresholds):
+    g = torch.Generator().manual_seed(0)
+    grid = torch.randint(0, 2 ** 21, (50000,), generator=g).double() * 2.0 ** -12  # the integer networks' scales
+    real = torch.rand(50000, generator=g, dtype=torch.float64) * 300
+    edges = torch.cat([thresholds, torch.nextafter(thresholds, torch.full_like(thresholds, -1.0)),
+                       torch.nextafter(thresholds, torch.full_like(thresholds, 1e9)),
+                       torch.tensor([0.0, -1.0, 1e-300, 2.0 ** -12, 1e300, float("inf"), float("-inf"),
+                                     float("nan")], dtype=torch.float64)])
+    return {"grid": grid, "real": real, "edges": edges}
+
+
+@pytest.mark.parametrize("shape", [(-1,), (2, 5, -1)])
+def test_index_is_searchsorted_of_the_thresholds(shape):
+    """GaussianConditional.index (fastae._C's grid lookup on the CPU where built, else searchsorted)
+    counts the thresholds below each scale exactly as searchsorted does: on the integer networks'
+    grid, on arbitrary reals, at the thresholds and one ulp either side, and for 0, +-inf and NaN."""
+    gaussian = GaussianConditional()
+    gaussian.load_tables(gaussian.derive_tables())
+    thresholds = gaussian.tables["thresholds"]
+    for name, scales in _index_cases(thresholds).items():
+        scales = scales[:scales.numel() // 10 * 10].reshape(shape)
+        want = torch.searchsorted(thresholds, scales.contiguous()).to(torch.int32)
+        got = gaussian.index(scales)
+        assert got.dtype == torch.int32 and got.shape == scales.shape
+        assert torch.equal(got, want), name
+
+
+def test_index_of_thresholds_closer_than_its_grid_step():
+    """Thresholds closer together than the lookup grid's step (2^-12) are counted by searchsorted."""
+    gaussian = GaussianConditional()
+    tables = gaussian.derive_tables()
+    tables["thresholds"] = tables["thresholds"].clone()
+    tables["thresholds"][5] = tables["thresholds"][4] + 2.0 ** -14
+    gaussian.load_tables(tables)
+    thresholds = gaussian.tables["thresholds"]
+    scales = torch.cat([thresholds, thresholds + 2.0 ** -15, torch.rand(1000, dtype=torch.float64) * 10])
+    assert torch.equal(gaussian.index(scales), torch.searchsorted(thresholds, scales).to(torch.int32))

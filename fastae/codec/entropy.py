@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from fastae import _native
 from fastae.codec import rans
 from fastae.codec.format import CodecError
 from fastae.codec.tables import (check_tables, code_lengths, from_symbols, pack_varints, tables_from_pmf, to_symbols,
@@ -286,9 +287,34 @@ class GaussianConditional(EntropyModel):
             raise ValueError(f"the Gaussian tables' thresholds must be non-decreasing finite float64, "
                              f"one between each two tables ({len(scales) - 1})")
         self._tables = {k: tables[k] for k in self.TABLES}
+        self._grid = None
+
+    #: steps of the index's lookup grid: 2^-GRID_BITS (the integer networks' unit)
+    GRID_BITS = 12
+
+    def _lookup_grid(self):
+        """(count of thresholds below each grid point k / 2^GRID_BITS as int32 [K + 1], the
+        thresholds), built once; False when the thresholds do not allow it (two closer than a
+        grid step, a negative one, or a grid of more than 2^24 points)."""
+        if getattr(self, "_grid", None) is None:
+            thresholds = self.tables["thresholds"]
+            step = 2.0 ** -self.GRID_BITS
+            self._grid = False
+            if len(thresholds) and float(thresholds[0]) >= 0 and float(thresholds[-1]) < 2.0 ** 24 * step \
+                    and bool((thresholds[1:] - thresholds[:-1] > step).all()):
+                points = torch.arange(int(float(thresholds[-1]) / step) + 2, dtype=torch.float64) * step
+                self._grid = (torch.searchsorted(thresholds, points).to(torch.int32), thresholds.contiguous())
+        return self._grid
 
     def index(self, scales: Tensor) -> Tensor:
-        """int32 table index of each latent of predicted ``scales`` (any shape, on any device)."""
+        """int32 table index of each latent of predicted ``scales`` (any shape, on any device): the
+        number of thresholds below the scale, ``torch.searchsorted(thresholds, scales)``. float64
+        scales on the CPU take fastae._C's ``grid_index`` (one pass with a lookup grid, the same
+        integers) where it is built."""
+        if scales.device.type == "cpu" and scales.dtype == torch.float64 and _native.has_kernel("grid_index", "CPU"):
+            grid = self._lookup_grid()
+            if grid:
+                return torch.ops.fastae_C.grid_index(scales, grid[0], grid[1], self.GRID_BITS)
         thresholds = self.tables["thresholds"].to(scales.device)
         return torch.searchsorted(thresholds, scales.contiguous()).to(torch.int32)
 
