@@ -22,17 +22,14 @@
 #include "gdn_kernels.h"
 #undef FASTAE_CAP_NS
 
+#include "convert.h"
 #include "vec_dispatch.h"
 
 #define FASTAE_DECLARE_GDN                                                                                 \
   void gdn_gemm(int64_t, int64_t, int64_t, const float*, int64_t, const float*, int64_t, float*, int64_t, bool); \
   void gdn_norm_row(const float*, const float*, const float*, int, int64_t, bool, float*, float*);          \
   void gdn_q_row(const float*, const float*, const float*, int64_t, bool, float*);                          \
-  void gdn_dx_row(const float*, const float*, const float*, const float*, int64_t, float*);                 \
-  void gdn_bf16_to_float(const c10::BFloat16*, float*, int64_t);                                           \
-  void gdn_half_to_float(const c10::Half*, float*, int64_t);                                               \
-  void gdn_float_to_bf16(const float*, c10::BFloat16*, int64_t);                                           \
-  void gdn_float_to_half(const float*, c10::Half*, int64_t);
+  void gdn_dx_row(const float*, const float*, const float*, const float*, int64_t, float*);
 
 namespace fastae {
 #if defined(__GNUC__) && defined(__x86_64__)
@@ -105,12 +102,6 @@ Tile tile_at(const Geometry& g, int64_t i) {
   const int64_t n = i / g.tiles_per_image, p0 = (i % g.tiles_per_image) * g.T, len = std::min(g.T, g.P - p0);
   return {n * g.C * g.P + p0, g.C, len, g.P, len};
 }
-
-// Rows of a reduced-precision tile to fp32 and back, with the build of this CPU.
-void to_float(const c10::BFloat16* src, float* dst, int64_t n) { FASTAE_SEGMENT(gdn_bf16_to_float)(src, dst, n); }
-void to_float(const c10::Half* src, float* dst, int64_t n) { FASTAE_SEGMENT(gdn_half_to_float)(src, dst, n); }
-void from_float(const float* src, c10::BFloat16* dst, int64_t n) { FASTAE_SEGMENT(gdn_float_to_bf16)(src, dst, n); }
-void from_float(const float* src, c10::Half* dst, int64_t n) { FASTAE_SEGMENT(gdn_float_to_half)(src, dst, n); }
 
 // A tile of a tensor of scalar_t as fp32 rows: the tensor's own memory for float, else a converted copy.
 template <typename T>

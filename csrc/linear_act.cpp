@@ -19,28 +19,10 @@
 #include <vector>
 
 #include "activation.h"
+#include "convert.h"
 #include "vec_dispatch.h"
 
-// bfloat16/half <-> fp32 rows, vectorized (at::vec::convert) in each build of gdn_kernels.h.
-#define FASTAE_DECLARE_CONVERT                                   \
-  void gdn_bf16_to_float(const c10::BFloat16*, float*, int64_t); \
-  void gdn_half_to_float(const c10::Half*, float*, int64_t);     \
-  void gdn_float_to_bf16(const float*, c10::BFloat16*, int64_t); \
-  void gdn_float_to_half(const float*, c10::Half*, int64_t);
-
 namespace fastae {
-namespace baseline {  // gdn.cpp
-FASTAE_DECLARE_CONVERT
-}
-#if defined(__GNUC__) && defined(__x86_64__)
-namespace avx2 {  // gdn_avx2.cpp
-FASTAE_DECLARE_CONVERT
-}
-namespace avx512 {  // gdn_avx512.cpp
-FASTAE_DECLARE_CONVERT
-}
-#endif
-
 namespace {
 
 template <typename F>
@@ -60,30 +42,11 @@ void dispatch_activation(int64_t act, F&& f) {
 
 // With ACT a compile-time constant the switch in act_forward/act_grad folds away and the
 // loops below vectorize.
-// half/bf16: blocks converted to fp32 and run through the fp32 Vectorized kernels below (the
-// scalar loop with a conversion per element was ~10x slower: the bf16 MLP forward spent most of
-// its time there, measured with the profiler at batch 256).
+// half/bf16: blocks converted to fp32 (convert.h's vectorized conversions) and run through the
+// fp32 Vectorized kernels below. The scalar loop with a conversion per element was ~10x slower,
+// and c10's per-element casts for the blocks still took 0.96 ms of a 4 ms bf16 fused_mlp fwd+bwd
+// at batch 256 (measured with the profiler).
 constexpr int64_t kConvertBlock = 1024;
-
-template <typename T>
-void to_float(const T* src, float* dst, int64_t n) {
-#pragma omp simd
-  for (int64_t i = 0; i < n; ++i) dst[i] = static_cast<float>(src[i]);
-}
-
-template <typename T>
-void from_float(const float* src, T* dst, int64_t n) {
-#pragma omp simd
-  for (int64_t i = 0; i < n; ++i) dst[i] = static_cast<T>(src[i]);
-}
-
-// bfloat16 and half through the vectorized conversions of this CPU's build (the scalar loops
-// above, with c10's per-element conversion, took most of fused_mlp's bf16 time outside the GEMMs:
-// 0.96 ms of a 4 ms fwd+bwd at batch 256, measured with the profiler).
-void to_float(const c10::BFloat16* src, float* dst, int64_t n) { FASTAE_SEGMENT(gdn_bf16_to_float)(src, dst, n); }
-void to_float(const c10::Half* src, float* dst, int64_t n) { FASTAE_SEGMENT(gdn_half_to_float)(src, dst, n); }
-void from_float(const float* src, c10::BFloat16* dst, int64_t n) { FASTAE_SEGMENT(gdn_float_to_bf16)(src, dst, n); }
-void from_float(const float* src, c10::Half* dst, int64_t n) { FASTAE_SEGMENT(gdn_float_to_half)(src, dst, n); }
 
 template <int ACT, typename T>
 void apply_forward(const T* pre, T* out, int64_t n) {
