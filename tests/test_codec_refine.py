@@ -82,10 +82,12 @@ def test_latent_bits_and_the_search_trigger_against_a_direct_computation():
     assert flags.tolist() == [False, True, False]
 
 
-def test_search_side_never_rates_worse_and_the_plain_decoder_reads_its_files(tiny_codec):
-    """search_side returns per image hyper-latents whose rounded value the model rates at no more
-    bits than the analysis' own; a file written with side search on decodes with a codec that has
-    it off, to the searching codec's reconstruction; compressing twice gives the same bytes."""
+@pytest.mark.parametrize("precision", ["float32", "bfloat16"])
+def test_search_side_never_rates_worse_and_the_plain_decoder_reads_its_files(tiny_codec, precision):
+    """search_side returns per image hyper-latents whose rounded value the model (in the search's
+    precision) rates at no more bits than the analysis' own; a file written with side search on
+    decodes with a codec that has it off, to the searching codec's reconstruction; compressing
+    twice gives the same bytes."""
     from fastae.codec.refine import latent_bits, search_side
 
     model = tiny_codec.model
@@ -98,22 +100,32 @@ def test_search_side_never_rates_worse_and_the_plain_decoder_reads_its_files(tin
         z0 = model.h_a(y)
 
     def rated(z):
-        with torch.no_grad():
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bfloat16"):
             z_hat = torch.round(z)
             means, scales = model.entropy_parameters(z_hat, y)
             bits_z = -torch.log2(model.priors[1].likelihood(z_hat)).sum((1, 2, 3))
             return latent_bits(torch.round(y - means), scales).sum((1, 2, 3)) + bits_z
 
-    z = search_side(model, y, z0, 2, steps=4, lr=0.5)
+    z = search_side(model, y, z0, 2, steps=4, lr=0.5, precision=precision)
     assert z.shape == z0.shape and not torch.equal(torch.round(z), torch.round(z0))  # it moved somewhere
     assert (rated(z) <= rated(z0)).all()
-    searching = Codec(tiny_codec._loaded, tiny_codec.quality, side_search=True)
-    plain = Codec(tiny_codec._loaded, tiny_codec.quality, side_search=False)
+    searching = Codec(tiny_codec._loaded, tiny_codec.quality, side_search=True, precision=precision)
+    plain = Codec(tiny_codec._loaded, tiny_codec.quality, side_search=False, precision=precision)
     assert "side_search=False" in repr(plain) and "side_search" not in repr(searching)
     assert plain.with_quality(1).side_search is False
     data = searching.compress(rgb)
     assert searching.compress(rgb) == data
     assert np.array_equal(plain.decompress(data), searching.reconstruct(rgb))
+
+
+@pytest.mark.parametrize("bad", ["float16", "bf16", None])
+def test_search_side_rejects_unknown_precisions(bad):
+    from fastae.codec.refine import search_side
+
+    model = fastae.load_codec(quality=1).model
+    y, z = torch.zeros(1, model.M, 4, 4), torch.zeros(1, model.N, 1, 1)
+    with pytest.raises(ValueError, match=re.escape(f"precision must be 'float32' or 'bfloat16', got {bad!r}")):
+        search_side(model, y, z, 1, precision=bad)
 
 
 @pytest.mark.parametrize("bad", [0, 1, "yes", None])

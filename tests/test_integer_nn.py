@@ -90,6 +90,51 @@ def test_straight_through_gradients():
     assert v.grad.flatten().tolist() == [1.0, 0.0]
 
 
+def test_constant_weights_gives_the_same_forward_and_input_gradients_without_weight_gradients():
+    """Within constant_weights() a layer computes exactly its differentiable forward and the same
+    input gradient, gives its weights none, and follows in-place changes of its parameters."""
+    from fastae.nn.integer import constant_weights
+
+    torch.manual_seed(0)
+    layer = IntegerConvTranspose2d(4, 6, 5, 2, 2, 1, activation="leaky_relu")
+    layer.out_scale.fill_(0.01)
+    layer.out_bound.fill_(300)
+    x0 = torch.randn(2, 4, 3, 5)
+
+    def run(constant):
+        x = x0.clone().requires_grad_(True)
+        with constant_weights() if constant else torch.enable_grad():
+            out = layer(x)
+            out.square().sum().backward()
+        return out.detach(), x.grad
+
+    for _ in range(2):  # the second time from the cache
+        want, want_grad = run(False)
+        assert layer.weight.grad is not None
+        layer.zero_grad(set_to_none=True)
+        got, got_grad = run(True)
+        assert layer.weight.grad is None and layer.bias.grad is None
+        assert torch.equal(got, want) and torch.equal(got_grad, want_grad)
+        with torch.no_grad():
+            layer.weight.mul_(1.5)  # the cache must notice
+            layer.bias.add_(0.3)
+
+
+def test_fake_quantization_under_autocast_stays_on_the_float32_grid():
+    """Under bf16 autocast the convolution runs in bf16 but the output is rounded on its grid in
+    float32: float32 multiples of out_scale (bf16's 8 bits could not hold steps up to 16383)."""
+    torch.manual_seed(0)
+    layer = IntegerConv2d(8, 5, 3, padding=1, activation="leaky_relu")
+    layer.out_scale.copy_(torch.rand(5) * 0.001 + 0.0005)
+    layer.out_bound.fill_(16000)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        out = layer(torch.randn(1, 8, 6, 6) * 3)
+    assert out.dtype == torch.float32
+    steps = out / layer.out_scale.view(1, -1, 1, 1)
+    assert steps.abs().max() > 300  # large enough that bf16 would have lost the grid
+    assert (steps - torch.round(steps)).abs().max() < 1e-3
+
+
 def test_hyper_synthesis_from_float():
     """Calibrated on the samples, the integer h_s gives the float one's means and scales to a few
     hundredths of their spread, never overflows, and its float form is its integer form."""

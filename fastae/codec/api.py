@@ -236,7 +236,8 @@ class Codec:
             else:
                 y = self._banded_analysis(x, quality)
         # refinement has already chosen the hyper-latents for its latents: no side search after it
-        values, side, index = self.layout.quantize(y, z, quality, self.side_search and not self.refine)
+        values, side, index = self.layout.quantize(y, z, quality, self.side_search and not self.refine,
+                                                   self.precision)
         return Latents(values, quality, h, w, side), index
 
     @torch.inference_mode()

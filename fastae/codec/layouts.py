@@ -45,9 +45,9 @@ class FactorizedLayout:
         h, w = math.ceil(height / s) * s // ls, math.ceil(width / s) * s // ls
         return ((self.model.M, h, w),)
 
-    def quantize(self, y, z, quality: int, side_search: bool):
+    def quantize(self, y, z, quality: int, side_search: bool, precision: str = "float32"):
         """(values int32 [B, M, h, w], side, index) of the analysis' latents ``y``: side and index
-        None (``z`` and ``side_search`` are for models with hyper-latents)."""
+        None (``z``, ``side_search`` and ``precision`` are for models with hyper-latents)."""
         return torch.round(y).to(torch.int32), None, None
 
     def dequantize(self, values, side) -> torch.Tensor:
@@ -82,18 +82,20 @@ class HyperpriorLayout(FactorizedLayout):
         r = self.model.stride // self.model.latent_stride
         return (m, h, w), (self.model.N, h // r, w // r)
 
-    def quantize(self, y, z, quality: int, side_search: bool):
+    def quantize(self, y, z, quality: int, side_search: bool, precision: str = "float32"):
         """(values, side, index): the latents minus their means, rounded, int32 [B, M, h, w], the
         rounded hyper-latents int32 [B, N, h/4, w/4] (of ``z``, or of ``h_a(y)`` when ``z`` is None),
         and each latent's table int32 [B, M, h, w]. With ``side_search`` the images whose first
-        hyper-latents predict some latents very badly get searched ones (fastae.codec.refine)."""
+        hyper-latents predict some latents very badly get searched ones (fastae.codec.refine), the
+        search's convolutions in ``precision``."""
         z = self.model.h_a(y) if z is None else z
         side = torch.round(z).to(torch.int32)
         values, scales = self._values(y, side)
         if side_search:
             redo = needs_side_search(values, scales)
             if redo.any():
-                found = torch.round(search_side(self.model, y[redo], z[redo], quality)).to(torch.int32)
+                found = torch.round(search_side(self.model, y[redo], z[redo], quality,
+                                                precision=precision)).to(torch.int32)
                 side[redo] = found
                 values[redo], scales[redo] = self._values(y[redo], found)
         return values.to(torch.int32), side, self.gaussian.index(scales)

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 
 from fastae.codec.entropy import GaussianConditional
 from fastae.models.codec import CodecModel, HyperpriorCodec, _round_ste
+from fastae.nn.integer import constant_weights
 
 LEARNING_RATE = 0.02  # in quantization steps: the latents are scaled by the quality's gain
 
@@ -66,7 +67,7 @@ def refine_latents(model: CodecModel, x: torch.Tensor, y: torch.Tensor, quality:
     [B, 3, H, W] in [0, 1] whose analysis gave ``y``; ``height`` x ``width`` is the images' own
     size. See the module docstring."""
     hyper = isinstance(model, HyperpriorCodec)
-    with torch.inference_mode(False), torch.enable_grad():
+    with torch.inference_mode(False), torch.enable_grad(), constant_weights():
         x = x.detach().float().clone()
         y = y.detach().float().clone().requires_grad_(True)
         z = model.h_a(y.detach()).detach().float().clone().requires_grad_(True) if hyper else None
@@ -143,7 +144,7 @@ class _Adam:
 
 
 def search_side(model: HyperpriorCodec, y: torch.Tensor, z: torch.Tensor, quality: int, steps: int = None,
-                lr: float = None, seed: int = 0) -> torch.Tensor:
+                lr: float = None, seed: int = 0, precision: str = "float32") -> torch.Tensor:
     """Hyper-latents (unrounded) [B, N, h, w] for the latents ``y`` that cost fewer bits than ``z``.
 
     The hyper-latents are side information the encoder is free to choose: the analysis ``h_a(y)``
@@ -156,11 +157,17 @@ def search_side(model: HyperpriorCodec, y: torch.Tensor, z: torch.Tensor, qualit
     latents y and z, ``z`` itself included. The latents stay those of the analysis; only their
     means, and so their rounding, move. Each step runs the hyper-synthesis (and context) forward
     and backward, not the synthesis: a fraction of a decode. ``steps`` and ``lr`` default to
-    SEARCH_STEPS and SEARCH_LR."""
+    SEARCH_STEPS and SEARCH_LR. ``precision`` "bfloat16" runs the networks' convolutions under
+    bf16 autocast (the codec's default precision where the hardware has it: about 1.7x faster on
+    a CPU with native bf16), "float32" as they are; either way the search only chooses the
+    hyper-latents, which the file then codes exactly."""
+    if precision not in ("float32", "bfloat16"):
+        raise ValueError(f"search_side: precision must be 'float32' or 'bfloat16', got {precision!r}")
     q = model._check_quality(quality)
     steps = SEARCH_STEPS if steps is None else steps
     lr = SEARCH_LR if lr is None else lr
-    with torch.inference_mode(False), torch.enable_grad():
+    autocast = torch.autocast(y.device.type, dtype=torch.bfloat16, enabled=precision == "bfloat16")
+    with torch.inference_mode(False), torch.enable_grad(), constant_weights(), autocast:
         y = y.detach().float().clone()
         z = z.detach().float().clone().requires_grad_(True)
         optimizer = _Adam(z, lr)

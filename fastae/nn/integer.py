@@ -31,7 +31,9 @@ straight-through inside the clip, zero gradient outside it, as the paper's clipp
 integer forms agree up to the rescaling multiplier's 2^-20 and rounding ties.
 """
 
+import contextlib
 import math
+import threading
 from typing import Optional, Sequence
 
 import torch
@@ -45,6 +47,23 @@ LEAKY_SLOPE = 0.01
 OUTPUT_FRAC_BITS = 12  # means and scales in units of 2^-12 = 0.00024 (the tables' thresholds are 0.011 apart or more)
 _ACC_BUDGET = 1 << 30  # what max |x| * sum |w| + |bias| may reach: half of int32
 _OUT_LIMIT = (1 << 31) - 1
+
+
+_constant = threading.local()  # .depth > 0: constant_weights() is active in this thread
+
+
+@contextlib.contextmanager
+def constant_weights():
+    """Within this block (in this thread) the integer layers' float forward treats their weights as
+    constants, as it always does when gradients are off: each layer's fake-quantized weight and
+    bias are computed once and reused (until the parameters change), and no gradient reaches them.
+    The same values as the differentiable forward; for gradient descent on a network's *inputs*
+    (fastae.codec.refine), where the weight's fake quantization was most of each step's work."""
+    _constant.depth = getattr(_constant, "depth", 0) + 1
+    try:
+        yield
+    finally:
+        _constant.depth -= 1
 
 
 def activation_bound(fan_in: int) -> int:
@@ -103,6 +122,7 @@ class _IntegerConv(nn.Module):
         self.register_buffer("out_scale", torch.ones(out_channels))
         self.register_buffer("out_bound", torch.tensor(ACT_MAX))  # unused with fixed_output
         self._cache = {}
+        self._fake_cache = None  # (state, (weight, bias)) of _fake_weights
         self._integers = None  # what load_integers gave
 
     @property
@@ -125,6 +145,32 @@ class _IntegerConv(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """Fake-quantized float forward (training, and the float reference of the integer layer):
         ``x`` [B, Cin, H, W] real values on the in_scale grid -> [B, Cout, H', W'] on the out_scale grid."""
+        weight, bias = self._fake_weights()
+        v = self._conv(x, weight.to(x.dtype), bias.to(x.dtype))
+        if v.dtype in (torch.float16, torch.bfloat16):  # e.g. under autocast: the grids need float32's 24 bits
+            v = v.float()
+        if self.activation == "leaky_relu":
+            v = F.leaky_relu(v, LEAKY_SLOPE)
+        if self.fixed_output:
+            s = self.out_scale.to(v.dtype).view(1, -1, 1, 1)
+            return _ste(v / s, _round_half_up(v / s)) * s
+        return fake_quant(v, self.out_scale, self.out_bound)
+
+    def _fake_weights(self):
+        """(weight, bias) rounded to the integer layer's grids, straight-through; computed once and
+        reused while the parameters are unchanged when no gradient can reach them (gradients off,
+        parameters frozen, or within ``constant_weights()``)."""
+        if torch.is_grad_enabled() and getattr(_constant, "depth", 0) == 0 and \
+                (self.weight.requires_grad or self.bias.requires_grad):
+            return self._quantized_weights()
+        state = tuple((t.device, t.dtype, t.data_ptr(), t._version) for t in (self.weight, self.bias, self.in_scale))
+        cached = self._fake_cache
+        if cached is None or cached[0] != state:
+            with torch.inference_mode(False), torch.no_grad():  # ordinary tensors: a graph may save them
+                cached = self._fake_cache = (state, self._quantized_weights())
+        return cached[1]
+
+    def _quantized_weights(self):
         in_scale = self.in_scale.to(self.weight.dtype)
         ws = self.weight * self._in_view(in_scale)
         step = (ws.detach().abs().amax(self._out_dims()) / WEIGHT_MAX).clamp_min(torch.finfo(ws.dtype).tiny)
@@ -132,13 +178,7 @@ class _IntegerConv(nn.Module):
         w_int = _ste(w, _round_half_up(w).clamp(-WEIGHT_MAX, WEIGHT_MAX))
         weight = w_int * self._out_view(step) / self._in_view(in_scale)
         bias = _ste(self.bias / step, _round_half_up(self.bias / step)) * step
-        v = self._conv(x, weight.to(x.dtype), bias.to(x.dtype))
-        if self.activation == "leaky_relu":
-            v = F.leaky_relu(v, LEAKY_SLOPE)
-        if self.fixed_output:
-            s = self.out_scale.to(v.dtype).view(1, -1, 1, 1)
-            return _ste(v / s, _round_half_up(v / s)) * s
-        return fake_quant(v, self.out_scale, self.out_bound)
+        return weight, bias
 
     def _integer_weights(self, in_scale: Tensor):
         """(int8 weights, float64 s_w [Cout], float64 bias in accumulator units) for float64 ``in_scale``."""
