@@ -7,7 +7,9 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <vector>
 
 #define FASTAE_CAP_NS baseline
@@ -20,6 +22,26 @@ namespace fastae {
 namespace {
 
 using RowFn = void (*)(const IntConvRow&);
+
+template <typename In, typename Out>
+void requantize_rows(const In* acc, const int32_t* mult, const int32_t* shift, int64_t lo, int64_t hi, int64_t rows,
+                     int64_t C, Out* out) {
+  const int32_t* mult_neg = mult + C;
+  at::parallel_for(0, rows, std::max<int64_t>(1, 65536 / std::max<int64_t>(C, 1)), [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const In* a = acc + r * C;
+      Out* o = out + r * C;
+      for (int64_t c = 0; c < C; ++c) {
+        const int64_t v = a[c];
+        const uint64_t m = static_cast<uint64_t>(static_cast<int64_t>(v >= 0 ? mult[c] : mult_neg[c]));
+        // product and rounding term modulo 2^64 (torch's int64 wraps the same), then an arithmetic shift
+        const int64_t p = static_cast<int64_t>(static_cast<uint64_t>(v) * m + (uint64_t{1} << (shift[c] - 1)));
+        const int64_t q = p >> shift[c];
+        o[c] = static_cast<Out>(q < lo ? lo : q > hi ? hi : q);
+      }
+    }
+  });
+}
 
 RowFn row_kernel(int64_t isa) {
 #if defined(__GNUC__) && defined(__x86_64__)
@@ -125,8 +147,70 @@ at::Tensor int_conv_cpu(const at::Tensor& x, const at::Tensor& weight, const at:
   return out;
 }
 
+// fastae_C::int_requantize: clamp((acc * m + 2^(shift-1)) >> shift, lo, hi) over the last dim (channels),
+// m = mult[0] where acc >= 0 else mult[1], in int64 as fastae.ops.int_conv.requantize computes it in
+// torch (products wrap modulo 2^64 as torch's do; shifts are arithmetic), in one pass.
+at::Tensor int_requantize_cpu(const at::Tensor& acc, const at::Tensor& mult, const at::Tensor& shift, int64_t lo,
+                              int64_t hi, at::ScalarType out_dtype) {
+  TORCH_CHECK((acc.scalar_type() == at::kInt || acc.scalar_type() == at::kLong) && acc.dim() >= 1,
+              "fastae_C::int_requantize: expected int32 or int64 acc [..., C], got ", acc.scalar_type(), " ",
+              acc.sizes());
+  const int64_t C = acc.size(-1);
+  TORCH_CHECK(mult.scalar_type() == at::kInt && mult.numel() == 2 * C && shift.scalar_type() == at::kInt &&
+                  shift.numel() == C,
+              "fastae_C::int_requantize: expected int32 mult [2, ", C, "] and shift [", C, "]");
+  TORCH_CHECK(out_dtype == at::kShort || out_dtype == at::kInt || out_dtype == at::kLong,
+              "fastae_C::int_requantize: out_dtype must be int16, int32 or int64");
+  TORCH_CHECK(lo <= hi, "fastae_C::int_requantize: lo ", lo, " > hi ", hi);
+  const at::Tensor a = acc.contiguous(), m = mult.contiguous(), s = shift.contiguous();
+  TORCH_CHECK(C == 0 || (s.min().item<int32_t>() >= 1 && s.max().item<int32_t>() <= 62),
+              "fastae_C::int_requantize: expected shifts in [1, 62]");
+  at::Tensor out = at::empty(a.sizes(), a.options().dtype(out_dtype));
+  const int64_t rows = C ? a.numel() / C : 0;
+  const int32_t* mp = m.const_data_ptr<int32_t>();
+  const int32_t* sp = s.const_data_ptr<int32_t>();
+  AT_DISPATCH_INDEX_TYPES(a.scalar_type(), "int_requantize", [&] {
+    using In = index_t;
+    const In* ap = a.const_data_ptr<In>();
+    AT_DISPATCH_SWITCH(out_dtype, "int_requantize_out",
+                       AT_DISPATCH_CASE(at::kShort, [&] {
+                         requantize_rows<In, int16_t>(ap, mp, sp, lo, hi, rows, C, out.mutable_data_ptr<int16_t>());
+                       }) AT_DISPATCH_CASE(at::kInt, [&] {
+                         requantize_rows<In, int32_t>(ap, mp, sp, lo, hi, rows, C, out.mutable_data_ptr<int32_t>());
+                       }) AT_DISPATCH_CASE(at::kLong, [&] {
+                         requantize_rows<In, int64_t>(ap, mp, sp, lo, hi, rows, C, out.mutable_data_ptr<int64_t>());
+                       }));
+  });
+  return out;
+}
+
+// fastae_C::int_add_clamp: clamp(a + b, -limit, limit) of int32 a and b (the sum exact in int64), int32.
+at::Tensor int_add_clamp_cpu(const at::Tensor& a, const at::Tensor& b, int64_t limit) {
+  TORCH_CHECK(a.scalar_type() == at::kInt && b.scalar_type() == at::kInt && a.sizes() == b.sizes(),
+              "fastae_C::int_add_clamp: expected two int32 tensors of one shape, got ", a.scalar_type(), " ",
+              a.sizes(), " and ", b.scalar_type(), " ", b.sizes());
+  TORCH_CHECK(limit >= 0 && limit <= INT32_MAX, "fastae_C::int_add_clamp: limit must be in [0, 2^31 - 1], got ",
+              limit);
+  const at::Tensor x = a.contiguous(), y = b.contiguous();
+  at::Tensor out = at::empty(x.sizes(), x.options());
+  const int32_t* xp = x.const_data_ptr<int32_t>();
+  const int32_t* yp = y.const_data_ptr<int32_t>();
+  int32_t* op = out.mutable_data_ptr<int32_t>();
+  at::parallel_for(0, x.numel(), 65536, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      const int64_t v = static_cast<int64_t>(xp[i]) + yp[i];
+      op[i] = static_cast<int32_t>(v < -limit ? -limit : v > limit ? limit : v);
+    }
+  });
+  return out;
+}
+
 }  // namespace
 
-TORCH_LIBRARY_IMPL(fastae_C, CPU, m) { m.impl("int_conv", &int_conv_cpu); }
+TORCH_LIBRARY_IMPL(fastae_C, CPU, m) {
+  m.impl("int_conv", &int_conv_cpu);
+  m.impl("int_requantize", &int_requantize_cpu);
+  m.impl("int_add_clamp", &int_add_clamp_cpu);
+}
 
 }  // namespace fastae

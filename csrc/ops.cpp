@@ -61,4 +61,9 @@ TORCH_LIBRARY(fastae_C, m) {
   m.def(
       "int_conv(Tensor x, Tensor weight, Tensor bias, Tensor mult, Tensor shift, Tensor taps, Tensor phases, "
       "int si, int so, int out_h, int out_w, int lo, int hi, ScalarType out_dtype, int isa) -> Tensor");
+  // The integer networks' rescaling alone, in one pass: int32 / int64 acc [..., C] ->
+  // clamp((acc * mult[acc < 0] + 2^(shift-1)) >> shift, lo, hi) as out_dtype, in int64 arithmetic.
+  m.def("int_requantize(Tensor acc, Tensor mult, Tensor shift, int lo, int hi, ScalarType out_dtype) -> Tensor");
+  // clamp(a + b, -limit, limit) of int32 a and b of one shape, summed in int64: int32.
+  m.def("int_add_clamp(Tensor a, Tensor b, int limit) -> Tensor");
 }

@@ -184,6 +184,53 @@ def test_requantize_rounds_half_up_and_clips():
     assert requantize(acc, leaky, shift, -100, 100, torch.int32).flatten().tolist() == [6, -1, 10, -2, 100, -100, 14]
 
 
+@pytest.mark.skipif(not CPU_BUILT, reason="fastae._C is not built")
+@pytest.mark.parametrize("acc_dtype", [torch.int32, torch.int64])
+@pytest.mark.parametrize("out_dtype", [torch.int16, torch.int32, torch.int64])
+def test_native_rescale_is_the_torch_requantize(acc_dtype, out_dtype):
+    """fastae._C's int_requantize gives requantize's integers: random and extreme accumulators
+    (int32's ends; int64 ones whose products wrap), both multipliers, every shift, a permuted
+    (non-contiguous) input, clips inside and at the ends of out_dtype."""
+    g = torch.Generator().manual_seed(11)
+    C = 37
+    info = torch.iinfo(acc_dtype)
+    span = 1 << 31 if acc_dtype == torch.int32 else 1 << 45
+    acc = torch.randint(-span, span, (5, 4, 6, C), generator=g, dtype=torch.int64)
+    acc[0, 0, 0], acc[0, 0, 1] = info.min, info.max
+    acc[1, :2] = torch.randint(-3, 4, (2, 6, C), generator=g)  # ties of the rounding
+    acc = acc.clamp(info.min, info.max).to(acc_dtype)
+    mult = torch.stack([torch.randint(0, 1 << 21, (C,), generator=g), torch.randint(0, 1 << 21, (C,), generator=g)])
+    mult[:, 0] = (1 << 21) - 1
+    shift = torch.randint(1, 41, (C,), generator=g)
+    shift[:2] = torch.tensor([1, 40])
+    out_info = torch.iinfo(out_dtype)
+    for lo, hi in ((-16383, 16383), (-5, 77), (out_info.min, out_info.max)):
+        for a, m in ((acc, mult.int()), (acc.permute(0, 2, 1, 3).contiguous().permute(0, 2, 1, 3), mult.int()),
+                     (acc, torch.stack([mult[0], mult[0]]).int())):
+            want = requantize(a, m, shift.int(), lo, hi, out_dtype)
+            got = torch.ops.fastae_C.int_requantize(a, m, shift.int(), lo, hi, out_dtype)
+            assert got.dtype == out_dtype and torch.equal(got, want)
+            assert torch.equal(ic.rescale(a, m, shift.int(), lo, hi, out_dtype), want)
+    with pytest.raises(RuntimeError, match=r"expected int32 mult \[2, 37\] and shift \[37\]"):
+        torch.ops.fastae_C.int_requantize(acc, mult.int()[:, :3], shift.int(), 0, 1, out_dtype)
+
+
+@pytest.mark.skipif(not CPU_BUILT, reason="fastae._C is not built")
+def test_native_add_clamp_is_the_int64_sum_clamped():
+    g = torch.Generator().manual_seed(12)
+    a = torch.randint(-(1 << 31), 1 << 31, (3, 50, 7), generator=g, dtype=torch.int64).int()
+    b = torch.randint(-(1 << 31), 1 << 31, (3, 50, 7), generator=g, dtype=torch.int64).int()
+    a[0, 0, :3] = torch.tensor([2**31 - 1, -2**31, 5], dtype=torch.int32)
+    b[0, 0, :3] = torch.tensor([2**31 - 1, -2**31, -5], dtype=torch.int32)
+    for limit in (2**31 - 1, 1000, 0):
+        want = (a.long() + b.long()).clamp(-limit, limit).int()
+        assert torch.equal(torch.ops.fastae_C.int_add_clamp(a, b, limit), want)
+        assert torch.equal(ic.add_clamp(a, b, limit), want)
+        assert torch.equal(ic.add_clamp(a.transpose(1, 2), b.transpose(1, 2), limit), want.transpose(1, 2))
+    with pytest.raises(RuntimeError, match="expected two int32 tensors of one shape"):
+        torch.ops.fastae_C.int_add_clamp(a, b[:, :3], 5)
+
+
 def test_unsafe_inputs_are_refused():
     g = torch.Generator().manual_seed(5)
     layer, _ = _layer(conv_plan(3, 1), False, 8, 4, g)

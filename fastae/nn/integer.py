@@ -40,8 +40,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from fastae.ops.int_conv import (ACT_MAX, MULT_LIMIT, WEIGHT_MAX, IntConvLayer, conv_plan, conv_transpose_plan,
-                                 int_conv2d, requantize)
+from fastae.ops.int_conv import (ACT_MAX, MULT_LIMIT, WEIGHT_MAX, IntConvLayer, add_clamp, conv_plan,
+                                 conv_transpose_plan, int_conv2d, rescale)
 
 LEAKY_SLOPE = 0.01
 OUTPUT_FRAC_BITS = 12  # means and scales in units of 2^-12 = 0.00024 (the tables' thresholds are 0.011 apart or more)
@@ -436,22 +436,21 @@ class IntegerCheckerboardContext(nn.Module):
         """int32 values in units of 2^-OUTPUT_FRAC_BITS -> int16 steps of ``scale`` clipped to +-bound."""
         mult, shift = quantize_multiplier(2.0 ** -OUTPUT_FRAC_BITS / scale.double().cpu())
         mult, shift = mult.to(x.device), shift.to(x.device)
-        return requantize(x, torch.stack([mult, mult]), shift, -bound, bound, torch.int16)
+        return rescale(x, torch.stack([mult, mult]), shift, -bound, bound, torch.int16)
 
-    def _pass_int(self, hyper: Tensor, hq: Tensor, aq: Optional[Tensor]) -> Tensor:
-        """One pass on channels-last int32 ``hyper`` [B, h, w, 2M], its int16 steps ``hq`` and those of
-        the anchors ``aq`` [B, h, w, M] (None: the first pass): int32 [B, h, w, 2M], hyper plus the
-        correction at the pass's positions (hyper alone at the others, which the pass does not decide)."""
+    def _correction(self, inputs: Tensor, aq: Optional[Tensor]) -> Tensor:
+        """One pass's correction of the hyper output: int32 [B, h, w, 2M] at the pass's positions,
+        zero at the others (the plans compute only the pass's positions). ``inputs`` int16
+        [B, h, w, 3M]: the hyper output's steps, then room for the context, which this pass writes
+        (zero in the first pass, the 5x5 of the anchors' steps ``aq`` [B, h, w, M] in the second)."""
         second = aq is not None
-        bound = int(self.context.out_bound)
         if second:
-            ctx = self.context.forward_int(aq, self.anchor_plan, x_max=int(self.anchor_bound))
+            inputs[..., 2 * self.M:] = self.context.forward_int(aq, self.anchor_plan, x_max=int(self.anchor_bound))
         else:
-            ctx = hq.new_zeros(*hq.shape[:3], self.M)
+            inputs[..., 2 * self.M:] = 0
         plan = self.pass_plans[int(second)]
-        p = self.params[0].forward_int(torch.cat([hq, ctx], dim=3), plan, x_max=bound)
-        p = self.params[1].forward_int(p, plan, x_max=int(self.params[0].out_bound))
-        return (hyper.long() + p).clamp_(-_OUT_LIMIT, _OUT_LIMIT).int()
+        p = self.params[0].forward_int(inputs, plan, x_max=int(self.context.out_bound))
+        return self.params[1].forward_int(p, plan, x_max=int(self.params[0].out_bound))
 
     def two_pass_int(self, hyper: Tensor, anchor_values):
         """The integer two passes, in CheckerboardContext.two_pass's order: ``hyper`` int32
@@ -459,19 +458,24 @@ class IntegerCheckerboardContext(nn.Module):
         first pass's int32 means and scales [B, M, h, w] (units of 2^-OUTPUT_FRAC_BITS; the anchors'
         are final) and returns the latents minus those means, rounded (integers [B, M, h, w]), of which
         only the anchors are read. Returns (int32 means and scales [B, 2M, h, w] of every latent, what
-        anchor_values returned)."""
-        h = hyper.permute(0, 2, 3, 1).contiguous()
-        hq = self._requantize(h, self._hyper_scale(), int(self.context.out_bound))
-        first = self._pass_int(h, hq, None)
+        anchor_values returned).
+
+        Each position's output is hyper plus its own pass's correction, saturated to int32 (int64
+        sums, clamped): the first pass's corrections are zero off the anchors and the second's on
+        them, so hyper + both corrections is each position's sum."""
+        h = hyper.permute(0, 2, 3, 1).contiguous()  # channels last: a view of what forward_int gives
+        inputs = h.new_empty(*h.shape[:3], 3 * self.M, dtype=torch.int16)
+        inputs[..., :2 * self.M] = self._requantize(h, self._hyper_scale(), int(self.context.out_bound))
+        p1 = self._correction(inputs, None)
+        first = add_clamp(h, p1, _OUT_LIMIT)
         means, scales = first.permute(0, 3, 1, 2).split(self.M, dim=1)
         values = anchor_values(means, scales)
         # the decoded anchors (the others are never read: the second pass's 5x5 reads anchors only)
         anchors = (values.long().permute(0, 2, 3, 1) << OUTPUT_FRAC_BITS).add_(first[..., :self.M])
         aq = self._requantize(anchors, self.context.in_scale, int(self.anchor_bound))
-        second = self._pass_int(h, hq, aq)
-        own = torch.zeros(h.shape[1:3], dtype=torch.bool, device=h.device)  # the second pass's positions
-        own[0::2, 1::2] = own[1::2, 0::2] = True
-        return torch.where(own[:, :, None], second, first).permute(0, 3, 1, 2), values
+        p2 = self._correction(inputs, aq)
+        out = add_clamp(h, p1.add_(p2), _OUT_LIMIT)  # p1 and p2 have disjoint supports: no overflow
+        return out.permute(0, 3, 1, 2), values
 
     @classmethod
     @torch.no_grad()

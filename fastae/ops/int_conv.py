@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from fastae import _native
 from fastae.ops import _backend
 from fastae.ops._common import plain_eager
 
@@ -234,6 +235,29 @@ def requantize(acc: Tensor, mult: Tensor, shift: Tensor, lo: int, hi: int, dtype
     return v.add_(torch.ones_like(s) << (s - 1)).bitwise_right_shift_(s).clamp_(lo, hi).to(dtype)
 
 
+def _native_cpu(op: str, *tensors) -> bool:
+    """Whether fastae._C's CPU kernel ``op`` takes ``tensors`` here: CPU tensors, plain eager, the C++
+    backend in use (``fastae.ops.backend("torch")`` keeps the torch formulas)."""
+    return all(t.device.type == "cpu" for t in tensors) and plain_eager(*tensors) and \
+        _backend.resolve(tensors[0].device) == "cpu" and _native.has_kernel(op, "CPU")
+
+
+def rescale(acc: Tensor, mult: Tensor, shift: Tensor, lo: int, hi: int, dtype: torch.dtype) -> Tensor:
+    """``requantize`` on the fastest path: fastae._C's one-pass kernel on a CPU (int32 or int64
+    ``acc``), else the torch formula; the same integers."""
+    if acc.dtype in (torch.int32, torch.int64) and _native_cpu("int_requantize", acc, mult, shift):
+        return torch.ops.fastae_C.int_requantize(acc, mult.to(torch.int32), shift.to(torch.int32), lo, hi, dtype)
+    return requantize(acc, mult, shift, lo, hi, dtype)
+
+
+def add_clamp(a: Tensor, b: Tensor, limit: int) -> Tensor:
+    """int32 ``clamp(a + b, -limit, limit)`` of int32 ``a`` and ``b`` of one shape, the sum exact
+    (int64): fastae._C's one-pass kernel on a CPU, else torch."""
+    if _native_cpu("int_add_clamp", a, b):
+        return torch.ops.fastae_C.int_add_clamp(a, b, limit)
+    return (a.long() + b).clamp_(-limit, limit).int()
+
+
 def _torch_int_conv(x, weight, bias, mult, shift, taps, phases, si, so, out_h, out_w, lo, hi, out_dtype):
     n, cout = x.shape[0], bias.shape[0]
     out = torch.zeros(n, out_h, out_w, cout, dtype=out_dtype, device=x.device)
@@ -340,7 +364,8 @@ def int_conv2d(x: Tensor, layer: IntConvLayer, isa: Optional[str] = None, x_max:
             raise ValueError(f"int_conv2d: an accumulator could reach {bound} >= 2^31 (max |x| = {x_max}, "
                              f"largest sum of |weights| of an output = {layer.gain}, max |bias| = {layer.bias_max})")
     top, bottom, left, right = _padding(plan, h, w)
-    x = F.pad(x, (0, cin % 2, left, right, top, bottom)).contiguous()  # a zero channel makes Cin even
+    pads = (0, cin % 2, left, right, top, bottom)  # a zero channel makes Cin even
+    x = F.pad(x, pads).contiguous() if any(pads) else x.contiguous()  # F.pad copies even when it pads nothing
     taps = [v for _, _, dy, dx in plan.taps for v in (dy + top, dx + left)]
     phases = [v for p in plan.phases for v in p]
     args = (x, layer.weight, layer.bias, layer.mult, layer.shift, taps, phases, plan.si, plan.so, out_h, out_w,
