@@ -171,6 +171,13 @@ at::Tensor matmul_nt(const at::Tensor& a, const at::Tensor& b, const std::option
   return bias.has_value() ? at::addmm(*bias, a, b.t()) : at::mm(a, b.t());
 }
 
+// Whether a layer's weight gradient goes to oneDNN (measured faster for a wide input, K >= 4N,
+// where oneDNN is in use and the GEMM is fp32, as matmul_nt takes it) and so needs g.T contiguous;
+// MKL reads the transposed view as it is, and a copy of it would cost as much as an elementwise pass.
+bool onednn_dw_gemm(const at::Tensor& weight, const at::Tensor& g) {
+  return weight.size(1) >= 4 * weight.size(0) && onednn_linear().has_value() && g.scalar_type() == at::kFloat;
+}
+
 std::tuple<at::Tensor, at::Tensor> linear_act_fwd_cpu(const at::Tensor& x, const at::Tensor& weight,
                                                       const std::optional<at::Tensor>& bias, int64_t act,
                                                       bool save_preact) {
@@ -213,7 +220,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_act_bwd_cpu(const at::Tens
     });
     if (need_b) db = db32.to(grad_out.scalar_type());
   }
-  const bool onednn_dw = weight.size(1) >= 4 * weight.size(0);
+  const bool onednn_dw = onednn_dw_gemm(weight, g);
   return {need_x ? matmul_nt(g, weight.t(), std::nullopt, true) : empty_like_none(x),
           need_w ? matmul_nt(onednn_dw ? g.t().contiguous() : g.t(), x.t(), std::nullopt, onednn_dw)
                  : empty_like_none(x),
@@ -305,7 +312,7 @@ std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>> fused_m
       if (need_b) db = db32.to(dh.scalar_type());
     }
     if (need_w) {
-      const bool onednn_dw = w.size(1) >= 4 * w.size(0);
+      const bool onednn_dw = onednn_dw_gemm(w, g);
       dweights[i] = matmul_nt(onednn_dw ? g.t().contiguous() : g.t(), input.t(), std::nullopt, onednn_dw);
     } else {
       dweights[i] = empty_like_none(x);
