@@ -110,8 +110,13 @@ def cmd_train_codec(args):
     lambdas = LAMBDAS if args.lmbda is None else args.lmbda
     out = Path(args.out)
     check_model_id(args.model_id)  # before training: it is written into every file the model makes
+    if args.entropy_only and args.encoder_only:
+        raise ValueError("--entropy-only and --encoder-only exclude each other: the first trains the entropy "
+                         "networks with the encoder frozen, the second the encoder with the decoder frozen")
     if args.entropy_only:
         return _train_entropy(args)
+    if args.encoder_only:
+        return _train_encoder(args)
     if args.integer or _given(args.argv, ["--pool"]):
         raise ValueError("--integer and --pool apply to --entropy-only training (fine-tuning the entropy networks "
                          "of a codec file --init); pass --entropy-only")
@@ -156,6 +161,28 @@ def _train_entropy(args):
     return 0
 
 
+# What --encoder-only training does not read: it keeps the --init model's decoder and qualities.
+_NOT_ENCODER_ONLY = _NOT_ENTROPY_ONLY + ("--integer", "--pool")
+
+
+def _train_encoder(args):
+    from fastae.train.encoder import train_encoder
+
+    stray = _given(args.argv, _NOT_ENCODER_ONLY)
+    if stray:
+        raise ValueError(f"{', '.join(stray)} {'does' if len(stray) == 1 else 'do'} not apply to --encoder-only "
+                         "(it fine-tunes the encoder of --init, keeping its decoder and qualities)")
+    if args.init is None:
+        raise ValueError("--encoder-only needs --init: the codec file whose encoder to fine-tune")
+    weights = train_encoder(args.data, args.out, init=args.init, steps=args.steps,
+                            batch_size=_default(args.batch_size, 2), crop=args.crop, lr=_default(args.lr, 1e-4),
+                            downscale=args.downscale, seed=args.seed, model_id=args.model_id,
+                            weights_dtype=args.weights_dtype if _given(args.argv, ["--weights-dtype"]) else None,
+                            time_limit=args.time_limit, checkpoint_every=args.checkpoint_every, quality_order=args.quality_order, progress=True)
+    print(f"wrote {weights} (use it with: fastae compress SRC DST --weights {weights})")
+    return 0
+
+
 def _int_list(text):
     """argparse type of --hidden: comma-separated layer widths."""
     try:
@@ -174,8 +201,8 @@ _ZOO_ONLY = ("--epochs", "--optimizer", "--weight-decay", "--amp", "--loss", "--
              "--noise", "--noise-level", "--sparsity", "--sparsity-weight", "--beta", "--val-fraction", "--normal-class",
              "--size")
 _CODEC_ONLY = ("--lmbda", "--steps", "--crop", "--channels", "--widths", "--downscale", "--time-limit", "--kind", "--stop-at",
-               "--compile", "--hyper-input", "--init", "--model-id", "--weights-dtype", "--entropy-only", "--integer",
-               "--pool", "--quality-order")
+               "--compile", "--hyper-input", "--init", "--model-id", "--weights-dtype", "--entropy-only",
+               "--encoder-only", "--integer", "--pool", "--quality-order")
 
 
 def _given(argv, options):
@@ -421,10 +448,13 @@ def main(argv=None):
     codec.add_argument("--model-id", default="fastae-codec-custom", help="model id written into .fae files")
     codec.add_argument("--weights-dtype", choices=["float32", "float16"], default="float32",
                        help="precision of the convolution weights in the exported codec.safetensors (float16: "
-                            "half the file; the tables are derived from the rounded weights)")
+                            "half the file; the tables are derived from the rounded weights; --encoder-only: that of --init)")
     codec.add_argument("--entropy-only", action="store_true",
                        help="fine-tune only the entropy networks (h_s, context) of the hyperprior codec file --init, "
                             "its transforms frozen, on the latents' rate (fastae.train.entropy)")
+    codec.add_argument("--encoder-only", action="store_true",
+                       help="fine-tune only the encoder (g_a, h_a, gains) of the codec file --init against its frozen "
+                            "decoder: files it writes decode exactly as --init's would (fastae.train.encoder)")
     codec.add_argument("--integer", action="store_true",
                        help="with --entropy-only: convert them to integer networks first (same tables on every "
                             "device) and train them quantization-aware")
