@@ -190,7 +190,7 @@ def test_compiled_fullgraph_equals_eager(backend):
         ((torch.zeros(4, 3), torch.zeros(4, 3), "mse", "avg"), ValueError,
          r"unknown reduction 'avg'; expected one of \('none', 'mean', 'sum', 'batch'\)"),
         ((torch.zeros(4, 3), torch.zeros(4, 3, dtype=torch.float64)), TypeError,
-         r"expected target of dtype torch.float32 like input, got torch.float64"),
+         r"expected target of dtype float32, float16 or bfloat16, got torch.float64"),
         ((torch.zeros(4, 3), torch.zeros(4, 3), "mse", "mean", torch.ones(4)), ValueError,
          r"expected weight of shape \[3\] \(input's shape without the batch dim"),
         ((torch.zeros(4, 3), [0.0] * 3), TypeError, r"expected target to be a Tensor, got list"),
@@ -208,3 +208,80 @@ def test_autocast_computes_losses_in_fp32():
         loss = reconstruction_loss(x, t, "bce")
     assert loss.dtype == torch.float32
     assert_close(loss, F.binary_cross_entropy(x.float(), t), 1e-6, 1e-6)
+
+
+MIXED = [(torch.bfloat16, torch.float32), (torch.float16, torch.float32), (torch.float32, torch.bfloat16),
+         (torch.bfloat16, torch.float16)]
+
+
+@pytest.mark.parametrize("backend", backend_params())
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("in_dtype, target_dtype", MIXED, ids=str)
+def test_mixed_dtypes_are_the_promoted_computation(backend, kind, reduction, in_dtype, target_dtype):
+    """A target of another dtype: the loss is what the promoted dtype's computation gives (on the
+    same values), the input's gradient that computation's, rounded to input's dtype; bit for bit
+    on the CPU backends, which read each tensor as it is, after the usual backward() of a scalar
+    loss. (A gradient of another scale multiplies the rounded one, as for one dtype.)"""
+    device = device_for(backend)
+    x, t = make_inputs(kind, (33, 40), torch.float32, device, seed=3)
+    x, t = x.to(in_dtype), t.to(target_dtype)
+    common = torch.promote_types(in_dtype, target_dtype)
+    xg = x.clone().requires_grad_()
+    xc = x.to(common).requires_grad_()
+    grad_out = torch.randn(33, 40, generator=torch.Generator().manual_seed(4)) if reduction == "none" else \
+        torch.tensor(1.0)
+    with fastae.ops.backend(backend):
+        loss = reconstruction_loss(xg, t, kind, reduction)
+        ref = reconstruction_loss(xc, t.to(common), kind, reduction)
+    assert loss.dtype == common and xg.grad is None
+    loss.backward(grad_out.to(device, common))
+    ref.backward(grad_out.to(device, common))
+    assert xg.grad.dtype == in_dtype
+    if backend in ("cpu", "torch") and reduction != "none":
+        assert torch.equal(loss, ref)
+        assert torch.equal(xg.grad, xc.grad.to(in_dtype))
+    else:
+        assert_close(loss, ref, 1e-5, 1e-5)
+        assert_close(xg.grad, xc.grad.to(in_dtype), 1e-2, 2e-2)
+
+
+@pytest.mark.parametrize("backend", backend_params())
+def test_mixed_dtypes_with_a_target_that_needs_grad(backend):
+    device = device_for(backend)
+    x, t = make_inputs("mse", (9, 7), torch.float32, device)
+    xg, tg = x.to(torch.bfloat16).requires_grad_(), t.clone().requires_grad_()
+    with fastae.ops.backend(backend):
+        loss = reconstruction_loss(xg, tg, "mse", "sum")
+    loss.backward()
+    xr, tr = x.to(torch.bfloat16).float().requires_grad_(), t.clone().requires_grad_()
+    F.mse_loss(xr, tr, reduction="sum").backward()
+    assert loss.dtype == torch.float32 and xg.grad.dtype == torch.bfloat16 and tg.grad.dtype == torch.float32
+    assert_close(xg.grad, xr.grad.to(torch.bfloat16), 0, 0)
+    assert_close(tg.grad, tr.grad, 1e-6, 1e-6)
+
+
+@pytest.mark.parametrize("backend", backend_params(["cpu", "torch"]))
+def test_autocast_keeps_a_bf16_reconstruction_as_it_is(backend):
+    """Under autocast a bf16 reconstruction is scored in fp32 against the fp32 target without a
+    fp32 copy (no copy in the graph: its gradient comes straight back in bf16), with the numbers
+    of the fp32 copy's computation."""
+    x, t = make_inputs("mse", (64, 30), torch.float32, "cpu")
+    xg = x.to(torch.bfloat16).requires_grad_()
+    xr = x.to(torch.bfloat16).requires_grad_()
+    with fastae.ops.backend(backend):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = reconstruction_loss(xg, t, "mse", "mean")
+        ref = reconstruction_loss(xr.float(), t, "mse", "mean")
+    assert loss.dtype == torch.float32 and loss.grad_fn.next_functions[0][0].name() != "ToCopyBackward0"
+    loss.backward()
+    ref.backward()
+    assert torch.equal(loss, ref) and torch.equal(xg.grad, xr.grad)
+
+
+def test_mixed_dtype_opcheck():
+    x, t = make_inputs("mse", (6, 5), torch.float32, "cpu")
+    x = x.to(torch.bfloat16).requires_grad_()
+    for backend in ("cpu", "torch"):
+        args = (x, t, None, KINDS.index("mse"), REDUCTIONS.index("mean"), backend, True)
+        torch.library.opcheck(torch.ops.fastae.recon_loss_fwd, args)

@@ -106,7 +106,7 @@ class Autoencoder(nn.Module):
         x_flat = self._flat(x)
         x_hat = self.decode(self.encode(x_flat)).reshape(x_flat.shape)
         with full_precision(x.device):
-            return reconstruction_loss(x_hat.float(), x_flat.float(), "mse", "none").mean(1)
+            return reconstruction_loss(x_hat, x_flat.float(), "mse", "none").mean(1)
 
     # ---- hooks and helpers for subclasses -----------------------------------------------------
 
@@ -122,7 +122,7 @@ class Autoencoder(nn.Module):
         """The loss() dict: ``loss``, its terms and the detached per-pixel ``mse`` of x_hat against x."""
         with torch.no_grad(), full_precision(x.device):
             n = x.shape[0]
-            mse = reconstruction_loss(x_hat.reshape(n, -1).float(), x.reshape(n, -1).float(), "mse", "mean")
+            mse = reconstruction_loss(x_hat.reshape(n, -1), x.reshape(n, -1).float(), "mse", "mean")
         return {"loss": loss, **terms, "mse": mse}
 
     def _flat(self, x: Tensor) -> Tensor:

@@ -72,7 +72,7 @@ class ConvDecoder(nn.Module):
         ``[B, C, H, W]``. kind: ``mse`` or ``bce`` (on the sigmoid output)."""
         x_hat = self(z)
         with full_precision(z.device):
-            return reconstruction_loss(x_hat.float(), x.reshape(x_hat.shape).float(), kind, reduction), x_hat
+            return reconstruction_loss(x_hat, x.reshape(x_hat.shape).float(), kind, reduction), x_hat
 
 
 def conv_parts(model: Autoencoder, channels):

@@ -28,7 +28,7 @@ class MLPDecoder(FusedMLP):
         if kind != "bce":
             x_hat = self(z)
             with full_precision(z.device):
-                return reconstruction_loss(x_hat.float(), target, kind, reduction), x_hat
+                return reconstruction_loss(x_hat, target, kind, reduction), x_hat
         h = z
         for layer in self.layers[:-1]:
             h = layer(h)
@@ -73,7 +73,7 @@ class MLPAutoencoder(Autoencoder):
         x_flat = self._flat(self._encoder_input(x))
         x_hat = fused_mlp(x_flat, [m.weight for m in layers], [m.bias for m in layers], [m.activation for m in layers])
         with full_precision(x.device):
-            recon = reconstruction_loss(x_hat.float(), x.reshape(x_flat.shape[0], -1).float(), "mse", "mean")
+            recon = reconstruction_loss(x_hat, x.reshape(x_flat.shape[0], -1).float(), "mse", "mean")
         return {"loss": recon, "recon": recon, "mse": recon.detach()}
 
 

@@ -24,9 +24,10 @@ def check_choice(op, name, value, allowed):
     return allowed.index(value)
 
 
-def check_like(op, ref_name, ref, same_shape=True, **others):
-    """ref must be float32/float16/bfloat16; the others (None skipped) must have its dtype,
-    device and, with same_shape, its shape (no silent broadcasting)."""
+def check_like(op, ref_name, ref, same_shape=True, same_dtype=True, **others):
+    """ref must be float32/float16/bfloat16; the others (None skipped) must have its dtype (or,
+    with ``same_dtype=False``, one of those three), device and, with same_shape, its shape (no
+    silent broadcasting)."""
     if ref.dtype not in DTYPES:
         raise TypeError(f"{op}: expected {ref_name} of dtype float32, float16 or bfloat16, got {ref.dtype}")
     for name, t in others.items():
@@ -34,8 +35,10 @@ def check_like(op, ref_name, ref, same_shape=True, **others):
             continue
         if same_shape and t.shape != ref.shape:
             raise ValueError(f"{op}: expected {name} of shape {list(ref.shape)} like {ref_name}, got {list(t.shape)}")
-        if t.dtype != ref.dtype:
+        if same_dtype and t.dtype != ref.dtype:
             raise TypeError(f"{op}: expected {name} of dtype {ref.dtype} like {ref_name}, got {t.dtype}")
+        if not same_dtype and t.dtype not in DTYPES:
+            raise TypeError(f"{op}: expected {name} of dtype float32, float16 or bfloat16, got {t.dtype}")
         if t.device != ref.device:
             raise ValueError(f"{op}: expected {name} on {ref.device} like {ref_name}, got {t.device}")
 

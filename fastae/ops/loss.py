@@ -73,7 +73,7 @@ def _torch_recon(input, target, weight, kind, reduction, batch, need_grad):
         loss, grad = (loss.reshape(-1, w.numel()) * w).view_as(x), (grad.reshape(-1, w.numel()) * w).view_as(x)
     scale = _scale(reduction, x.numel(), batch)
     grad = (grad * scale).to(input.dtype) if need_grad else input.new_empty(0)
-    return _reduce(loss, reduction, scale, input.dtype), grad
+    return _reduce(loss, reduction, scale, torch.promote_types(input.dtype, target.dtype)), grad
 
 
 def _torch_kl(mu, logvar, reduction, batch, need_grad):
@@ -107,6 +107,8 @@ def _triton_kl(*args):
 
 
 _RECON = {"torch": _torch_recon, "cpu": _native_recon, "cuda": _native_recon, "triton": _triton_recon}
+# Backends of recon_loss_fwd that read a target of another dtype than input as it is.
+_MIXED_DTYPE_BACKENDS = ("cpu", "torch")
 _KL = {"torch": _torch_kl, "cpu": _native_kl, "cuda": _native_kl, "triton": _triton_kl}
 
 # ---------------------------------------------------------------------------------------------
@@ -116,13 +118,16 @@ _KL = {"torch": _torch_kl, "cpu": _native_kl, "cuda": _native_kl, "triton": _tri
 @torch.library.custom_op("fastae::recon_loss_fwd", mutates_args=())
 def recon_loss_fwd(input: Tensor, target: Tensor, weight: Optional[Tensor], kind: int, reduction: int,
                    backend: str, need_grad: bool) -> tuple[Tensor, Tensor]:
-    """Contiguous input and target of one shape -> (loss, d loss / d input or an empty tensor)."""
+    """Contiguous input and target of one shape -> (loss, d loss / d input or an empty tensor).
+    The loss is in the dtype input and target promote to, the gradient in input's; the cpu and
+    torch backends take a target of another dtype than input, the others one dtype."""
     return _RECON[backend](input, target, weight, kind, reduction, _batch(input), need_grad)
 
 
 @recon_loss_fwd.register_fake
 def _(input, target, weight, kind, reduction, backend, need_grad):
-    loss = input.new_empty(input.shape if reduction == _NONE else ())
+    loss = input.new_empty(input.shape if reduction == _NONE else (),
+                           dtype=torch.promote_types(input.dtype, target.dtype))
     return loss, input.new_empty(input.shape if need_grad else (0,))
 
 
@@ -306,10 +311,16 @@ _lib.define("linear_bce_loss(Tensor h, Tensor weight, Tensor? bias, Tensor targe
 
 def _reconstruction_loss(input, target, kind="mse", reduction="mean", weight=None, fwd=recon_loss_fwd):
     op = "reconstruction_loss"
-    input, target = autocast_inputs(input.device, input, target, dtype=torch.float32)
+    # Under autocast the loss is float32 (the target's dtype), computed from input as it is: no
+    # float32 copy of a low-precision reconstruction, and its gradient comes back in its dtype.
+    (target,) = autocast_inputs(input.device, target, dtype=torch.float32)
     kind_id = check_choice(op, "kind", kind, KINDS)
     reduction_id = check_choice(op, "reduction", reduction, REDUCTIONS)
-    check_like(op, "input", input, target=target)
+    check_like(op, "input", input, same_dtype=False, target=target)
+    backend = _backend.resolve(input.device)
+    if target.dtype != input.dtype and (backend not in _MIXED_DTYPE_BACKENDS or needs_grad(target)):
+        common = torch.promote_types(input.dtype, target.dtype)
+        input, target = input.to(common), target.to(common)
     if weight is not None:
         feature_shape = tuple(input.shape[1:])
         if tuple(weight.shape) not in (feature_shape, (1,) + feature_shape):
@@ -321,8 +332,7 @@ def _reconstruction_loss(input, target, kind="mse", reduction="mean", weight=Non
             raise ValueError(f"{op}: expected weight on {input.device} like input, got {weight.device}")
         weight = weight.contiguous()
     need_grad = needs_grad(input) or (kind_id in (_MSE, _L1) and needs_grad(target))
-    loss, _ = fwd(input.contiguous(), target.contiguous(), weight, kind_id, reduction_id,
-                  _backend.resolve(input.device), need_grad)
+    loss, _ = fwd(input.contiguous(), target.contiguous(), weight, kind_id, reduction_id, backend, need_grad)
     return loss
 
 
@@ -366,7 +376,9 @@ def reconstruction_loss(input: Tensor, target: Tensor, kind: str = "mse", reduct
     Args:
         input: the reconstruction, any shape, float32/float16/bfloat16; for ``bce`` probabilities
             in [0, 1], for ``bce_logits`` logits.
-        target: same shape, dtype and device as input (no broadcasting).
+        target: same shape and device as input (no broadcasting), float32/float16/bfloat16: a
+            bfloat16 reconstruction is scored against a float32 target as it is, in float32,
+            without a float32 copy of it.
         kind: ``mse``, ``l1``, ``bce`` (log clamped at -100, as F.binary_cross_entropy),
             ``bce_logits`` (stable for any logit).
         reduction: ``mean`` (over all elements), ``sum``, ``none`` (per element) or ``batch``
@@ -374,7 +386,9 @@ def reconstruction_loss(input: Tensor, target: Tensor, kind: str = "mse", reduct
         weight: optional per-feature weights of shape ``input.shape[1:]``, broadcast over the batch.
 
     Returns:
-        The loss in input's dtype: a scalar, or input's shape for ``none``.
+        The loss in the dtype input and target promote to (input's when they share it): a
+        scalar, or input's shape for ``none``; input's gradient in input's dtype. Under autocast
+        the target is taken in float32, so the loss is float32.
     """
     check_tensors("reconstruction_loss", optional=("weight",), input=input, target=target, weight=weight)
     if plain_eager(input, target, weight):
