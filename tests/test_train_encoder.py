@@ -98,7 +98,7 @@ def test_bad_arguments(tmp_path):
     (tmp_path / "same").mkdir()
     same = tmp_path / "same" / "codec.safetensors"
     same.write_bytes(init.read_bytes())
-    with pytest.raises(ValueError, match="is the file this run writes"):
+    with pytest.raises(FileExistsError, match="already holds codec.safetensors; choose another folder"):
         train_encoder(src, tmp_path / "same", init=same, crop=64)
     assert same.read_bytes() == init.read_bytes()
     # init's weights are float32: float16 would round the decoder's too

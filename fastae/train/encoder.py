@@ -93,8 +93,9 @@ def train_encoder(data, out, init, steps: int = 4000, batch_size: int = 2, crop:
     amp_dtype = autocast_dtype(amp, torch.device("cpu"), cpu=True)
     out = Path(out)
     path = out / "codec.safetensors"
-    if path.exists() and path.resolve() == Path(init).resolve():
-        raise ValueError(f"train_encoder: init {init} is the file this run writes; copy it elsewhere to continue from it")
+    if path.exists():
+        raise FileExistsError(f"train_encoder: {out} already holds {path.name}; choose another folder (to continue "
+                              f"from that file, copy it out of {out} and pass the copy as init)")
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     photos = load_photos(data, downscale, min_side=crop)
