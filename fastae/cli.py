@@ -175,7 +175,7 @@ def _train_encoder(args):
     if args.init is None:
         raise ValueError("--encoder-only needs --init: the codec file whose encoder to fine-tune")
     weights = train_encoder(args.data, args.out, init=args.init, steps=args.steps,
-                            batch_size=_default(args.batch_size, 2), crop=args.crop, lr=_default(args.lr, 1e-4),
+                            batch_size=_default(args.batch_size, 2), crop=args.crop, lr=_default(args.lr, 2e-5),
                             downscale=args.downscale, seed=args.seed, model_id=args.model_id,
                             weights_dtype=args.weights_dtype if _given(args.argv, ["--weights-dtype"]) else None,
                             time_limit=args.time_limit, checkpoint_every=args.checkpoint_every, quality_order=args.quality_order, progress=True)
@@ -396,9 +396,9 @@ def main(argv=None):
     train.add_argument("--data", required=True, help="a folder of MNIST IDX files (e.g. ../shared/data/mnist) or images")
     train.add_argument("--out", required=True, help="folder for model.safetensors, config.json, history.json, plots")
     train.add_argument("--epochs", type=int, default=50)
-    train.add_argument("--batch-size", type=int, help="default 256 (codec: 8)")
+    train.add_argument("--batch-size", type=int, help="default 256 (codec: 8; --encoder-only 2)")
     train.add_argument("--optimizer", choices=OPTIMIZERS, default="adam")
-    train.add_argument("--lr", type=float, help="default 1e-3 (codec: 3e-4)")
+    train.add_argument("--lr", type=float, help="default 1e-3 (codec: 3e-4; --entropy-only 1e-4; --encoder-only 2e-5)")
     train.add_argument("--weight-decay", type=float, default=0.0, help="L2 regularisation")
     train.add_argument("--amp", choices=["auto", "off", "bf16", "fp16"], default="auto",
                        help="mixed precision: autocast to bf16 or fp16; auto: bf16 on a GPU that has it, off on the CPU")

@@ -14,7 +14,9 @@ cost per image. Every tensor the decoder reads is copied from ``init`` unchanged
 the exported file), so the new model decodes as ``init`` does; it gets its own model id, as any
 other weights do, because a file names the model that wrote it.
 
-The encoder-side parameters learn at ``lr``, the gains at ``10 * lr`` (as in ``train_codec``);
+The encoder-side parameters learn at ``lr`` (default 2e-5: v8's encoder lost 1.6% BD-rate on
+Kodak in 1,000 steps at 2e-4, see docs/codec-history.md), the gains at ``10 * lr`` (as in
+``train_codec``);
 ``g_a`` and ``h_a`` run under the same bf16 autocast as ``train_codec`` on CPUs with native bf16.
 A run ended early (``time_limit``) continues from its export: pass it as ``init``.
 """
@@ -58,7 +60,7 @@ def _export_checked(model, path: Path, model_id: str, weights_dtype: str, init, 
         tmp.unlink(missing_ok=True)
 
 
-def train_encoder(data, out, init, steps: int = 4000, batch_size: int = 2, crop: int = 256, lr: float = 1e-4,
+def train_encoder(data, out, init, steps: int = 4000, batch_size: int = 2, crop: int = 256, lr: float = 2e-5,
                   downscale: int = 2, seed: int = 0, model_id: str = "fastae-codec-custom",
                   weights_dtype: str = None, time_limit: float = None, progress: bool = True,
                   checkpoint_every: int = 500, amp=True, quality_order=None) -> Path:
