@@ -143,15 +143,21 @@ _NOT_ENTROPY_ONLY = ("--lmbda", "--channels", "--latent", "--widths", "--kind", 
                      "--hyper-input", "--resume")
 
 
+def _check_fine_tune(args, flag: str, not_read, what: str, init: str):
+    """Refuse the options a fine-tuning mode ``flag`` does not read, and a missing --init."""
+    stray = _given(args.argv, not_read)
+    if stray:
+        raise ValueError(f"{', '.join(stray)} {'does' if len(stray) == 1 else 'do'} not apply to {flag} ({what})")
+    if args.init is None:
+        raise ValueError(f"{flag} needs --init: {init}")
+
+
 def _train_entropy(args):
     from fastae.train.entropy import train_entropy
 
-    stray = _given(args.argv, _NOT_ENTROPY_ONLY)
-    if stray:
-        raise ValueError(f"{', '.join(stray)} {'does' if len(stray) == 1 else 'do'} not apply to --entropy-only "
-                         "(it fine-tunes the entropy networks of --init, keeping its transforms and qualities)")
-    if args.init is None:
-        raise ValueError("--entropy-only needs --init: the hyperprior or checkerboard codec file to fine-tune")
+    _check_fine_tune(args, "--entropy-only", _NOT_ENTROPY_ONLY,
+                     "it fine-tunes the entropy networks of --init, keeping its transforms and qualities",
+                     "the hyperprior or checkerboard codec file to fine-tune")
     weights = train_entropy(args.data, args.out, init=args.init, integer=args.integer, steps=args.steps,
                             batch_size=_default(args.batch_size, 8), crop=args.crop, crops=args.pool,
                             lr=_default(args.lr, 1e-4), downscale=args.downscale, seed=args.seed,
@@ -168,17 +174,15 @@ _NOT_ENCODER_ONLY = _NOT_ENTROPY_ONLY + ("--integer", "--pool")
 def _train_encoder(args):
     from fastae.train.encoder import train_encoder
 
-    stray = _given(args.argv, _NOT_ENCODER_ONLY)
-    if stray:
-        raise ValueError(f"{', '.join(stray)} {'does' if len(stray) == 1 else 'do'} not apply to --encoder-only "
-                         "(it fine-tunes the encoder of --init, keeping its decoder and qualities)")
-    if args.init is None:
-        raise ValueError("--encoder-only needs --init: the codec file whose encoder to fine-tune")
+    _check_fine_tune(args, "--encoder-only", _NOT_ENCODER_ONLY,
+                     "it fine-tunes the encoder of --init, keeping its decoder and qualities",
+                     "the codec file whose encoder to fine-tune")
     weights = train_encoder(args.data, args.out, init=args.init, steps=args.steps,
                             batch_size=_default(args.batch_size, 2), crop=args.crop, lr=_default(args.lr, 2e-5),
                             downscale=args.downscale, seed=args.seed, model_id=args.model_id,
                             weights_dtype=args.weights_dtype if _given(args.argv, ["--weights-dtype"]) else None,
-                            time_limit=args.time_limit, checkpoint_every=args.checkpoint_every, quality_order=args.quality_order, progress=True)
+                            time_limit=args.time_limit, checkpoint_every=args.checkpoint_every,
+                            quality_order=args.quality_order, progress=True)
     print(f"wrote {weights} (use it with: fastae compress SRC DST --weights {weights})")
     return 0
 

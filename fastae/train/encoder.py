@@ -32,7 +32,7 @@ import torch
 from fastae._io import read_safetensors, write_text
 from fastae._device import autocast_dtype
 from fastae.codec.model_file import export_codec, read_model_file
-from fastae.train.codec import load_photos, random_crops
+from fastae.train.codec import _lr_at, _quality_order, load_photos, random_crops
 
 #: Names (prefixes) of the parameters an encoder-only fine-tune trains; everything else is the decoder's.
 ENCODER_PARAMETERS = ("g_a.", "h_a.", "log_gain")
@@ -75,7 +75,6 @@ def train_encoder(data, out, init, steps: int = 4000, batch_size: int = 2, crop:
     tensor, and one that would change the decoder is refused (ValueError) before it is written."""
     from tqdm.auto import tqdm
 
-    from fastae.train.codec import _quality_order
 
     for name, value in (("steps", steps), ("batch_size", batch_size), ("crop", crop),
                         ("checkpoint_every", checkpoint_every), ("downscale", downscale)):
@@ -118,7 +117,7 @@ def train_encoder(data, out, init, steps: int = 4000, batch_size: int = 2, crop:
     for step in range(steps):
         quality = order[step % len(order)]
         for group in optimizer.param_groups:
-            group["lr"] = (lr if step < int(0.9 * steps) else lr / 10) * group["scale"]
+            group["lr"] = _lr_at(step, steps, lr) * group["scale"]
         x = random_crops(photos, batch_size, crop, generator)
         with torch.autocast("cpu", dtype=amp_dtype, enabled=amp_dtype is not None):
             terms = model.rd_loss(x, quality)

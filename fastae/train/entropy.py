@@ -27,7 +27,7 @@ from fastae._io import write_text
 from fastae.codec.model_file import export_codec, read_model_file
 from fastae.models.codec import _round_ste, build_codec, checkerboard
 from fastae.nn.integer import IntegerCheckerboardContext, IntegerHyperSynthesis
-from fastae.train.codec import load_photos, random_crops
+from fastae.train.codec import _lr_at, load_photos, random_crops
 
 
 @torch.no_grad()
@@ -129,9 +129,8 @@ def train_entropy(data, out, init, integer: bool = True, steps: int = 4000, batc
     bar = tqdm(total=steps, desc="train entropy", disable=not progress, dynamic_ncols=True)
     for step in range(steps):
         quality = step % model.qualities + 1
-        lr_now = lr if step < int(0.9 * steps) else lr / 10
         for group in optimizer.param_groups:
-            group["lr"] = lr_now
+            group["lr"] = _lr_at(step, steps, lr)
         pick = torch.randint(0, pool.shape[0], (batch_size,), generator=generator)
         bpp = latent_rate(model, pool[pick], quality)
         if not torch.isfinite(bpp):
