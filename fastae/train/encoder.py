@@ -75,7 +75,6 @@ def train_encoder(data, out, init, steps: int = 4000, batch_size: int = 2, crop:
     tensor, and one that would change the decoder is refused (ValueError) before it is written."""
     from tqdm.auto import tqdm
 
-
     for name, value in (("steps", steps), ("batch_size", batch_size), ("crop", crop),
                         ("checkpoint_every", checkpoint_every), ("downscale", downscale)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
