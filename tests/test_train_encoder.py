@@ -57,6 +57,33 @@ def test_the_decoder_is_unchanged_and_reads_the_new_latents(tmp_path, kind, inte
     assert np.array_equal(new.decompress(new.compress(photo((64, 80)))), new.reconstruct(photo((64, 80))))
 
 
+def test_the_tables_are_init_s_where_this_cpu_derives_others(tmp_path, monkeypatch):
+    """On another CPU the Gaussian's float64 thresholds can come out one ulp apart (they did: a
+    v8 fine-tune on an AMD EPYC failed its export check): the fine-tune stores init's tables, and
+    export_codec(tables=...) refuses tables that are not the model's."""
+    import fastae.codec.entropy as entropy
+
+    init = _init_file("checkerboard", tmp_path, integer=True)
+    derived = entropy._gaussian_tables()
+    other = {**derived, "thresholds": torch.from_numpy(np.nextafter(derived["thresholds"].numpy(), np.inf))}
+    monkeypatch.setattr(entropy, "_gaussian_tables", lambda: other)
+    out = train_encoder(_photos(tmp_path), tmp_path / "run", init=init, steps=2, batch_size=1, crop=64, lr=1e-2,
+                        downscale=1, model_id="tiny-enc", progress=False)
+    before, after = load_file(str(init)), load_file(str(out))
+    assert torch.equal(after["tables.gaussian.thresholds"], before["tables.gaussian.thresholds"])
+    assert not torch.equal(after["tables.gaussian.thresholds"], other["thresholds"])  # the oracle differs
+    assert all(torch.equal(before[k], after[k]) for k in before if k.startswith(("tables.", "integer.")))
+    model = read_model_file(init)[0]
+    tables = {k: v for k, v in before.items() if k.startswith(("tables.", "integer."))}
+    with pytest.raises(ValueError, match="tables must hold the model's .* tables.gaussian.cdfs is missing"):
+        export_codec(model, tmp_path / "x.safetensors", tables={k: v for k, v in tables.items()
+                                                                 if k != "tables.gaussian.cdfs"})
+    with pytest.raises(ValueError, match="tables.gaussian.scales is missing, extra or of another shape or dtype"):
+        export_codec(model, tmp_path / "x.safetensors", tables={**tables, "tables.gaussian.scales":
+                                                                 tables["tables.gaussian.scales"].float()})
+    assert not (tmp_path / "x.safetensors").exists()
+
+
 def test_training_lowers_the_objective_of_the_training_crops(tmp_path):
     """v4's encoder made worse (its last layer's weights scaled by 0.7) learns back: the
     rate-distortion cost of the photo it trains on (fixed noise) ends lower than it started."""

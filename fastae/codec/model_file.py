@@ -67,7 +67,8 @@ def _conv_weight_names(model: CodecModel) -> list:
             if isinstance(module, (torch.nn.Conv2d, torch.nn.ConvTranspose2d, _IntegerConv))]
 
 
-def export_codec(model: CodecModel, path, model_id: str = DEFAULT_MODEL, weights_dtype: str = "float32") -> Path:
+def export_codec(model: CodecModel, path, model_id: str = DEFAULT_MODEL, weights_dtype: str = "float32",
+                 tables: dict = None) -> Path:
     """Write ``model`` with its derived integer tables to one safetensors file (atomically).
 
     ``weights_dtype="float16"`` stores the convolution weights in half precision (half the file;
@@ -75,6 +76,12 @@ def export_codec(model: CodecModel, path, model_id: str = DEFAULT_MODEL, weights
     exactly the model it describes: the weights are rounded to float16 first and the tables
     derived from the rounded model, and loading widens them to float32 without another rounding,
     so the encoder and the decoder compute with the same numbers as with a float32 file.
+
+    ``tables``: {"tables.MODEL.NAME" / "integer.LAYER.PART": tensor}, every table and integer layer
+    as a codec file holds them, stored instead of the derived ones (same names, shapes and dtypes,
+    else ValueError). For a model whose entropy networks are those of another file (an encoder-only
+    fine-tune): the float64 scales and thresholds derived on another CPU can differ from the file's
+    in the last bit (libm and SIMD paths differ), and that file's tables are the ones its decoders use.
     """
     if weights_dtype not in WEIGHTS_DTYPES:
         raise ValueError(f"export_codec: weights_dtype must be one of {WEIGHTS_DTYPES}, got {weights_dtype!r}")
@@ -94,8 +101,15 @@ def export_codec(model: CodecModel, path, model_id: str = DEFAULT_MODEL, weights
             half.add(name)
     tensors = {f"model.{k}": (v.half() if k in half else v).detach().contiguous()
                for k, v in model.state_dict().items()}
-    tensors.update(derive_tables(model))
-    tensors.update(derive_integers(model))
+    derived = {**derive_tables(model), **derive_integers(model)}
+    if tables is not None:
+        wrong = sorted(set(derived) ^ set(tables)) or [k for k in derived if tables[k].shape != derived[k].shape
+                                                       or tables[k].dtype != derived[k].dtype]
+        if wrong:
+            raise ValueError(f"export_codec: tables must hold the model's {len(derived)} tables and integer layers "
+                             f"with their shapes and dtypes; {wrong[0]} is missing, extra or of another shape or dtype")
+        derived = {k: tables[k].contiguous() for k in derived}
+    tensors.update(derived)
     path = Path(path)
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata={"model_id": model_id, "config": json.dumps(model.config)})

@@ -47,7 +47,10 @@ def _export_checked(model, path: Path, model_id: str, weights_dtype: str, init, 
     """``export_codec`` to ``path``, only if every tensor but the encoder's equals ``init``'s."""
     tmp = path.with_name(path.name + ".partial")
     try:
-        export_codec(model, tmp, model_id=model_id, weights_dtype=weights_dtype)
+        # the tables and integer layers are the frozen decoder's: init's, not re-derived (on another CPU
+        # the float64 thresholds can differ from init's in the last bit)
+        export_codec(model, tmp, model_id=model_id, weights_dtype=weights_dtype,
+                     tables={k: v for k, v in init_tensors.items() if k.startswith(("tables.", "integer."))})
         tensors = read_safetensors(tmp)
         encoder = tuple(f"model.{p}" for p in ENCODER_PARAMETERS)
         changed = sorted(k for k in set(tensors) | set(init_tensors) if not k.startswith(encoder)
