@@ -117,6 +117,10 @@ def cmd_train_codec(args):
         return _train_entropy(args)
     if args.encoder_only:
         return _train_encoder(args)
+    encoder_options = _given(args.argv, _ENCODER_ONLY)
+    if encoder_options:
+        raise ValueError(f"{', '.join(encoder_options)} appl{'ies' if len(encoder_options) == 1 else 'y'} to "
+                         f"--encoder-only training (widening the encoder of a codec file --init); pass --encoder-only")
     if args.integer or _given(args.argv, ["--pool"]):
         raise ValueError("--integer and --pool apply to --entropy-only training (fine-tuning the entropy networks "
                          "of a codec file --init); pass --entropy-only")
@@ -138,6 +142,8 @@ def cmd_train_codec(args):
     return 0
 
 
+# What only --encoder-only training reads.
+_ENCODER_ONLY = ("--analysis-widths", "--new-lr")
 # What --entropy-only training does not read: it keeps the --init model's transforms and qualities.
 _NOT_ENTROPY_ONLY = ("--lmbda", "--channels", "--latent", "--widths", "--kind", "--stop-at", "--compile",
                      "--hyper-input", "--resume")
@@ -158,6 +164,10 @@ def _train_entropy(args):
     _check_fine_tune(args, "--entropy-only", _NOT_ENTROPY_ONLY,
                      "it fine-tunes the entropy networks of --init, keeping its transforms and qualities",
                      "the hyperprior or checkerboard codec file to fine-tune")
+    stray = _given(args.argv, _ENCODER_ONLY)
+    if stray:
+        raise ValueError(f"{', '.join(stray)} {'does' if len(stray) == 1 else 'do'} not apply to --entropy-only "
+                         f"(they widen and train the encoder: --encoder-only)")
     weights = train_entropy(args.data, args.out, init=args.init, integer=args.integer, steps=args.steps,
                             batch_size=_default(args.batch_size, 8), crop=args.crop, crops=args.pool,
                             lr=_default(args.lr, 1e-4), downscale=args.downscale, seed=args.seed,
@@ -182,7 +192,8 @@ def _train_encoder(args):
                             downscale=args.downscale, seed=args.seed, model_id=args.model_id,
                             weights_dtype=args.weights_dtype if _given(args.argv, ["--weights-dtype"]) else None,
                             time_limit=args.time_limit, checkpoint_every=args.checkpoint_every,
-                            quality_order=args.quality_order, progress=True)
+                            quality_order=args.quality_order, analysis_widths=args.analysis_widths,
+                            new_lr=args.new_lr, progress=True)
     print(f"wrote {weights} (use it with: fastae compress SRC DST --weights {weights})")
     return 0
 
@@ -206,7 +217,7 @@ _ZOO_ONLY = ("--epochs", "--optimizer", "--weight-decay", "--amp", "--loss", "--
              "--size")
 _CODEC_ONLY = ("--lmbda", "--steps", "--crop", "--channels", "--widths", "--downscale", "--time-limit", "--kind", "--stop-at",
                "--compile", "--hyper-input", "--init", "--model-id", "--weights-dtype", "--entropy-only",
-               "--encoder-only", "--integer", "--pool", "--quality-order")
+               "--encoder-only", "--integer", "--pool", "--quality-order", *_ENCODER_ONLY)
 
 
 def _given(argv, options):
@@ -459,6 +470,11 @@ def main(argv=None):
     codec.add_argument("--encoder-only", action="store_true",
                        help="fine-tune only the encoder (g_a, h_a, gains) of the codec file --init against its frozen "
                             "decoder: files it writes decode exactly as --init's would (fastae.train.encoder)")
+    codec.add_argument("--analysis-widths", type=int, nargs=3, metavar=("A2", "A4", "A8"),
+                       help="with --encoder-only: widen --init's analysis transform to these channels at 1/2, 1/4 "
+                            "and 1/8 first (decoding time unchanged, encoding pays)")
+    codec.add_argument("--new-lr", type=float,
+                       help="with --analysis-widths: learning rate of the new weights (default 10x --lr)")
     codec.add_argument("--integer", action="store_true",
                        help="with --entropy-only: convert them to integer networks first (same tables on every "
                             "device) and train them quantization-aware")

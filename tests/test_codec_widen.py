@@ -11,7 +11,7 @@ from fastae.codec.model_file import export_codec
 from fastae.models.codec import CheckerboardCodec, FactorizedCodec, HyperpriorCodec, build_codec
 from fastae.train import load_model
 from fastae.train.codec import train_codec
-from fastae.train.widen import widen_codec
+from fastae.train.widen import widen_analysis, widen_codec
 
 KINDS = [FactorizedCodec, HyperpriorCodec, CheckerboardCodec]
 
@@ -118,3 +118,34 @@ def test_uniform_widths_keep_the_config_of_earlier_models():
     assert "widths" not in FactorizedCodec(N=8, M=8, widths=(8, 8, 8)).config
     with pytest.raises(ValueError, match="widths must be three positive integers"):
         FactorizedCodec(N=8, M=8, widths=(8, 8))
+
+
+@pytest.mark.parametrize("cls", KINDS, ids=lambda c: c.kind)
+def test_widened_analysis_codes_as_the_narrow_one_with_the_same_decoder(cls):
+    narrow = _trained_like(cls, N=8, M=12, widths=(6, 8, 10))
+    wide = widen_analysis(narrow, (12, 16, 10)).eval()
+    assert wide.config["analysis_widths"] == [12, 16, 10] and wide.config["widths"] == [6, 8, 10]
+    assert build_codec(wide.config).analysis_widths == (12, 16, 10) and wide.g_a[2].weight.shape == (16, 12, 5, 5)
+    assert wide.g_s[0].weight.shape == narrow.g_s[0].weight.shape
+    state, old = wide.state_dict(), narrow.state_dict()
+    assert all(torch.equal(v, state[k]) for k, v in old.items() if not k.startswith("g_a."))
+    x = torch.rand(2, 3, 64, 128)
+    with torch.no_grad():
+        for q in (1, 3):
+            torch.testing.assert_close(wide.analysis(x, q), narrow.analysis(x, q), atol=1e-5, rtol=1e-5)
+            a, b = narrow(x, q, noise=False), wide(x, q, noise=False)
+            torch.testing.assert_close(b["x_hat"], a["x_hat"], atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(b["bpp"], a["bpp"], atol=1e-5, rtol=1e-5)
+    # widening the whole model keeps the wider analysis
+    assert widen_codec(wide, N=10).analysis_widths == (12, 16, 10)
+    with pytest.raises(ValueError, match=r"analysis_widths\[2\] must be >= the model's 10, got 8"):
+        widen_analysis(narrow, (12, 16, 8))
+    with pytest.raises(ValueError, match="analysis_widths.*must be three positive integers"):
+        widen_analysis(narrow, (12, 16))
+
+
+def test_analysis_widths_enter_the_config_only_where_they_differ():
+    assert "analysis_widths" not in FactorizedCodec(N=8, M=8, widths=(4, 6, 8), analysis_widths=(4, 6, 8)).config
+    model = HyperpriorCodec(N=8, M=8, analysis_widths=(16, 16, 8))
+    assert model.config["analysis_widths"] == [16, 16, 8] and "widths" not in model.config
+    assert build_codec(model.config).state_dict().keys() == model.state_dict().keys()

@@ -104,6 +104,35 @@ def test_training_lowers_the_objective_of_the_training_crops(tmp_path):
     assert cost(out) < 0.95 * cost(init)
 
 
+def test_a_widened_encoder_trains_its_new_weights_against_the_same_decoder(tmp_path):
+    """analysis_widths: the export decodes as init does; init's entries of the widened tensors move
+    at lr (a millionth here), the new ones at new_lr."""
+    init = _init_file("checkerboard", tmp_path, integer=True)
+    lr, new_lr = 1e-8, 1e-2
+    out = train_encoder(_photos(tmp_path), tmp_path / "run", init=init, steps=4, batch_size=2, crop=64, lr=lr,
+                        new_lr=new_lr, downscale=1, model_id="tiny-wide", progress=False, analysis_widths=(12, 16, 8))
+    before, after = load_file(str(init)), load_file(str(out))
+    assert sorted(before) == sorted(after)
+    encoder = tuple("model." + p for p in ENCODER_PARAMETERS)
+    assert all(torch.equal(before[k], after[k]) for k in before if not k.startswith(encoder))
+    assert after["model.g_a.2.weight"].shape == (16, 12, 5, 5) and after["model.g_a.6.weight"].shape[1] == 8
+    for name in ("model.g_a.2.weight", "model.g_a.4.weight"):  # [out, in]: old rows read new columns from 0
+        w0, w1 = before[name], after[name]
+        o, i = w0.shape[:2]
+        assert (w1[:o, :i] - w0).abs().max() <= 4 * 1.1 * lr
+        assert (w1[:o, i:]).abs().max() > 2 * new_lr  # from zeros at the start (Adam: about new_lr a step)
+    model = read_model_file(out)[0]
+    assert model.analysis_widths == (12, 16, 8) and model.widths == (8, 8, 8)
+    new, old = load_codec(quality=2, weights=out), load_codec(quality=2, weights=init)
+    x = torch.from_numpy(photo((64, 80))).permute(2, 0, 1)[None]
+    latents = new.encode(x)
+    assert torch.equal(old.decode(latents), new.decode(latents))
+    with pytest.raises(ValueError, match=r"train_encoder: widen_analysis: analysis_widths\[0\] must be >= the model's 8"):
+        train_encoder(_photos(tmp_path), tmp_path / "r2", init=init, analysis_widths=(4, 8, 8), progress=False)
+    with pytest.raises(ValueError, match="new_lr must be a positive number, got 0"):
+        train_encoder(_photos(tmp_path), tmp_path / "r2", init=init, new_lr=0, progress=False)
+
+
 def test_encoder_parameters_are_the_encoder_side():
     model = tiny_model("checkerboard")
     names = set(encoder_parameters(model))
@@ -144,9 +173,17 @@ def test_cli_encoder_only(tmp_path, capsys):
     assert str(weights) in capsys.readouterr().out
     model, model_id, _ = read_model_file(weights)
     assert model.integer and model_id == "tiny-enc"
+    assert cli.main([*base, "--out", str(tmp_path / "wide"), "--encoder-only", "--init", str(init),
+                     "--analysis-widths", "12", "12", "8", "--new-lr", "1e-3"]) == 0
+    capsys.readouterr()
+    assert read_model_file(tmp_path / "wide" / "codec.safetensors")[0].analysis_widths == (12, 12, 8)
     assert cli.main([*base, "--out", str(tmp_path / "r2"), "--encoder-only"]) == 2
     assert "--encoder-only needs --init" in capsys.readouterr().err
     assert cli.main([*base, "--out", str(tmp_path / "r3"), "--encoder-only", "--init", str(init), "--pool", "8"]) == 2
     assert "--pool does not apply to --encoder-only" in capsys.readouterr().err
+    assert cli.main([*base, "--out", str(tmp_path / "r5"), "--analysis-widths", "16", "16", "16"]) == 2
+    assert "--analysis-widths applies to --encoder-only training" in capsys.readouterr().err
+    assert cli.main([*base, "--out", str(tmp_path / "r6"), "--entropy-only", "--init", str(init), "--new-lr", "1"]) == 2
+    assert "--new-lr does not apply to --entropy-only" in capsys.readouterr().err
     assert cli.main([*base, "--out", str(tmp_path / "r4"), "--encoder-only", "--entropy-only", "--init", str(init)]) == 2
     assert "exclude each other" in capsys.readouterr().err

@@ -93,7 +93,8 @@ class CodecModel(nn.Module):
     ``N`` is the transforms' width (and the hyper-latents' channels in the models with a
     hyperprior); ``widths`` optionally gives the analysis and synthesis other channel counts at
     1/2, 1/4 and 1/8 of the image size, e.g. narrow where the layers are large and costly and wide
-    near the latents, where width is cheap. ``config`` holds the constructor's arguments (and the
+    near the latents, where width is cheap; ``analysis_widths`` gives the analysis its own (default
+    ``widths``): a wider encoder costs encoding time only, and the decoder stays as it is. ``config`` holds the constructor's arguments (and the
     kind), as checkpoints and weights files store it: ``build_codec(model.config)`` rebuilds it.
 
     A subclass sets ``kind``, makes ``priors`` (one FactorizedDensity per quality) and its other
@@ -106,13 +107,16 @@ class CodecModel(nn.Module):
     stride = 16  # total downsampling of the analysis transform; inputs are padded to a multiple of it
     latent_stride = 16  # downsampling of the latents y
 
-    def __init__(self, N: int = 128, M: int = 192, lambdas=LAMBDAS, channels: int = 3, widths=None):
+    def __init__(self, N: int = 128, M: int = 192, lambdas=LAMBDAS, channels: int = 3, widths=None,
+                 analysis_widths=None):
         super().__init__()
         for name, value in (("N", N), ("M", M), ("channels", channels)):
             if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
                 raise ValueError(f"{type(self).__name__}: {name} must be a positive integer, got {value!r}")
         N, M, channels = int(N), int(M), int(channels)  # numpy integers too: the config is written as JSON
         widths = _check_widths(type(self).__name__, widths, N)
+        analysis_widths = widths if analysis_widths is None else _check_widths(
+            f"{type(self).__name__} (analysis_widths)", analysis_widths, N)
         if isinstance(lambdas, (str, bytes)):
             raise ValueError(f"{type(self).__name__}: lambdas must be a sequence of numbers, got {lambdas!r}")
         lambdas = [float(v) for v in lambdas]
@@ -123,13 +127,16 @@ class CodecModel(nn.Module):
         self.config = {"N": N, "M": M, "lambdas": lambdas, "channels": channels}
         if widths != (N, N, N):  # configs of uniform width (every model before widths existed) stay as they were
             self.config["widths"] = list(widths)
+        if analysis_widths != widths:  # and those with the decoder's widths as they were
+            self.config["analysis_widths"] = list(analysis_widths)
         if self.kind != "factorized":  # configs without a kind are factorized models
             self.config["kind"] = self.kind
         self.N, self.M, self.lambdas, self.qualities, self.channels = N, M, lambdas, qualities, channels
-        self.widths = widths
+        self.widths, self.analysis_widths = widths, analysis_widths
+        a2, a4, a8 = analysis_widths
+        self.g_a = nn.Sequential(_conv(channels, a2), GDN(a2), _conv(a2, a4), GDN(a4), _conv(a4, a8), GDN(a8),
+                                 _conv(a8, M))
         w2, w4, w8 = widths
-        self.g_a = nn.Sequential(_conv(channels, w2), GDN(w2), _conv(w2, w4), GDN(w4), _conv(w4, w8), GDN(w8),
-                                 _conv(w8, M))
         self.g_s = nn.Sequential(_deconv(M, w8), GDN(w8, inverse=True), _deconv(w8, w4), GDN(w4, inverse=True),
                                  _deconv(w4, w2), GDN(w2, inverse=True), _deconv(w2, channels))
         # Per-quality latent gains, stored as logs; initialised to a geometric ladder so that the
@@ -184,8 +191,9 @@ class FactorizedCodec(CodecModel):
 
     kind = "factorized"
 
-    def __init__(self, N: int = 128, M: int = 192, lambdas=LAMBDAS, channels: int = 3, widths=None):
-        super().__init__(N=N, M=M, lambdas=lambdas, channels=channels, widths=widths)
+    def __init__(self, N: int = 128, M: int = 192, lambdas=LAMBDAS, channels: int = 3, widths=None,
+                 analysis_widths=None):
+        super().__init__(N=N, M=M, lambdas=lambdas, channels=channels, widths=widths, analysis_widths=analysis_widths)
         self.priors = nn.ModuleList(FactorizedDensity(M) for _ in range(self.qualities))
 
     def forward(self, x: Tensor, quality: int, noise: bool = True) -> dict:
@@ -222,8 +230,8 @@ class HyperpriorCodec(CodecModel):
     stride = 64
 
     def __init__(self, N: int = 128, M: int = 192, lambdas=LAMBDAS, channels: int = 3, widths=None,
-                 integer: bool = False):
-        super().__init__(N=N, M=M, lambdas=lambdas, channels=channels, widths=widths)
+                 integer: bool = False, analysis_widths=None):
+        super().__init__(N=N, M=M, lambdas=lambdas, channels=channels, widths=widths, analysis_widths=analysis_widths)
         if not isinstance(integer, bool):
             raise ValueError(f"{type(self).__name__}: integer must be True or False, got {integer!r}")
         self.integer = integer
@@ -343,8 +351,9 @@ class CheckerboardCodec(HyperpriorCodec):
     kind = "checkerboard"
 
     def __init__(self, N: int = 128, M: int = 192, lambdas=LAMBDAS, channels: int = 3, widths=None,
-                 integer: bool = False):
-        super().__init__(N=N, M=M, lambdas=lambdas, channels=channels, widths=widths, integer=integer)
+                 integer: bool = False, analysis_widths=None):
+        super().__init__(N=N, M=M, lambdas=lambdas, channels=channels, widths=widths, integer=integer,
+                         analysis_widths=analysis_widths)
         self.ctx = IntegerCheckerboardContext(M) if integer else CheckerboardContext(M)
 
     def entropy_parameters(self, z_hat: Tensor, y: Tensor = None):

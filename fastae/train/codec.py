@@ -124,6 +124,7 @@ def _warm_start(model: CodecModel, init) -> list:
         narrow.load_state_dict(tensors)
         try:
             wide = widen_codec(narrow, N=model.N, M=model.M, widths=model.widths, lambdas=model.lambdas,
+                               analysis_widths=model.analysis_widths,
                                seed=torch.initial_seed())
         except ValueError as e:
             raise ValueError(f"init: {path} ({config}) cannot start this model ({model.config}): {e}") from None

@@ -19,8 +19,16 @@ Kodak in 1,000 steps at 2e-4, see docs/codec-history.md), the gains at ``10 * lr
 ``train_codec``);
 ``g_a`` and ``h_a`` run under the same bf16 autocast as ``train_codec`` on CPUs with native bf16.
 A run ended early (``time_limit``) continues from its export: pass it as ``init``.
+
+``analysis_widths`` widens ``init``'s analysis transform first (``fastae.train.widen.widen_analysis``:
+it starts computing what ``init``'s does, new channels read through zeros): the decoder and its
+decoding time stay as they are, and encoding pays for the width. The new weights learn at
+``new_lr`` (default ``10 * lr``), the ones copied from ``init`` at ``lr``: Adam's step is
+proportional to the learning rate entry by entry, so each step's change of an old entry is scaled
+by ``lr / new_lr``.
 """
 
+import copy
 import json
 import math
 import os
@@ -66,7 +74,8 @@ def _export_checked(model, path: Path, model_id: str, weights_dtype: str, init, 
 def train_encoder(data, out, init, steps: int = 4000, batch_size: int = 2, crop: int = 256, lr: float = 2e-5,
                   downscale: int = 2, seed: int = 0, model_id: str = "fastae-codec-custom",
                   weights_dtype: str = None, time_limit: float = None, progress: bool = True,
-                  checkpoint_every: int = 500, amp=True, quality_order=None) -> Path:
+                  checkpoint_every: int = 500, amp=True, quality_order=None, analysis_widths=None,
+                  new_lr: float = None) -> Path:
     """Fine-tune the encoder of the codec file ``init`` on random crops of the photos in ``data``
     (see the module docstring). One quality per step, in the order ``quality_order`` (default 1, 2,
     ..., every quality of ``init``). Writes ``out``/codec.safetensors (``export_codec`` with
@@ -75,15 +84,20 @@ def train_encoder(data, out, init, steps: int = 4000, batch_size: int = 2, crop:
     rounding as in training); ``time_limit`` (seconds) ends early at a checkpoint. Returns the
     codec file's path. ``weights_dtype`` (default: the one of ``init``'s convolution weights) must
     keep the decoder's tensors as they are: every export is checked against ``init``, tensor by
-    tensor, and one that would change the decoder is refused (ValueError) before it is written."""
+    tensor, and one that would change the decoder is refused (ValueError) before it is written.
+    ``analysis_widths`` (three channel counts, each at least ``init``'s) and ``new_lr``: see the
+    module docstring."""
     from tqdm.auto import tqdm
 
     for name, value in (("steps", steps), ("batch_size", batch_size), ("crop", crop),
                         ("checkpoint_every", checkpoint_every), ("downscale", downscale)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"train_encoder: {name} must be an integer >= 1, got {value!r}")
-    if not (isinstance(lr, (int, float)) and 0 < lr < math.inf):
-        raise ValueError(f"train_encoder: lr must be a positive number, got {lr!r}")
+    if new_lr is None:
+        new_lr = 10 * lr if isinstance(lr, (int, float)) else lr
+    for name, value in (("lr", lr), ("new_lr", new_lr)):
+        if isinstance(value, bool) or not (isinstance(value, (int, float)) and 0 < value < math.inf):
+            raise ValueError(f"train_encoder: {name} must be a positive number, got {value!r}")
     if time_limit is not None and not 0 <= time_limit < math.inf:
         raise ValueError(f"train_encoder: time_limit must be a number of seconds >= 0, got {time_limit!r}")
     model, init_id, init_hash = read_model_file(init)
@@ -93,6 +107,22 @@ def train_encoder(data, out, init, steps: int = 4000, batch_size: int = 2, crop:
     if crop % model.stride:
         raise ValueError(f"train_encoder: crop must be a positive multiple of {model.stride}, got {crop}")
     order = _quality_order(quality_order, model.qualities)
+    model = model.float()
+    old_entries = {}  # {name: bool mask of the entries copied from init} of the widened encoder's tensors
+    if analysis_widths is not None:
+        from fastae.train.widen import widen_analysis
+
+        try:
+            wide = widen_analysis(model, analysis_widths, seed=seed)
+            marked = copy.deepcopy(model)  # widened again with NaN in init's entries: where they went
+            with torch.no_grad():
+                for p in encoder_parameters(marked).values():
+                    p.fill_(math.nan)
+            marks = encoder_parameters(widen_analysis(marked, analysis_widths, seed=seed))
+        except ValueError as e:
+            raise ValueError(f"train_encoder: {e}") from None
+        old_entries = {name: torch.isnan(m) for name, m in marks.items() if m.shape != model.state_dict()[name].shape}
+        model = wide
     amp_dtype = autocast_dtype(amp, torch.device("cpu"), cpu=True)
     out = Path(out)
     path = out / "codec.safetensors"
@@ -103,7 +133,6 @@ def train_encoder(data, out, init, steps: int = 4000, batch_size: int = 2, crop:
     generator = torch.Generator().manual_seed(seed)
     photos = load_photos(data, downscale, min_side=crop)
     out.mkdir(parents=True, exist_ok=True)
-    model = model.float()
     for p in model.parameters():
         p.requires_grad_(False)
     train = encoder_parameters(model)
@@ -111,7 +140,12 @@ def train_encoder(data, out, init, steps: int = 4000, batch_size: int = 2, crop:
         p.requires_grad_(True)
     fast = [p for name, p in train.items() if name.startswith("log_gain")]
     slow = [p for name, p in train.items() if not name.startswith("log_gain")]
-    optimizer = torch.optim.Adam([{"params": slow, "scale": 1.0}, {"params": fast, "scale": 10.0}], lr=lr)
+    # the widened tensors' group learns at new_lr; their old entries' steps are scaled back to lr's
+    widened = [p for name, p in train.items() if name in old_entries]
+    slow = [p for p in slow if all(p is not w for w in widened)]
+    optimizer = torch.optim.Adam([{"params": slow, "scale": 1.0, "lr0": lr}, {"params": fast, "scale": 10.0, "lr0": lr},
+                                  {"params": widened, "scale": 1.0, "lr0": new_lr}], lr=lr)
+    masks = [old_entries[name] for name, p in train.items() if name in old_entries]
     history, sums = [], {}
     began = time.monotonic()
     bar = tqdm(total=steps, desc="train encoder", disable=not progress, dynamic_ncols=True)
@@ -119,7 +153,7 @@ def train_encoder(data, out, init, steps: int = 4000, batch_size: int = 2, crop:
     for step in range(steps):
         quality = order[step % len(order)]
         for group in optimizer.param_groups:
-            group["lr"] = _lr_at(step, steps, lr) * group["scale"]
+            group["lr"] = _lr_at(step, steps, group["lr0"]) * group["scale"]
         x = random_crops(photos, batch_size, crop, generator)
         with torch.autocast("cpu", dtype=amp_dtype, enabled=amp_dtype is not None):
             terms = model.rd_loss(x, quality)
@@ -130,7 +164,11 @@ def train_encoder(data, out, init, steps: int = 4000, batch_size: int = 2, crop:
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(list(train.values()), 1.0)
+        before = [p.detach().clone() for p in widened]
         optimizer.step()
+        with torch.no_grad():
+            for p, b, m in zip(widened, before, masks):
+                p.copy_(torch.where(m, b + (p - b) * (lr / new_lr), p))
         acc = sums.setdefault(quality, [0, 0.0, 0.0, 0.0])
         for i, v in enumerate((1, loss.item(), terms["bpp"].item(), terms["psnr"].item())):
             acc[i] += v

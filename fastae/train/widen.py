@@ -16,6 +16,7 @@ pixels (up to float rounding), and trains on from there instead of from scratch:
 - new qualities (lambdas appended above the old ones) start as copies of the last quality.
 """
 
+import copy
 import numbers
 
 import torch
@@ -110,19 +111,53 @@ def _widen_gains(old: torch.Tensor, new: nn.Parameter):
         new.copy_(torch.cat([rows, rows[-1:].expand(new.shape[0] - q_old, -1)]))
 
 
+def _widen_analysis_layers(g_a: nn.Sequential, G_a: nn.Sequential, old_widths, M_old: int):
+    """Copy the analysis transform ``g_a`` (channels ``old_widths``) into the wider ``G_a``."""
+    a2, a4, a8 = (torch.arange(c) for c in old_widths)
+    _widen_conv(g_a[0], G_a[0], a2, None)
+    _widen_conv(g_a[2], G_a[2], a4, a2)
+    _widen_conv(g_a[4], G_a[4], a8, a4)
+    _widen_conv(g_a[6], G_a[6], torch.arange(M_old), a8, new_rows="small")
+    for i in (1, 3, 5):
+        _widen_gdn(g_a[i], G_a[i])
+
+
+def widen_analysis(model: CodecModel, analysis_widths, seed: int = 0) -> CodecModel:
+    """A copy of ``model`` whose analysis transform has ``analysis_widths`` channels at 1/2, 1/4
+    and 1/8 (each at least ``model``'s) and computes what ``model``'s does: new channels as in
+    ``widen_codec``. Everything else, the decoder with its loaded tables and integer layers, is a
+    copy of ``model``'s, so the copy decodes exactly as ``model`` does (fastae.train.encoder trains
+    such an encoder against the frozen decoder)."""
+    torch.manual_seed(seed)
+    fresh = build_codec({**model.config, "analysis_widths": list(analysis_widths)})  # checks the widths
+    for i, (a, b) in enumerate(zip(model.analysis_widths, fresh.analysis_widths)):
+        if b < a:
+            raise ValueError(f"widen_analysis: analysis_widths[{i}] must be >= the model's {a}, got {b}")
+    wide = copy.deepcopy(model)
+    _widen_analysis_layers(model.g_a, fresh.g_a, model.analysis_widths, model.M)
+    wide.g_a = fresh.g_a.to(model.log_gain.dtype)
+    wide.config, wide.analysis_widths = fresh.config, fresh.analysis_widths
+    return wide
+
+
 def widen_codec(model: CodecModel, N: int = None, M: int = None, widths=None, lambdas=None,
-                seed: int = 0) -> CodecModel:
+                seed: int = 0, analysis_widths=None) -> CodecModel:
     """A model of ``model``'s kind with at least its sizes that codes as it does (see the module
     docstring). ``N``, ``M``, ``widths`` (channels at 1/2, 1/4, 1/8) default to ``model``'s;
-    ``lambdas`` must begin with ``model``'s lambdas (new qualities are added above). ``seed``
-    draws the fresh weights."""
+    ``analysis_widths`` (the encoder's) to ``model``'s where they are its ``widths``, else to
+    ``widths``; ``lambdas`` must begin with ``model``'s lambdas (new qualities are added above).
+    ``seed`` draws the fresh weights."""
     cfg = dict(model.config)
     target = {**cfg, "N": cfg["N"] if N is None else N, "M": cfg["M"] if M is None else M,
               "lambdas": cfg["lambdas"] if lambdas is None else [float(v) for v in lambdas]}
     target["widths"] = list(model.widths if widths is None else widths)
-    old_w, old_l = model.widths, [float(v) for v in cfg["lambdas"]]
+    if analysis_widths is None:
+        analysis_widths = model.analysis_widths if model.analysis_widths != model.widths else target["widths"]
+    target["analysis_widths"] = list(analysis_widths)
+    old_w, old_a, old_l = model.widths, model.analysis_widths, [float(v) for v in cfg["lambdas"]]
     for name, a, b in (("N", cfg["N"], target["N"]), ("M", cfg["M"], target["M"]),
-                       *((f"widths[{i}]", a, b) for i, (a, b) in enumerate(zip(old_w, target["widths"])))):
+                       *((f"widths[{i}]", a, b) for i, (a, b) in enumerate(zip(old_w, target["widths"]))),
+                       *((f"analysis_widths[{i}]", a, b) for i, (a, b) in enumerate(zip(old_a, analysis_widths)))):
         if isinstance(b, bool) or not isinstance(b, numbers.Integral) or b < a:
             raise ValueError(f"widen_codec: {name} must be an integer >= the model's {a}, got {b!r}")
     if target["lambdas"][:len(old_l)] != old_l:
@@ -134,16 +169,12 @@ def widen_codec(model: CodecModel, N: int = None, M: int = None, widths=None, la
     ar = torch.arange
     w2, w4, w8 = (ar(c) for c in old_w)
     g_a, G_a, g_s, G_s = model.g_a, wide.g_a, model.g_s, wide.g_s
-    _widen_conv(g_a[0], G_a[0], w2, None)
-    _widen_conv(g_a[2], G_a[2], w4, w2)
-    _widen_conv(g_a[4], G_a[4], w8, w4)
-    _widen_conv(g_a[6], G_a[6], ar(M0), w8, new_rows="small")
+    _widen_analysis_layers(g_a, G_a, old_a, M0)
     _widen_conv(g_s[0], G_s[0], w8, ar(M0))
     _widen_conv(g_s[2], G_s[2], w4, w8)
     _widen_conv(g_s[4], G_s[4], w2, w4)
     _widen_conv(g_s[6], G_s[6], None, w2)
     for i in (1, 3, 5):
-        _widen_gdn(g_a[i], G_a[i])
         _widen_gdn(g_s[i], G_s[i])
     _widen_gains(model.log_gain.detach(), wide.log_gain)
     _widen_gains(model.log_inv_gain.detach(), wide.log_inv_gain)
