@@ -146,6 +146,9 @@ def train_encoder(data, out, init, steps: int = 4000, batch_size: int = 2, crop:
     optimizer = torch.optim.Adam([{"params": slow, "scale": 1.0, "lr0": lr}, {"params": fast, "scale": 10.0, "lr0": lr},
                                   {"params": widened, "scale": 1.0, "lr0": new_lr}], lr=lr)
     masks = [old_entries[name] for name, p in train.items() if name in old_entries]
+    run = {"init": init_id, "init_hash": init_hash.hex(), "steps": steps, "lr": lr, "batch_size": batch_size,
+           "crop": crop, "seed": seed, "analysis_widths": list(model.analysis_widths),
+           "new_lr": new_lr if old_entries else None}
     history, sums = [], {}
     began = time.monotonic()
     bar = tqdm(total=steps, desc="train encoder", disable=not progress, dynamic_ncols=True)
@@ -182,9 +185,7 @@ def train_encoder(data, out, init, steps: int = 4000, batch_size: int = 2, crop:
             model.eval()
             _export_checked(model, path, model_id, weights_dtype, init, init_tensors)
             model.train()
-            write_text(out / "history.json", json.dumps({"init": init_id, "init_hash": init_hash.hex(), "steps": steps,
-                                                          "lr": lr, "batch_size": batch_size, "crop": crop,
-                                                          "seed": seed, "history": history}, indent=1))
+            write_text(out / "history.json", json.dumps({**run, "history": history}, indent=1))
             if stop:
                 break
     bar.close()
