@@ -94,8 +94,9 @@ class CodecModel(nn.Module):
     hyperprior); ``widths`` optionally gives the analysis and synthesis other channel counts at
     1/2, 1/4 and 1/8 of the image size, e.g. narrow where the layers are large and costly and wide
     near the latents, where width is cheap; ``analysis_widths`` gives the analysis its own (default
-    ``widths``): a wider encoder costs encoding time only, and the decoder stays as it is. ``config`` holds the constructor's arguments (and the
-    kind), as checkpoints and weights files store it: ``build_codec(model.config)`` rebuilds it.
+    ``widths``): a wider encoder costs encoding time only, and the decoder stays as it is.
+    ``config`` holds the constructor's arguments (and the kind), as checkpoints and weights files
+    store it: ``build_codec(model.config)`` rebuilds it.
 
     A subclass sets ``kind``, makes ``priors`` (one FactorizedDensity per quality) and its other
     modules after the transforms, in the order of the models before it (a checkpoint's optimizer

@@ -41,7 +41,12 @@ class ConvEncoder(nn.Module):
         self.features = channels[-1] * math.prod(conv_sizes(*input_shape[1:], len(channels))[-1])
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.convs(x.reshape(x.shape[0], *self.input_shape)).flatten(1)
+        # The flatten reads NCHW order, so the last conv's channels-last output is made contiguous
+        # before its ReLU rather than after: the ReLU's backward then reads a gradient and an output
+        # of one layout (threshold_backward with one NCHW and one channels-last operand measured 3-4x
+        # slower on the AMD EPYC; the train step in bf16 at batch 256: 31.4 -> 30.5 ms).
+        h = self.convs[:-1](x.reshape(x.shape[0], *self.input_shape))
+        return self.convs[-1](h.contiguous()).flatten(1)
 
 
 class ConvDecoder(nn.Module):
