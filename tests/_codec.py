@@ -69,3 +69,15 @@ def rewrite_model_file(path, out, changes: dict):
             tensors[name] = value.contiguous()
     save_file(tensors, str(out), metadata=meta)
     return out
+
+
+def cpu_vendor() -> str:
+    """The CPU's vendor_id (GenuineIntel, AuthenticAMD, ...; "unknown" without /proc/cpuinfo): float
+    kernels round differently on another vendor's CPU even at the same torch CPU capability."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("vendor_id"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown"

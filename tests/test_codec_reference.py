@@ -30,6 +30,7 @@ from fastae.codec.api import load_codec
 from fastae.codec.format import pack, unpack
 from fastae.codec.model_file import export_codec
 from fastae.models.codec import build_codec
+from tests._codec import cpu_vendor
 
 DATA = Path(__file__).parent / "data" / "codec"
 REF = json.loads((DATA / "reference.json").read_text())
@@ -42,22 +43,12 @@ same_machine = pytest.mark.skipif(
            f"{REF['torch']}, CPU capability {REF['cpu_capability']}")
 
 
-def _cpu_vendor() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("vendor_id"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown"
-
-
 # The tiny models' tables (derived at export from float likelihoods) and the banded image's float64
 # entropy networks round differently on another CPU vendor's kernels (measured: an Intel Xeon gives
 # other tables for the tiny models and other bytes for the banded image; the shipped model's files
 # and pixels of whole images are the same there).
-same_cpu = pytest.mark.skipif(_cpu_vendor() != REF["cpu_vendor"],
-                              reason=f"written on a {REF['cpu_vendor']} CPU, this one is {_cpu_vendor()}")
+same_cpu = pytest.mark.skipif(cpu_vendor() != REF["cpu_vendor"],
+                              reason=f"written on a {REF['cpu_vendor']} CPU, this one is {cpu_vendor()}")
 
 
 def _sha(data: bytes) -> str:
@@ -145,8 +136,8 @@ def _as_version_1(data: bytes, codec) -> bytes:
 def test_same_bytes_and_pixels_as_before(codecs, entry):
     """The same streams as before (the file repacked as version 1 is byte for byte the old one),
     and the old file decodes to the same latents and pixels."""
-    if entry["model"] != OLD and _cpu_vendor() != REF["cpu_vendor"]:
-        pytest.skip(f"the tiny models' tables were derived on a {REF['cpu_vendor']} CPU, this one is {_cpu_vendor()}")
+    if entry["model"] != OLD and cpu_vendor() != REF["cpu_vendor"]:
+        pytest.skip(f"the tiny models' tables were derived on a {REF['cpu_vendor']} CPU, this one is {cpu_vendor()}")
     codec = _codec(codecs, entry["model"], entry["quality"])
     old = (DATA / entry["fae"]).read_bytes()
     new = codec.compress(_image(entry["image"]))
