@@ -187,6 +187,9 @@ def _train_encoder(args):
     _check_fine_tune(args, "--encoder-only", _NOT_ENCODER_ONLY,
                      "it fine-tunes the encoder of --init, keeping its decoder and qualities",
                      "the codec file whose encoder to fine-tune")
+    if args.new_lr is not None and args.analysis_widths is None:
+        raise ValueError("--new-lr is the learning rate of the weights --analysis-widths adds; without it every "
+                         "weight learns at --lr")
     weights = train_encoder(args.data, args.out, init=args.init, steps=args.steps,
                             batch_size=_default(args.batch_size, 2), crop=args.crop, lr=_default(args.lr, 2e-5),
                             downscale=args.downscale, seed=args.seed, model_id=args.model_id,

@@ -185,5 +185,7 @@ def test_cli_encoder_only(tmp_path, capsys):
     assert "--analysis-widths applies to --encoder-only training" in capsys.readouterr().err
     assert cli.main([*base, "--out", str(tmp_path / "r6"), "--entropy-only", "--init", str(init), "--new-lr", "1"]) == 2
     assert "--new-lr does not apply to --entropy-only" in capsys.readouterr().err
+    assert cli.main([*base, "--out", str(tmp_path / "r7"), "--encoder-only", "--init", str(init), "--new-lr", "1"]) == 2
+    assert "--new-lr is the learning rate of the weights --analysis-widths adds" in capsys.readouterr().err
     assert cli.main([*base, "--out", str(tmp_path / "r4"), "--encoder-only", "--entropy-only", "--init", str(init)]) == 2
     assert "exclude each other" in capsys.readouterr().err
