@@ -161,13 +161,9 @@ def _check_fine_tune(args, flag: str, not_read, what: str, init: str):
 def _train_entropy(args):
     from fastae.train.entropy import train_entropy
 
-    _check_fine_tune(args, "--entropy-only", _NOT_ENTROPY_ONLY,
+    _check_fine_tune(args, "--entropy-only", _NOT_ENTROPY_ONLY + _ENCODER_ONLY,
                      "it fine-tunes the entropy networks of --init, keeping its transforms and qualities",
                      "the hyperprior or checkerboard codec file to fine-tune")
-    stray = _given(args.argv, _ENCODER_ONLY)
-    if stray:
-        raise ValueError(f"{', '.join(stray)} {'does' if len(stray) == 1 else 'do'} not apply to --entropy-only "
-                         f"(they widen and train the encoder: --encoder-only)")
     weights = train_entropy(args.data, args.out, init=args.init, integer=args.integer, steps=args.steps,
                             batch_size=_default(args.batch_size, 8), crop=args.crop, crops=args.pool,
                             lr=_default(args.lr, 1e-4), downscale=args.downscale, seed=args.seed,
