@@ -84,23 +84,15 @@ void grad_preactivation(const T* grad_out, const T* saved, T* g, float* db, int6
         T* gr = g + r * N;
         if constexpr (std::is_same_v<T, float>) {
           vec_kernel(ACT, go, s, gr, acc, N);
-        } else if (N <= kConvertBlock) {  // through fp32 and the Vectorized kernel (see apply_forward)
+        } else {  // half/bf16: through fp32 and the Vectorized kernel in blocks (see apply_forward)
           float gf[kConvertBlock], sf[kConvertBlock];
-          to_float(go, gf, N);
-          to_float(s, sf, N);
-          vec_kernel(ACT, gf, sf, gf, acc, N);
-          from_float(gf, gr, N);
-        } else if (acc) {  // half/bf16: two loops rather than a test per element, so that both vectorize
-#pragma omp simd
-          for (int64_t j = 0; j < N; ++j) {
-            const float v = static_cast<float>(go[j]) * act_grad(ACT, static_cast<float>(s[j]));
-            gr[j] = static_cast<T>(v);
-            acc[j] += v;
+          for (int64_t j = 0; j < N; j += kConvertBlock) {
+            const int64_t len = std::min(kConvertBlock, N - j);
+            to_float(go + j, gf, len);
+            to_float(s + j, sf, len);
+            vec_kernel(ACT, gf, sf, gf, acc ? acc + j : nullptr, len);
+            from_float(gf, gr + j, len);
           }
-        } else {
-#pragma omp simd
-          for (int64_t j = 0; j < N; ++j)
-            gr[j] = static_cast<T>(static_cast<float>(go[j]) * act_grad(ACT, static_cast<float>(s[j])));
         }
       }
     }

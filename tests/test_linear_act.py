@@ -69,6 +69,24 @@ def test_matches_oracle(backend, act, dtype, atol, rtol, batch, in_f, out_f):
 
 
 @pytest.mark.parametrize("backend", backend_params())
+@pytest.mark.parametrize("act", ["relu", "sigmoid", "gelu"])
+@pytest.mark.parametrize("dtype, atol, rtol", DTYPES[1:])
+def test_half_rows_wider_than_a_conversion_block(backend, act, dtype, atol, rtol):
+    """bf16/fp16 rows of more than the CPU kernel's 1024-value conversion block (the conv AE's
+    3136-wide decoder layer): backward converts each row block by block, with the bias gradient
+    summed across blocks; 2500 is not a multiple of the block."""
+    if backend == "triton" and device_for("triton").type == "cpu":
+        pytest.skip("the Triton interpreter is slow; large shapes run in fp32 only")
+    device = device_for(backend)
+    x, w, b = make_inputs((5,), 17, 2500, dtype, device)
+    grad_out = torch.randn(5, 2500, generator=torch.Generator().manual_seed(1)).to(device, dtype)
+    out, ref, grads = run(backend, act, x, w, b, grad_out)
+    assert_close(out, ref, atol, rtol)
+    for got, want in grads:
+        assert_close(got, want, atol, rtol)
+
+
+@pytest.mark.parametrize("backend", backend_params())
 @pytest.mark.parametrize("act", ["relu", "gelu"])
 def test_leading_dims_and_no_bias(backend, act):
     device = device_for(backend)
