@@ -66,4 +66,12 @@ TORCH_LIBRARY(fastae_C, m) {
   m.def("int_requantize(Tensor acc, Tensor mult, Tensor shift, int lo, int hi, ScalarType out_dtype) -> Tensor");
   // clamp(a + b, -limit, limit) of int32 a and b of one shape, summed in int64: int32.
   m.def("int_add_clamp(Tensor a, Tensor b, int limit) -> Tensor");
+  // The 3x3, stride-2, padding-1 convolution of one channel into C (weight [C, 1, 3, 3]): img
+  // [B, 1, H, W] -> [B, C, (H-1)/2+1, (W-1)/2+1] channels-last; its transpose from C channels into one
+  // (a ConvTranspose2d's weight [C, 1, 3, 3]): x [B, C, h, w] -> [B, 1, H, W] for an H x W that halves to
+  // h x w; and the weight gradient of either, float32 [C, 1, 3, 3], with the per-channel sums of x
+  // (fastae/ops/mono_conv.py).
+  m.def("mono_conv_fwd(Tensor img, Tensor weight, Tensor? bias) -> Tensor");
+  m.def("mono_conv_tfwd(Tensor x, Tensor weight, Tensor? bias, int H, int W) -> Tensor");
+  m.def("mono_conv_wgrad(Tensor x, Tensor img) -> (Tensor, Tensor)");
 }

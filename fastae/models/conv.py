@@ -5,7 +5,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from fastae.nn import FusedLinear
+from fastae.nn import FusedLinear, MonoConv2d, MonoConvTranspose2d
 from fastae.ops import ACTIVATIONS, reconstruction_loss
 from fastae.models.base import LOSSES, Autoencoder, full_precision
 
@@ -36,7 +36,8 @@ class ConvEncoder(nn.Module):
         self.input_shape = tuple(input_shape)
         layers = []
         for c_in, c_out in zip((input_shape[0], *channels[:-1]), channels):
-            layers += [nn.Conv2d(c_in, c_out, 3, stride=2, padding=1), nn.ReLU(inplace=True)]
+            conv = MonoConv2d(c_out) if c_in == 1 else nn.Conv2d(c_in, c_out, 3, stride=2, padding=1)
+            layers += [conv, nn.ReLU(inplace=True)]
         self.convs = _channels_last(nn.Sequential(*layers))
         self.features = channels[-1] * math.prod(conv_sizes(*input_shape[1:], len(channels))[-1])
 
@@ -65,8 +66,11 @@ class ConvDecoder(nn.Module):
         for i in reversed(range(len(channels))):
             # A stride-2 transposed conv makes 2·n - 1 + output_padding out of n.
             padding = tuple(big - 2 * small + 1 for big, small in zip(sizes[i], sizes[i + 1]))
-            layers += [nn.ConvTranspose2d(channels[i], outs[i], 3, stride=2, padding=1, output_padding=padding),
-                       nn.ReLU(inplace=True) if i else nn.Sigmoid()]
+            if outs[i] == 1:
+                deconv = MonoConvTranspose2d(channels[i], output_padding=padding)
+            else:
+                deconv = nn.ConvTranspose2d(channels[i], outs[i], 3, stride=2, padding=1, output_padding=padding)
+            layers += [deconv, nn.ReLU(inplace=True) if i else nn.Sigmoid()]
         self.deconvs = _channels_last(nn.Sequential(*layers))
 
     def forward(self, z: Tensor) -> Tensor:

@@ -6,6 +6,7 @@ import torch
 from fastae.ops import _backend
 from fastae.ops.linear import ACTIVATIONS, linear_act
 from fastae.ops.loss import KINDS, gaussian_kl, linear_bce_loss, reconstruction_loss
+from fastae.ops.mono_conv import mono_conv
 
 _TOLERANCE = {torch.float32: 1e-4, torch.bfloat16: 3e-2}
 
@@ -28,6 +29,10 @@ def _cases():
         yield "recon_loss", kind, lambda *a, kind=kind: reconstruction_loss(*a, kind), (input, target), 2
     yield "gaussian_kl", "batch", gaussian_kl, (torch.randn(6, 8, generator=g), torch.randn(6, 8, generator=g)), 2
     yield "linear_bce", "mean", linear_bce_loss, (x, w, b, (torch.rand(5, 17, generator=g) > 0.5).float()), 3
+    k = torch.randn(8, 1, 3, 3, generator=g) / 3
+    yield "mono_conv", "1->C", mono_conv, (torch.rand(2, 1, 9, 8, generator=g), k, torch.randn(8, generator=g)), 3
+    yield "mono_conv", "C->1", lambda *a: mono_conv(*a, transposed=True, output_size=(9, 8)), \
+        (torch.randn(2, 8, 5, 4, generator=g), k, torch.randn(1, generator=g)), 3
 
 
 def _run(fn, inputs, n_grad, backend, dtype, device):
