@@ -109,18 +109,21 @@ void tconv_kernel(const T* x, const float* w16, float bias, T* out, int64_t B, i
 }
 
 // gw[c][tap] = sum over b, i, j of x[b, i, j, c] * img[b, 2i - 1 + ky, 2j - 1 + kx]; gb[c] = sum of x[..., c].
-// Per-thread partial sums over whole images, added in a fixed order.
+// Partial sums per block of kWgradImages images, added in block order: the same result for any
+// thread count.
+constexpr int64_t kWgradImages = 8;
+
 template <typename T>
 void wgrad_kernel(const T* x, const T* img, float* gw, float* gb, int64_t B, int64_t h, int64_t wd, int64_t H,
                   int64_t W, int64_t C) {
   const auto row_kernel = FASTAE_SEGMENT(mono_wgrad_row);
-  const int64_t chunks = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), B));
-  std::vector<float> partial(chunks * 10 * C, 0.0f);
-  at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
+  const int64_t blocks = (B + kWgradImages - 1) / kWgradImages;
+  std::vector<float> partial(blocks * 10 * C, 0.0f);
+  at::parallel_for(0, blocks, 1, [&](int64_t k0, int64_t k1) {
     std::vector<float> px(wd * C), rows(3 * (W + 2));
-    for (int64_t k = c0; k < c1; ++k) {
+    for (int64_t k = k0; k < k1; ++k) {
       float* acc = partial.data() + k * 10 * C;  // 9 taps, then the plain sum
-      for (int64_t b = k * B / chunks; b < (k + 1) * B / chunks; ++b)
+      for (int64_t b = k * kWgradImages; b < std::min(B, (k + 1) * kWgradImages); ++b)
         for (int64_t i = 0; i < h; ++i) {
           padded_rows(img, b, i, H, W, rows.data());
           to_float(x + (b * h + i) * wd * C, px.data(), wd * C);
@@ -128,13 +131,13 @@ void wgrad_kernel(const T* x, const T* img, float* gw, float* gb, int64_t B, int
         }
     }
   });
-  for (int64_t t = 0; t < 10; ++t)
-    for (int64_t c = 0; c < C; ++c) {
-      float v = 0.0f;
-      for (int64_t k = 0; k < chunks; ++k) v += partial[(k * 10 + t) * C + c];
-      if (t < 9) gw[c * 9 + t] = v;
-      else gb[c] = v;
-    }
+  std::vector<float> total(10 * C, 0.0f);
+  for (int64_t k = 0; k < blocks; ++k)
+    for (int64_t v = 0; v < 10 * C; ++v) total[v] += partial[k * 10 * C + v];
+  for (int64_t c = 0; c < C; ++c) {
+    for (int64_t t = 0; t < 9; ++t) gw[c * 9 + t] = total[t * C + c];
+    gb[c] = total[9 * C + c];
+  }
 }
 
 void check_image(const at::Tensor& img, const char* name) {

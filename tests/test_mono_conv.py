@@ -169,3 +169,22 @@ def test_modules_are_the_torch_modules_with_another_forward(padding):
     assert_close(out, ref_deconv(h), 1e-5, 1e-5)
     with pytest.raises(ValueError, match="output_padding 0 or 1"):
         MonoConvTranspose2d(16, output_padding=2)
+
+
+@pytest.mark.skipif("cpu" not in fastae.ops.available_backends(), reason="needs fastae._C")
+@pytest.mark.parametrize("transposed", [False, True], ids=["conv", "transposed"])
+def test_gradients_do_not_depend_on_the_thread_count(transposed):
+    x, weight, bias, grad = _inputs(transposed, 37, 32, 12, 12, torch.float32)
+    threads = torch.get_num_threads()
+    grads = []
+    try:
+        for n in (1, 3):
+            torch.set_num_threads(n)
+            leaves = _leaves(x, weight, bias)
+            with fastae.ops.backend("cpu"):
+                mono_conv(*leaves, transposed=transposed, output_size=(12, 12) if transposed else None).backward(grad)
+            grads.append([t.grad for t in leaves])
+    finally:
+        torch.set_num_threads(threads)
+    for a, b in zip(*grads):
+        assert torch.equal(a, b)
