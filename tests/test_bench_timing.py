@@ -6,7 +6,7 @@ import time
 import pytest
 import torch
 
-from fastae.bench.timing import Settings, measure
+from fastae.bench.timing import Settings, measure, measure_interleaved
 
 
 def test_measure_times_a_known_sleep():
@@ -44,3 +44,41 @@ def test_settings_quick_full_and_min_time():
     quick, full = Settings.for_run("cpu", quick=True), Settings.for_run("cpu", quick=False)
     assert (quick.min_time, quick.min_repeats, full.min_time, full.min_repeats) == (0.25, 5, 0.5, 10)
     assert Settings.for_run("cpu", quick=True, min_time=0.01).min_time == 0.01
+
+
+def test_measure_interleaved_takes_turns_and_reports_failures():
+    order = []
+
+    def fn(name, sleep=0.0):
+        def call():
+            order.append(name)
+            time.sleep(sleep)
+        return call
+
+    def broken():
+        raise ValueError("no such kernel")
+
+    got, errors = measure_interleaved({"a": fn("a", 0.002), "b": fn("b"), "bad": broken}, warmup=2, min_time=0.0,
+                                      min_repeats=6, rounds=3)
+    assert set(got) == {"a", "b"} and isinstance(errors["bad"], ValueError)
+    assert got["a"]["repeats"] == got["b"]["repeats"] == 6  # two calls a round, three rounds
+    assert got["a"]["min_s"] >= 0.002 and got["a"]["first_s"] >= 0.002
+    timed = order[4:]  # after each fn's two warm-up calls
+    assert timed == ["a", "a", "b", "b", "b", "b", "a", "a", "a", "a", "b", "b"]  # rounds start at a, b, a
+
+
+def test_measure_interleaved_shares_a_slow_phase():
+    """A phase in which every call is slower (the machine busy) lands on both fns: their medians
+    stay equal. Timed one after the other, x would have run its first 29 calls before the phase
+    (median 1 ms) and y all of its calls in it (4 ms)."""
+    slow = {"on": False}
+    calls = {"n": 0}
+
+    def work():
+        calls["n"] += 1
+        if calls["n"] > 30:  # from the 31st call on (of 82 in all) every call is slow
+            slow["on"] = True
+        time.sleep(0.004 if slow["on"] else 0.001)
+
+    got, _ = measure_interleaved({"x": work, "y": work}, warmup=1, min_time=0.0, min_repeats=40, rounds=10)
+    assert got["x"]["median_s"] == pytest.approx(got["y"]["median_s"], rel=0.5)

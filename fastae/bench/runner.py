@@ -171,17 +171,32 @@ def step_of(prepared, impl):
 
 def run_case(case, device, settings, pk=None, progress=None) -> list:
     """Measure every impl of ``case``: its rows, with ratios to the case's own baselines and, on
-    CUDA, its target and whether it was met."""
+    CUDA, its target and whether it was met. On the CPU the impls are timed in turns
+    (``measure_interleaved``); on CUDA one after the other, each built only for its turn."""
     device = torch.device(case.device or device)
-    rows = []
     prepared = prepare(case)
-    for impl in case.impls:
+    cpu = device.type == "cpu"
+    steps, errors, measured = {}, {}, {}
+    if cpu:  # every impl built first, then they take turns: a slow phase of the machine falls on all of them
+        for impl in case.impls:
+            try:
+                steps[impl] = step_of(prepared, impl)
+            except Exception as e:  # noqa: BLE001
+                errors[impl] = e
         if progress is not None:
+            progress.set_postfix_str(f"{case.name} [{', '.join(steps)}]"[-70:], refresh=False)
+        measured, failed = settings.measure_interleaved(steps)
+        errors.update(failed)
+    rows = []
+    for impl in case.impls:
+        if progress is not None and not cpu:
             progress.set_postfix_str(f"{case.name} [{impl}]"[-70:], refresh=False)
         step = None
         try:
-            step = step_of(prepared, impl)
-            row = make_row(case, impl, settings.measure(step, device), pk)
+            if impl in errors:
+                raise errors[impl]
+            step = steps[impl] if cpu else step_of(prepared, impl)  # CUDA: one impl's memory at a time
+            row = make_row(case, impl, measured[impl] if cpu else settings.measure(step, device), pk)
             row["extra"].update(prepared.extra.get(impl, {}))
             peak = peak_memory_mb(case, impl, step, prepared, device)
             if peak is not None:
@@ -193,9 +208,10 @@ def run_case(case, device, settings, pk=None, progress=None) -> list:
             if device.type == "cuda":
                 torch.cuda.empty_cache()
         rows.append(row)
-        step = None
+        step = steps[impl] = None
         if progress is not None:
             progress.update(1)
+    steps = None
     add_ratios(rows)
     judge(case, rows, device)
     del prepared
@@ -268,9 +284,10 @@ def run(suites=SUITES, device="cpu", *, quick=False, dtypes=None, activations=("
         "activations": list(activations),
         "compile": compile_on,
         "timing": {"method": ("CUDA events around each call after warm-up, L2 flushed (256 MB) before each call"
-                              if device.type == "cuda" else "time.perf_counter around each call after warm-up"),
+                              if device.type == "cuda" else "time.perf_counter around each call after warm-up; the impls of a case "
+                              "take turns in `rounds` rounds (fastae.bench.timing.measure_interleaved)"),
                    "warmup": settings.warmup, "min_time_s": settings.min_time, "min_repeats": settings.min_repeats,
-                   "max_repeats": settings.max_repeats,
+                   "max_repeats": settings.max_repeats, "rounds": settings.rounds if device.type == "cpu" else None,
                    "ratio": "ratio_vs_<baseline> = baseline median / row median, same case, same run (>1: faster)"},
         "peaks": pk,
         "targets": {"met": sum(m is True for m in met), "missed": sum(m is False for m in met),

@@ -2,7 +2,8 @@
 
 CUDA is timed with events around each call after warm-up, the L2 cache flushed before each call
 (as ``triton.testing.do_bench``); the CPU with ``perf_counter``, repeating until the run lasts
-``min_time`` and at least ``min_repeats`` calls.
+``min_time`` and at least ``min_repeats`` calls, the impls of one case taking turns in rounds
+(``measure_interleaved``).
 """
 
 import math
@@ -97,6 +98,48 @@ def measure(fn: Callable[[], object], device="cpu", *, warmup: int = 3, min_time
     return _summary([s.elapsed_time(e) / 1e3 for s, e in zip(starts, ends)], first_s)
 
 
+def measure_interleaved(fns: dict, *, warmup: int = 3, min_time: float = 0.3, min_repeats: int = 5,
+                        max_repeats: int = 1000, max_time: float = 30.0, rounds: int = 5):
+    """Time several CPU callables against each other: ``({name: summary}, {name: exception})``, each
+    summary as ``measure`` gives.
+
+    Each fn is warmed up (``warmup`` calls, the first one's time is ``first_s``; a fn that raises
+    there is left out and its exception returned), then the timed calls are spread over ``rounds``
+    rounds that take every fn in turn, from a different first fn each round. On a shared machine a
+    slow phase (another job, the hypervisor taking the CPU) then falls on every fn alike instead of
+    on whichever ran through it, so the ratios between them hold where the times do not. Each fn
+    gets at least ``min_repeats`` calls and ``min_time`` seconds in all (at most ``max_repeats``
+    calls; ``max_time`` seconds per fn, at least one call a round), from its warm-up time per call.
+    """
+    first, per_call, errors = {}, {}, {}
+    for name, fn in fns.items():
+        try:
+            t0 = time.perf_counter()
+            fn()
+            first[name] = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            for _ in range(max(warmup - 1, 0)):
+                fn()
+            per_call[name] = (time.perf_counter() - t0) / (warmup - 1) if warmup > 1 else first[name]
+        except Exception as e:  # noqa: BLE001  (the caller reports it as that fn's row)
+            errors[name] = e
+    names = [n for n in fns if n not in errors]
+    calls = {}
+    for n in names:
+        want = max(min_repeats, math.ceil(min_time / max(per_call[n], 1e-9)))
+        want = min(want, max_repeats, max(3, int(max_time / max(per_call[n], 1e-9))))
+        calls[n] = max(1, math.ceil(want / rounds))
+    times = {n: [] for n in names}
+    for r in range(rounds):
+        for n in names[r % len(names):] + names[:r % len(names)] if names else []:
+            fn = fns[n]
+            for _ in range(calls[n]):
+                t = time.perf_counter()
+                fn()
+                times[n].append(time.perf_counter() - t)
+    return {n: _summary(times[n], first[n]) for n in names}, errors
+
+
 @dataclass
 class Settings:
     """How long to measure: the quick defaults or the full ones, per device type."""
@@ -104,6 +147,7 @@ class Settings:
     min_time: float = 0.5
     min_repeats: int = 10
     max_repeats: int = 1000
+    rounds: int = 5  # CPU: the impls of a case take turns (measure_interleaved)
 
     @classmethod
     def for_run(cls, device, quick, min_time=None):
@@ -119,6 +163,10 @@ class Settings:
     def measure(self, fn, device):
         return measure(fn, device, warmup=self.warmup, min_time=self.min_time, min_repeats=self.min_repeats,
                        max_repeats=self.max_repeats)
+
+    def measure_interleaved(self, fns):
+        return measure_interleaved(fns, warmup=self.warmup, min_time=self.min_time, min_repeats=self.min_repeats,
+                                   max_repeats=self.max_repeats, rounds=self.rounds)
 
 
 def sync(device):
