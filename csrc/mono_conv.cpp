@@ -80,8 +80,12 @@ void conv_kernel(const T* img, const float* w, const float* bias, T* out, int64_
     std::vector<float> acc(ow * C), rows(3 * (W + 2));
     for (int64_t r = r0; r < r1; ++r) {
       padded_rows(img, r / oh, r % oh, H, W, rows.data());
-      row_kernel(rows.data(), W, w, bias, acc.data(), ow, C);
-      from_float(acc.data(), out + r * ow * C, ow * C);
+      if constexpr (std::is_same_v<T, float>) {  // straight into the output
+        row_kernel(rows.data(), W, w, bias, out + r * ow * C, ow, C);
+      } else {
+        row_kernel(rows.data(), W, w, bias, acc.data(), ow, C);
+        from_float(acc.data(), out + r * ow * C, ow * C);
+      }
     }
   });
 }

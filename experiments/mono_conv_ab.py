@@ -2,7 +2,8 @@
 layers: the three kernels alone at the model's shapes, and the whole train step (forward,
 backward, fastae's Adam) of fastae's ConvAutoencoder as built (MonoConv2d / MonoConvTranspose2d)
 against the same model with those two layers as nn.Conv2d / nn.ConvTranspose2d (same weights),
-and the plain torch.nn network eager, in one process, alternating; medians in ms.
+and the plain torch.nn network eager, in one process, taking turns (kernels: 5 rounds; steps:
+--rounds rounds of 10 steps, 2 at batches above 256); medians in ms.
 fastae.keep_freed_memory() first, as the fastae command runs.
 
     python experiments/mono_conv_ab.py BATCH fp32|bf16 [--rounds 7]
@@ -17,20 +18,11 @@ import torch.nn.functional as F
 from torch import nn
 
 import fastae
+from fastae.bench.timing import measure_interleaved
 from fastae.bench.train import PlainConvAutoencoder
 from fastae.models import build_model
 from fastae.nn import MonoConv2d, MonoConvTranspose2d
 from fastae.train.fit import make_optimizer
-
-
-def _median_ms(fn, n):
-    times = []
-    for _ in range(5):
-        t = time.perf_counter()
-        for _ in range(n):
-            fn()
-        times.append((time.perf_counter() - t) / n * 1e3)
-    return statistics.median(times)
 
 
 def _as_torch_layers(model):
@@ -53,7 +45,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     fastae.keep_freed_memory()
     dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
-    B, n = args.batch, 20 if args.batch <= 256 else 2
+    B = args.batch
 
     torch.manual_seed(0)
     img = torch.rand(B, 1, 28, 28, dtype=dtype)
@@ -70,9 +62,10 @@ def main(argv=None):
                             lambda: torch.ops.aten.convolution_backward(x, img, w_cl, [32], [2, 2], [1, 1], [1, 1],
                                                                         False, [0, 0], 1, [False, True, True])),
     }
-    for name, (mine, onednn) in kernels.items():
-        print(f"batch {B} {args.dtype} {name}: mono_conv {_median_ms(mine, n):.3f} ms, "
-              f"oneDNN {_median_ms(onednn, n):.3f} ms")
+    for name, (mine, onednn) in kernels.items():  # taking turns, as fastae bench times on the CPU
+        got, _ = measure_interleaved({"mine": mine, "onednn": onednn}, min_time=1.0, min_repeats=10, rounds=5)
+        print(f"batch {B} {args.dtype} {name}: mono_conv {got['mine']['median_s'] * 1e3:.3f} ms, "
+              f"oneDNN {got['onednn']['median_s'] * 1e3:.3f} ms")
 
     x = torch.rand(B, 1, 28, 28)
     amp = args.dtype == "bf16"
