@@ -5,9 +5,10 @@
 // Index relation of both: output/input pixel (i, j) of the C-channel side meets pixel
 // (2i - 1 + ky, 2j - 1 + kx) of the one-channel side through tap (ky, kx). oneDNN runs these shapes
 // as general convolutions, a C-wide dot product per one-channel pixel and tap spread over its
-// blocked layouts: the transposed one took 3.6 ms (bf16) to 4.9 ms (fp32) at batch 256, 28x28, C 32
+// blocked layouts: the transposed one took 2.5 ms (bf16) to 4.7 ms (fp32) at batch 256, 28x28, C 32
 // on the 2-core AMD EPYC, for 14.5 M multiply-adds. Here each C-channel pixel is one contiguous
-// vector of C values (fp32 accumulation, bf16/fp16 converted in blocks) against the 9 x C weights.
+// vector of C values (fp32 accumulation, bf16/fp16 converted a row at a time) against the 9 x C
+// weights; the row kernels (mono_conv_kernels.h) are built per CPU capability.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -77,7 +78,7 @@ void conv_kernel(const T* img, const float* w, const float* bias, T* out, int64_
                  int64_t oh, int64_t ow, int64_t C) {
   const auto row_kernel = FASTAE_SEGMENT(mono_conv_row);
   at::parallel_for(0, B * oh, 16, [&](int64_t r0, int64_t r1) {
-    std::vector<float> acc(ow * C), rows(3 * (W + 2));
+    std::vector<float> acc(std::is_same_v<T, float> ? 0 : ow * C), rows(3 * (W + 2));
     for (int64_t r = r0; r < r1; ++r) {
       padded_rows(img, r / oh, r % oh, H, W, rows.data());
       if constexpr (std::is_same_v<T, float>) {  // straight into the output

@@ -6,6 +6,7 @@
 // Include with FASTAE_CAP_NS defined: the namespace these functions are compiled into.
 #include <algorithm>
 #include <cstdint>
+#include <type_traits>
 
 namespace fastae {
 namespace FASTAE_CAP_NS {
@@ -68,38 +69,28 @@ inline void mono_wgrad_row_t(const float* rows, int64_t W, const float* px, int6
   }
 }
 
+// f(std::integral_constant<int, KC>) with KC = C for the channel counts unrolled at compile time, else 0.
+template <typename F>
+inline void with_channels(int64_t C, F&& f) {
+  switch (C) {
+    case 16: return f(std::integral_constant<int, 16>{});
+    case 32: return f(std::integral_constant<int, 32>{});
+    case 64: return f(std::integral_constant<int, 64>{});
+    default: return f(std::integral_constant<int, 0>{});
+  }
+}
+
 void mono_conv_row(const float* rows, int64_t W, const float* w, const float* bias, float* out, int64_t ow,
                    int64_t C) {
-#define FASTAE_CALL(K) mono_conv_row_t<K>(rows, W, w, bias, out, ow, C)
-  switch (C) {
-    case 16: return FASTAE_CALL(16);
-    case 32: return FASTAE_CALL(32);
-    case 64: return FASTAE_CALL(64);
-    default: return FASTAE_CALL(0);
-  }
-#undef FASTAE_CALL
+  with_channels(C, [&](auto kc) { mono_conv_row_t<decltype(kc)::value>(rows, W, w, bias, out, ow, C); });
 }
 
 void mono_tconv_row(const float* px, int64_t wd, const float* w16, float* out, int64_t PW, int64_t C) {
-#define FASTAE_CALL(K) mono_tconv_row_t<K>(px, wd, w16, out, PW, C)
-  switch (C) {
-    case 16: return FASTAE_CALL(16);
-    case 32: return FASTAE_CALL(32);
-    case 64: return FASTAE_CALL(64);
-    default: return FASTAE_CALL(0);
-  }
-#undef FASTAE_CALL
+  with_channels(C, [&](auto kc) { mono_tconv_row_t<decltype(kc)::value>(px, wd, w16, out, PW, C); });
 }
 
 void mono_wgrad_row(const float* rows, int64_t W, const float* px, int64_t wd, float* acc, int64_t C) {
-#define FASTAE_CALL(K) mono_wgrad_row_t<K>(rows, W, px, wd, acc, C)
-  switch (C) {
-    case 16: return FASTAE_CALL(16);
-    case 32: return FASTAE_CALL(32);
-    case 64: return FASTAE_CALL(64);
-    default: return FASTAE_CALL(0);
-  }
-#undef FASTAE_CALL
+  with_channels(C, [&](auto kc) { mono_wgrad_row_t<decltype(kc)::value>(rows, W, px, wd, acc, C); });
 }
 
 }  // namespace FASTAE_CAP_NS
