@@ -58,9 +58,17 @@ def test_measure_interleaved_takes_turns_and_reports_failures():
     def broken():
         raise ValueError("no such kernel")
 
-    got, errors = measure_interleaved({"a": fn("a", 0.002), "b": fn("b"), "bad": broken}, warmup=2, min_time=0.0,
-                                      min_repeats=6, rounds=3)
+    late = {"calls": 0}
+
+    def fails_later():  # passes its warm-up, then runs out of memory
+        late["calls"] += 1
+        if late["calls"] > 2:
+            raise MemoryError("out of memory")
+
+    got, errors = measure_interleaved({"a": fn("a", 0.002), "b": fn("b"), "bad": broken, "late": fails_later},
+                                      warmup=2, min_time=0.0, min_repeats=6, rounds=3)
     assert set(got) == {"a", "b"} and isinstance(errors["bad"], ValueError)
+    assert isinstance(errors["late"], MemoryError) and late["calls"] == 3  # not called again after it failed
     assert got["a"]["repeats"] == got["b"]["repeats"] == 6  # two calls a round, three rounds
     assert got["a"]["min_s"] >= 0.002 and got["a"]["first_s"] >= 0.002
     timed = order[4:]  # after each fn's two warm-up calls

@@ -103,8 +103,8 @@ def measure_interleaved(fns: dict, *, warmup: int = 3, min_time: float = 0.3, mi
     """Time several CPU callables against each other: ``({name: summary}, {name: exception})``, each
     summary as ``measure`` gives.
 
-    Each fn is warmed up (``warmup`` calls, the first one's time is ``first_s``; a fn that raises
-    there is left out and its exception returned), then the timed calls are spread over ``rounds``
+    Each fn is warmed up (``warmup`` calls, the first one's time is ``first_s``; a fn that raises,
+    there or later, is left out from then on and its exception returned), then the timed calls are spread over ``rounds``
     rounds that take every fn in turn, from a different first fn each round. On a shared machine a
     slow phase (another job, the hypervisor taking the CPU) then falls on every fn alike instead of
     on whichever ran through it, so the ratios between them hold where the times do not. Each fn
@@ -133,11 +133,14 @@ def measure_interleaved(fns: dict, *, warmup: int = 3, min_time: float = 0.3, mi
     for r in range(rounds):
         for n in names[r % len(names):] + names[:r % len(names)] if names else []:
             fn = fns[n]
-            for _ in range(calls[n]):
-                t = time.perf_counter()
-                fn()
-                times[n].append(time.perf_counter() - t)
-    return {n: _summary(times[n], first[n]) for n in names}, errors
+            try:
+                for _ in range(calls[n] if n not in errors else 0):
+                    t = time.perf_counter()
+                    fn()
+                    times[n].append(time.perf_counter() - t)
+            except Exception as e:  # noqa: BLE001  (a later failure, e.g. out of memory: that fn's row says so)
+                errors[n] = e
+    return {n: _summary(times[n], first[n]) for n in names if n not in errors}, errors
 
 
 @dataclass

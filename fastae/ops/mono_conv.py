@@ -41,8 +41,7 @@ def _output_padding(h, w, height, width):
 
 def _torch_fwd(x, weight, bias, transposed, height, width):
     if transposed:
-        out = F.conv_transpose2d(x, weight, bias, _STRIDE, _PADDING, _output_padding(*x.shape[2:], height, width))
-        return out
+        return F.conv_transpose2d(x, weight, bias, _STRIDE, _PADDING, _output_padding(*x.shape[2:], height, width))
     return F.conv2d(x, weight, bias, _STRIDE, _PADDING).contiguous(memory_format=torch.channels_last)
 
 
