@@ -2,16 +2,14 @@
 layers: the three kernels alone at the model's shapes, and the whole train step (forward,
 backward, fastae's Adam) of fastae's ConvAutoencoder as built (MonoConv2d / MonoConvTranspose2d)
 against the same model with those two layers as nn.Conv2d / nn.ConvTranspose2d (same weights),
-and the plain torch.nn network eager, in one process, taking turns (kernels: 5 rounds; steps:
---rounds rounds of 10 steps, 2 at batches above 256); medians in ms.
+and the plain torch.nn network eager, in one process, taking turns (fastae.bench.timing.measure_interleaved;
+kernels: 5 rounds; steps: --rounds rounds of 10 steps, 2 at batches above 256); medians in ms.
 fastae.keep_freed_memory() first, as the fastae command runs.
 
     python experiments/mono_conv_ab.py BATCH fp32|bf16 [--rounds 7]
 """
 
 import argparse
-import statistics
-import time
 
 import torch
 import torch.nn.functional as F
@@ -90,18 +88,10 @@ def main(argv=None):
         return step
 
     steps = {kind: make(kind) for kind in ("fastae", "fastae, oneDNN layers", "eager")}
-    for step in steps.values():
-        for _ in range(3):
-            step()
-    times = {kind: [] for kind in steps}
-    per_block = 10 if B <= 256 else 2
-    for _ in range(args.rounds):
-        for kind, step in steps.items():
-            t = time.perf_counter()
-            for _ in range(per_block):
-                step()
-            times[kind].append((time.perf_counter() - t) / per_block * 1e3)
-    med = {kind: statistics.median(t) for kind, t in times.items()}
+    per_round = 10 if B <= 256 else 2
+    got, _ = measure_interleaved(steps, warmup=3, min_time=0.0, min_repeats=per_round * args.rounds,
+                                 rounds=args.rounds)
+    med = {kind: m["median_s"] * 1e3 for kind, m in got.items()}
     print(f"batch {B} {args.dtype} train step: " + ", ".join(f"{k} {v:.1f} ms" for k, v in med.items())
           + f"; fastae {med['eager'] / med['fastae']:.2f}x eager, "
           f"{med['fastae, oneDNN layers'] / med['fastae']:.2f}x its oneDNN layers")

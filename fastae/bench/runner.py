@@ -211,7 +211,6 @@ def run_case(case, device, settings, pk=None, progress=None) -> list:
         step = steps[impl] = None
         if progress is not None:
             progress.update(1)
-    steps = None
     add_ratios(rows)
     judge(case, rows, device)
     del prepared

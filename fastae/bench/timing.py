@@ -124,6 +124,8 @@ def measure_interleaved(fns: dict, *, warmup: int = 3, min_time: float = 0.3, mi
         except Exception as e:  # noqa: BLE001  (the caller reports it as that fn's row)
             errors[name] = e
     names = [n for n in fns if n not in errors]
+    if not names:
+        return {}, errors
     calls = {}
     for n in names:
         want = max(min_repeats, math.ceil(min_time / max(per_call[n], 1e-9)))
@@ -131,7 +133,7 @@ def measure_interleaved(fns: dict, *, warmup: int = 3, min_time: float = 0.3, mi
         calls[n] = max(1, math.ceil(want / rounds))
     times = {n: [] for n in names}
     for r in range(rounds):
-        for n in names[r % len(names):] + names[:r % len(names)] if names else []:
+        for n in names[r % len(names):] + names[:r % len(names)]:
             fn = fns[n]
             try:
                 for _ in range(calls[n] if n not in errors else 0):

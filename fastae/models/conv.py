@@ -6,6 +6,7 @@ import torch
 from torch import Tensor, nn
 
 from fastae.nn import FusedLinear, MonoConv2d, MonoConvTranspose2d
+from fastae.ops.mono_conv import half_size
 from fastae.ops import ACTIVATIONS, reconstruction_loss
 from fastae.models.base import LOSSES, Autoencoder, full_precision
 
@@ -23,7 +24,7 @@ def conv_sizes(height: int, width: int, n: int) -> list:
     """Spatial sizes through n ``Conv2d(kernel 3, stride 2, padding 1)``: ``[(H, W), (H1, W1), …, (Hn, Wn)]``."""
     sizes = [(height, width)]
     for _ in range(n):
-        sizes.append(tuple((s - 1) // 2 + 1 for s in sizes[-1]))
+        sizes.append(tuple(half_size(s) for s in sizes[-1]))
     return sizes
 
 
