@@ -196,6 +196,11 @@ def test_autocast_runs_in_the_autocast_dtype():
          r"expected biases\[0\] of dtype torch.float32 like x, got torch.float64"),
         ({"x": torch.zeros(2, 4, dtype=torch.int64)}, TypeError, r"expected x of dtype float32, float16 or bfloat16"),
         ({"weights": [torch.zeros(3, 4), "w"]}, TypeError, r"expected weights\[1\] to be a Tensor, got str"),
+        # what the per-call fast check must hand to the detailed one: a later layer, a 0-d x
+        ({"weights": [torch.zeros(3, 4), torch.zeros(2, 3, dtype=torch.float16)]}, TypeError,
+         r"expected weights\[1\] of dtype torch.float32 like x, got torch.float16"),
+        ({"biases": [torch.zeros(1, 3), None]}, ValueError, r"expected biases\[0\] of shape \[3\], got \[1, 3\]"),
+        ({"x": torch.tensor(1.0)}, ValueError, r"expected x of shape \[..., in\] with in=4, got \[\]"),
     ],
 )
 def test_bad_input_is_named(change, error, message):
@@ -247,14 +252,19 @@ _GEMM_PATHS = """
 import sys, torch
 from tests.test_fused_mlp import make_params, run
 from tests._util import assert_close
+from torch.profiler import profile, ProfilerActivity
 torch.manual_seed(0)
-weights, biases = make_params([96, 40, 8, 40, 96], torch.float32, "cpu")
-x, grad = torch.rand(33, 96), torch.randn(33, 96)
-out, ref, grads = run("cpu", x, weights, biases, ["relu", "gelu", "relu", "sigmoid"], grad)
-assert_close(out, ref, atol=1e-5, rtol=1e-4)
+# 520 rows: the 512->64 and 128->128 GEMMs are over the 8 M multiply-adds below which MKL runs
+# them anyway (512->64's weight gradient included, K >= 4N), 64->8 and 8->128 under it
+weights, biases = make_params([512, 64, 8, 128, 128], torch.float32, "cpu")
+x, grad = torch.rand(520, 512), torch.randn(520, 128)
+with profile(activities=[ProfilerActivity.CPU]) as prof:
+    out, ref, grads = run("cpu", x, weights, biases, ["relu", "gelu", "relu", "sigmoid"], grad)
+assert_close(out, ref, atol=1e-4, rtol=1e-4)
 for got, want in grads:
-    assert_close(got, want, atol=1e-5, rtol=1e-4)
-print("ok")
+    assert_close(got, want, atol=1e-4, rtol=1e-4)
+onednn = sum(e.count for e in prof.key_averages() if e.key == "mkldnn::_linear_pointwise")
+print("ok", onednn)
 """
 
 
@@ -266,4 +276,7 @@ def test_cpu_gemm_paths_match_the_oracle(onednn):
     env = {**os.environ, "FASTAE_CPU_ONEDNN": onednn}
     out = subprocess.run([sys.executable, "-c", _GEMM_PATHS], capture_output=True, text=True, env=env,
                          cwd=Path(__file__).resolve().parents[1])
-    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
+    assert out.returncode == 0 and out.stdout.split()[0] == "ok", out.stderr[-2000:]
+    # forced on: the big forward GEMMs, dX of 128->128 and 512->64's weight gradient (five calls),
+    # the small ones on MKL; off: none
+    assert int(out.stdout.split()[1]) == (5 if onednn == "1" else 0)

@@ -24,7 +24,8 @@ import torch
 from torch import Tensor
 
 from fastae.ops import _backend
-from fastae.ops._common import autocast_inputs, check_choice, check_like, check_tensors, create_graph_grads, needs_grad, plain_eager
+from fastae.ops._common import (DTYPES, autocast_inputs, check_choice, check_like, check_tensors, create_graph_grads,
+                                needs_grad, plain_eager)
 from fastae.ops import linear as _linear
 from fastae.ops.linear import _ACT_ID, _GRAD_FROM_OUTPUT, ACTIVATIONS
 
@@ -250,11 +251,30 @@ class _FusedMLPEager(torch.autograd.Function):
 # ---------------------------------------------------------------------------------------------
 # the public op
 
+_PLAIN = (Tensor, torch.nn.Parameter)  # exact types: a subclass (or a non-tensor) gets the named checks
+
 _lib = torch.library.Library("fastae", "FRAGMENT")
 _lib.define("fused_mlp(Tensor x, Tensor[] weights, Tensor?[] biases, str[] activations) -> Tensor")
 
 
 def _check(x, weights, biases, activations):
+    """The arguments as _check_detail wants them; a plain loop over the layers first, because
+    this runs on every call (the detailed per-layer checks cost ~10 us for four layers)."""
+    n = len(weights)
+    if n and len(biases) == n and len(activations) == n and x.dtype in DTYPES and x.dim():
+        width, dtype, device = x.shape[-1], x.dtype, x.device
+        for w, b, a in zip(weights, biases, activations):
+            if (a not in ACTIVATIONS or w.dim() != 2 or w.shape[1] != width or w.dtype != dtype
+                    or w.device != device or (b is not None and (b.dim() != 1 or b.shape[0] != w.shape[0]
+                                                                 or b.dtype != dtype or b.device != device))):
+                break
+            width = w.shape[0]
+        else:
+            return
+    _check_detail(x, weights, biases, activations)
+
+
+def _check_detail(x, weights, biases, activations):
     op = "fused_mlp"
     if len(weights) == 0:
         raise ValueError(f"{op}: expected at least one weight, got none")
@@ -314,14 +334,16 @@ def fused_mlp(x: Tensor, weights: Sequence[Tensor], biases: Sequence[Optional[Te
         ``fastae.ops.current_backend()`` (``auto``: cpu on the CPU, see docs/ops.md).
     """
     weights, biases, activations = list(weights), list(biases), list(activations)
-    check_tensors("fused_mlp", x=x)
-    check_tensors("fused_mlp", **{f"weights[{i}]": w for i, w in enumerate(weights)})
-    check_tensors("fused_mlp", optional=tuple(f"biases[{i}]" for i in range(len(biases))),
-                  **{f"biases[{i}]": b for i, b in enumerate(biases)})
+    if not (type(x) in _PLAIN and all(type(w) in _PLAIN for w in weights)
+            and all(b is None or type(b) in _PLAIN for b in biases)):  # the named checks only when needed
+        check_tensors("fused_mlp", x=x)
+        check_tensors("fused_mlp", **{f"weights[{i}]": w for i, w in enumerate(weights)})
+        check_tensors("fused_mlp", optional=tuple(f"biases[{i}]" for i in range(len(biases))),
+                      **{f"biases[{i}]": b for i, b in enumerate(biases)})
     if plain_eager(x, *weights, *biases):
         x, weights, biases, acts, backend = _prepare(x, weights, biases, activations)
         save = needs_grad(x, *weights, *biases)
         out = _FusedMLPEager.apply(x.reshape(-1, weights[0].shape[1]), len(weights), acts, backend, save,
                                    *weights, *biases)
-        return out.view(*x.shape[:-1], weights[-1].shape[0])
+        return out if x.dim() == 2 else out.view(*x.shape[:-1], weights[-1].shape[0])
     return torch.ops.fastae.fused_mlp(x, weights, biases, activations)
