@@ -1,7 +1,8 @@
 """The ``train`` suite: one train step (forward, backward, Adam) of the MLP autoencoder
 784-128-64-128-784 and of the conv autoencoder, fastae's models beside the same networks in plain
 torch.nn, eager and compiled; samples/s. The fastae rows step with fastae's optimizer
-(``fastae.train.fit.make_optimizer``, what ``fastae train`` uses); the plain rows with
+(``fastae.train.fit.make_optimizer``, what ``fastae train`` uses, and fit's step: the MLP
+autoencoder's loss and gradients without autograd, ``MLPAutoencoder._loss_and_grads``); the plain rows with
 ``torch.optim.Adam``'s defaults. Beside them, ``fused_mlp`` alone: the same MLP's forward and
 backward as one ``fastae.ops.fused_mlp`` call per fastae backend against the eager and compiled
 ``nn.Sequential``."""
@@ -49,7 +50,8 @@ def train_cases(device, dtypes, quick, compile_on, notes) -> list:
     device = torch.device(device)
     cuda = device.type == "cuda"
     impls = ("fastae", "fastae+compile", "eager", "compile") if compile_on else ("fastae", "eager")
-    notes.add("train: fastae = fastae.models (auto backend); eager / compile = the same network in plain torch.nn; "
+    notes.add("train: fastae = fastae.models (auto backend) stepped as fastae.train.fit steps them (the MLP AE "
+              "without autograd); eager / compile = the same network in plain torch.nn; "
               "one step = forward, backward, Adam; bfloat16 rows run under autocast")
     cases = []
     for model in ("mlp", "conv"):
@@ -136,12 +138,18 @@ def _train_setup(device, model_name, dtype, batch):
                 else:
                     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
                 loss_fn = compiled(model.loss) if impl.endswith("compile") else model.loss
+                # fastae: the step fastae.train.fit runs, without autograd where the model has
+                # that path (not with torch.compile, as in fit)
+                direct = getattr(model, "_loss_and_grads", None) if impl == "fastae" else None
 
                 def step():
-                    with torch.autocast(device.type, dtype=dtype, enabled=amp):
-                        loss = loss_fn(x)["loss"]
                     opt.zero_grad(set_to_none=True)
-                    loss.backward()
+                    with torch.autocast(device.type, dtype=dtype, enabled=amp):
+                        terms = direct(x) if direct is not None else None
+                        if terms is None:
+                            loss = loss_fn(x)["loss"]
+                    if terms is None:
+                        loss.backward()
                     opt.step()
 
                 return step

@@ -151,6 +151,11 @@ def fit(model, train, val=None, epochs=50, batch_size=256, optimizer="adam", lr=
     loader = DataLoader(train_set, batch_size, shuffle=sampler is None, sampler=sampler, generator=generator,
                         drop_last=len(train_set) > batch_size, collate_fn=_collate)
     step_fn = _PhaseLoss(model)
+    # loss + backward without autograd where the model has that path (MLPAutoencoder with the MSE:
+    # the same values; see its _loss_and_grads); not under DDP, compile or a grad scaler.
+    direct = getattr(model, "_loss_and_grads", None)
+    if world > 1 or compile or scaler.is_enabled() or list(optimizers) != ["ae"]:
+        direct = None
     if world > 1:
         step_fn = torch.nn.parallel.DistributedDataParallel(step_fn, find_unused_parameters=len(optimizers) > 1)
     if compile:
@@ -170,10 +175,14 @@ def fit(model, train, val=None, epochs=50, batch_size=256, optimizer="adam", lr=
         for step, batch in enumerate(bar, 1):
             x = _first(batch).to(device, non_blocking=True)
             for phase, opt in optimizers.items():
-                with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                    terms = step_fn(x, phase)
                 opt.zero_grad(set_to_none=True)
-                scaler.scale(terms["loss"]).backward()
+                with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                    terms = direct(x) if direct is not None else None  # gradients set: no backward
+                    backward = terms is None
+                    if backward:
+                        terms = step_fn(x, phase)
+                if backward:
+                    scaler.scale(terms["loss"]).backward()
                 scaler.step(opt)
                 scaler.update()
                 for k, v in terms.items():  # summed on the device: no sync per step
