@@ -94,9 +94,11 @@ def test_direct_step_declines_what_it_does_not_compute(digits):
     model.decoder.layers[-1].bias.requires_grad_(False)
     assert model._loss_and_grads(x) is None
     model.decoder.layers[-1].bias.requires_grad_(True)
-    model.encoder.layers[0].weight.register_hook(lambda g: g * 2)
+    hook = model.encoder.layers[0].weight.register_hook(lambda g: g * 2)
     assert model._loss_and_grads(x) is None
     assert all(p.grad is None for p in model.parameters())
+    hook.remove()
+    assert model._loss_and_grads(x) is not None
 
 
 @pytest.mark.parametrize("amp", ["off", "bf16"])

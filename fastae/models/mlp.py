@@ -97,7 +97,7 @@ class MLPAutoencoder(Autoencoder):
         layers = [*self.encoder.layers, *self.decoder.layers]
         params = [p for m in layers for p in (m.weight, m.bias)]
         if not all(type(p) is torch.nn.Parameter and p.requires_grad and p.dtype == torch.float32
-                   and p._backward_hooks is None and not getattr(p, "_post_accumulate_grad_hooks", None)
+                   and not p._backward_hooks and not getattr(p, "_post_accumulate_grad_hooks", None)
                    for p in params):
             return None
         backend = _backend.resolve(x.device)
