@@ -1,24 +1,7 @@
 // loss_kernels.h compiled for AVX2+FMA; loss.cpp calls it only where the CPU has both.
 #if defined(__GNUC__) && defined(__x86_64__)
-// Headers that are not per-capability come first, compiled for the baseline, so that no inline
-// function shared with other files is emitted with AVX2 instructions.
-#include <ATen/NumericUtils.h>
-#include <ATen/native/Math.h>
-#include <c10/util/BFloat16.h>
-#include <c10/util/Half.h>
-
-#include "activation.h"  // its inline functions must be compiled for the baseline too
-
-#pragma GCC push_options
-#pragma GCC target("avx2,fma")
-// The pragma lets the code below use AVX2 and FMA but does not define the macros by which
-// sleef.h and ATen's vec headers declare their AVX2 variants.
-#define __AVX__ 1
-#define __AVX2__ 1
-#define __FMA__ 1
-#define CPU_CAPABILITY AVX2
-#define CPU_CAPABILITY_AVX2
-#define FASTAE_CAP_NS avx2
+#define FASTAE_ISA_AVX2
+#include "isa_begin.h"
 #include "loss_kernels.h"
 #pragma GCC pop_options
 #endif
