@@ -101,10 +101,9 @@ class MLPAutoencoder(Autoencoder):
                    and not p._backward_hooks and not getattr(p, "_post_accumulate_grad_hooks", None)
                    for p in params):
             return None
-        backend = _backend.resolve(x.device)
-        autocast = torch.is_autocast_enabled(x.device.type)
-        if autocast and backend not in _loss_ops._MIXED_DTYPE_BACKENDS:
-            return None
+        if (torch.is_autocast_enabled(x.device.type)
+                and _backend.resolve(x.device) not in _loss_ops._MIXED_DTYPE_BACKENDS):
+            return None  # decided before _encoder_input draws its noise
         x_flat = self._flat(self._encoder_input(x))
         h, weights, biases, acts, backend = _mlp_ops._prepare(x_flat, [m.weight for m in layers],
                                                               [m.bias for m in layers], [m.activation for m in layers])
@@ -112,7 +111,7 @@ class MLPAutoencoder(Autoencoder):
         with torch.no_grad():
             out, hidden, preacts = _mlp_ops._FWD[backend](h, weights, biases, acts, True)
             recon, grad = _loss_ops._RECON[backend](out.contiguous(), target.contiguous(), None, _loss_ops._MSE,
-                                                    _loss_ops.REDUCTIONS.index("mean"), out.shape[0], True)
+                                                    _loss_ops._MEAN, out.shape[0], True)
             _, dw, db = _mlp_ops._BWD[backend](grad, h, weights, hidden, out, preacts, acts, False, True, True)
         for m, gw, gb in zip(layers, dw, db):  # autocast's copies give their gradients back in float32
             m.weight.grad, m.bias.grad = gw.to(torch.float32), gb.to(torch.float32)

@@ -57,10 +57,13 @@ def autocast_inputs(device, *tensors, dtype=None):
     return tuple(t.to(dtype) if t is not None and t.is_floating_point() else t for t in tensors)
 
 
+PLAIN_TYPES = (Tensor, torch.nn.Parameter)  # exact types: a subclass is traced or wrapped
+
+
 def plain_eager(*tensors):
     """True outside torch.compile and any tracer: every tensor a plain Tensor or Parameter, no dispatch mode."""
     return (not torch.compiler.is_compiling() and _get_current_dispatch_mode() is None
-            and all(type(t) in (Tensor, torch.nn.Parameter) for t in tensors if t is not None))
+            and all(type(t) in PLAIN_TYPES for t in tensors if t is not None))
 
 
 def create_graph_grads(oracle, inputs, needs, grad_output):

@@ -24,8 +24,8 @@ import torch
 from torch import Tensor
 
 from fastae.ops import _backend
-from fastae.ops._common import (DTYPES, autocast_inputs, check_choice, check_like, check_tensors, create_graph_grads,
-                                needs_grad, plain_eager)
+from fastae.ops._common import (DTYPES, PLAIN_TYPES, autocast_inputs, check_choice, check_like, check_tensors,
+                                create_graph_grads, needs_grad, plain_eager)
 from fastae.ops import linear as _linear
 from fastae.ops.linear import _ACT_ID, _GRAD_FROM_OUTPUT, ACTIVATIONS
 
@@ -251,8 +251,6 @@ class _FusedMLPEager(torch.autograd.Function):
 # ---------------------------------------------------------------------------------------------
 # the public op
 
-_PLAIN = (Tensor, torch.nn.Parameter)  # exact types: a subclass (or a non-tensor) gets the named checks
-
 _lib = torch.library.Library("fastae", "FRAGMENT")
 _lib.define("fused_mlp(Tensor x, Tensor[] weights, Tensor?[] biases, str[] activations) -> Tensor")
 
@@ -334,8 +332,8 @@ def fused_mlp(x: Tensor, weights: Sequence[Tensor], biases: Sequence[Optional[Te
         ``fastae.ops.current_backend()`` (``auto``: cpu on the CPU, see docs/ops.md).
     """
     weights, biases, activations = list(weights), list(biases), list(activations)
-    if not (type(x) in _PLAIN and all(type(w) in _PLAIN for w in weights)
-            and all(b is None or type(b) in _PLAIN for b in biases)):  # the named checks only when needed
+    if not (type(x) in PLAIN_TYPES and all(type(w) in PLAIN_TYPES for w in weights)
+            and all(b is None or type(b) in PLAIN_TYPES for b in biases)):  # the named checks only when needed
         check_tensors("fused_mlp", x=x)
         check_tensors("fused_mlp", **{f"weights[{i}]": w for i, w in enumerate(weights)})
         check_tensors("fused_mlp", optional=tuple(f"biases[{i}]" for i in range(len(biases))),
