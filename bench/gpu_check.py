@@ -104,8 +104,10 @@ GPU_PLAN = Plan(
                   "batches 256 and 65536, float16"),
         BenchPart("losses", ("--cases", "65536x"), 60,
                   "1024x1024 and 16384x1024 (reconstruction_loss, gaussian_kl); linear_bce_loss at batch 4096, 16384"),
-        BenchPart("train", ("--cases", "mlp-ae train step batch 4096"), 60,
-                  "the MLP autoencoder at batch 256 and 65536; the conv autoencoder"),
+        BenchPart("train", ("--cases", "mlp-ae train step batch 4096", "--cases", "fused_mlp 784-128-64-128-784 fwd",
+                            "--dtype", "bfloat16"), 90,
+                  "the MLP autoencoder at batch 256 and 65536 and in float32; the conv autoencoder; fused_mlp "
+                  "in float32"),
         BenchPart("codec", ("--quick",), 45, "batch 32 (the codec step measures it) and the CPU rows"),
     ),
 )
@@ -128,7 +130,7 @@ DRY_PLAN = Plan(
 SUITE_TARGETS = {
     "ops": "linear_act fwd+bwd ≥1.25x eager and ≥1.0x torch.compile at batch ≥4096",
     "losses": "losses ≥2x eager and ≥85% of copy bandwidth (linear_bce_loss: ≥2x eager)",
-    "train": "MLP-AE train step ≥2x eager",
+    "train": "MLP-AE train step ≥2x eager; fused_mlp at batch 65536 in bf16: fwd ≥2x, fwd+bwd ≥1.5x eager",
     "codec": "codec batched encode and decode ≥500 Kodak images/s at batch > 1",
 }
 CODEC_OPS = ("encode", "decode", "compress_batch", "decompress_batch")

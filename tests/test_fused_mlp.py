@@ -280,3 +280,148 @@ def test_cpu_gemm_paths_match_the_oracle(onednn):
     # forced on: the big forward GEMMs, dX of 128->128 and 512->64's weight gradient (five calls),
     # the small ones on MKL; off: none
     assert int(out.stdout.split()[1]) == (5 if onednn == "1" else 0)
+
+
+# ----------------------------------------------------------------------------------- the Triton fused kernels
+
+TRITON = backend_params(["triton"])
+
+
+@pytest.mark.parametrize("dims, dtype, fused", [
+    ((784, 128, 64, 128, 784), torch.bfloat16, True),
+    ((784, 256, 256, 784), torch.float16, False),  # a 256x256 weight is 128 KB: over MAX_WEIGHT_TILE_BYTES
+    ((784, 256, 784), torch.float32, True),  # one hidden layer: no hidden-to-hidden weight
+    ((784, 257, 784), torch.float32, False),  # wider than MAX_HIDDEN
+    ((17, 9, 4, 9, 17), torch.float32, True),
+    ((1, 1), torch.float32, False),  # one layer: linear_act's kernels
+    ((8, 8, 8), torch.float64, False),
+])
+def test_fusable_rule(dims, dtype, fused):
+    pytest.importorskip("triton")
+    from fastae.kernels.fused_mlp import fusable
+
+    assert fusable(dims, dtype) is fused
+
+
+def _count_fused(monkeypatch):
+    from fastae.kernels import fused_mlp as kernels
+
+    calls = []
+    for name in ("fused_mlp_fwd", "fused_mlp_bwd"):
+        real = getattr(kernels, name)
+        monkeypatch.setattr(kernels, name, lambda *a, _real=real, _name=name: (calls.append(_name), _real(*a))[1])
+    return calls
+
+
+@pytest.mark.parametrize("backend", TRITON)
+@pytest.mark.parametrize("dtype, atol, rtol", DTYPES)
+def test_triton_fused_kernels_run_the_autoencoder(backend, dtype, atol, rtol, monkeypatch):
+    """784-128-64-128-784 (the benchmarks' MLP autoencoder) through one forward and one backward
+    fused kernel (and the per-layer weight-gradient kernels): the oracle's values within
+    linear_act's tolerances, 37 rows (not a multiple of any row block)."""
+    calls = _count_fused(monkeypatch)
+    device = device_for(backend)
+    g = torch.Generator().manual_seed(3)
+    sizes = [784, 128, 64, 128, 784]
+    x = torch.randn(37, 784, generator=g).to(device, dtype)
+    weights, biases = make_params(sizes, dtype, device)
+    biases[2] = None
+    grad_out = torch.randn(37, 784, generator=g).to(device, dtype)
+    out, ref, grads = run(backend, x, weights, biases, ["relu", "gelu", "tanh", "sigmoid"], grad_out)
+    assert calls == ["fused_mlp_fwd", "fused_mlp_bwd"]
+    assert_close(out, ref, atol, rtol)
+    for got, want in grads:
+        assert got.dtype == dtype and got.shape == want.shape
+        assert_close(got, want, atol, rtol)
+
+
+@pytest.mark.parametrize("backend", TRITON)
+def test_triton_fused_kernels_saved_tensors_and_no_grad(backend):
+    """What the fused forward saves is what the layered kernels save (hidden outputs; the
+    pre-activation only of gelu / gelu_tanh / silu layers), and a forward without saving saves
+    nothing and gives the same output."""
+    device = device_for(backend)
+    x = torch.randn(21, 30, device=device)
+    weights, biases = make_params([30, 20, 11, 24, 5], torch.float32, device)
+    acts = [ACTIVATIONS.index(a) for a in ("silu", "leaky_relu", "gelu_tanh", "none")]
+    from fastae.kernels import fused_mlp as kernels
+    from fastae.ops import mlp
+
+    out, hidden, preacts = kernels.fused_mlp_fwd(x, weights, biases, acts, True)
+    l_out, l_hidden, l_preacts = mlp._layered_fwd(mlp._triton_layer_fwd)(x, weights, biases, acts, True)
+    assert_close(out, l_out, 1e-5, 1e-5)
+    assert [h.shape for h in hidden] == [h.shape for h in l_hidden] == [(21, 20), (21, 11), (21, 24)]
+    assert [p.shape for p in preacts] == [p.shape for p in l_preacts] == [(21, 20), (0,), (21, 24), (0,)]
+    for a, b in zip(hidden + preacts, l_hidden + l_preacts):
+        assert_close(a, b, 1e-5, 1e-5)
+    bare, h2, p2 = kernels.fused_mlp_fwd(x, weights, biases, acts, False)
+    assert h2 == [] and p2 == [] and torch.equal(bare, out)
+    grad_out = torch.randn(21, 5, device=device)
+    fused = kernels.fused_mlp_bwd(grad_out, x, weights, hidden, out, preacts, acts, False, True, True)
+    layered = mlp._layered_bwd(mlp._triton_layer_bwd)(grad_out, x, weights, l_hidden, l_out, l_preacts, acts,
+                                                       False, True, True)
+    assert fused[0].numel() == 0 and layered[0].numel() == 0  # dx not asked for
+    for a, b in zip(fused[1] + fused[2], layered[1] + layered[2]):
+        assert_close(a, b, 1e-5, 1e-5)
+
+
+@pytest.mark.parametrize("backend", TRITON)
+def test_triton_wide_hidden_layers_fall_back_to_the_layered_kernels(backend, monkeypatch):
+    calls = _count_fused(monkeypatch)
+    device = device_for(backend)
+    x = torch.randn(3, 10, device=device)
+    weights, biases = make_params([10, 260, 10], torch.float32, device)
+    out, ref, grads = run(backend, x, weights, biases, ["relu", "none"], torch.randn(3, 10, device=device))
+    assert calls == []
+    assert_close(out, ref, 1e-4, 1e-4)
+    for got, want in grads:
+        assert_close(got, want, 1e-4, 1e-4)
+
+
+# Compiles kernels/fused_mlp.py's kernels for an sm_90 GPU (H100/H200) without one; in its own
+# process, since the tests' TRITON_INTERPRET=1 makes every @triton.jit function an interpreted one.
+_SM90_COMPILE = r"""
+import sys, torch, triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from fastae.kernels import fused_mlp as kernels
+
+kernel, dtype = sys.argv[1], getattr(torch, sys.argv[2])
+dims, acts = (784, 128, 64, 128, 784), (3, 7, 4, 5)
+ty = {torch.bfloat16: "*bf16", torch.float16: "*fp16", torch.float32: "*fp32"}[dtype]
+n = len(dims) - 1
+pads = tuple(kernels._pad(d) for d in dims)
+if kernel == "fwd":
+    fn = kernels._fwd_kernel
+    sig = {"x_ptr": ty, "w_ptrs": (ty,) * n, "b_ptrs": (ty,) * n, "out_ptr": ty, "hid_ptrs": (ty,) * (n - 1),
+           "pre_ptrs": (ty,) * n, "M": "i32", "stride_xm": "i32", "stride_xk": "i32"}
+    const = {"DIMS": dims, "PADS": pads, "ACTS": acts, "HAS_BIAS": (True,) * n, "SAVE_HID": True,
+             "SAVE_PRE": tuple(a not in kernels._FROM_OUTPUT for a in acts), "L": n, "PRECISION": "ieee"}
+else:
+    fn = kernels._bwd_kernel
+    sig = {"go_ptr": ty, "s_ptrs": (ty,) * n, "w_ptrs": (ty,) * n, "g_ptrs": (ty,) * (n - 1), "dx_ptr": ty,
+           "M": "i32", "stride_gm": "i32", "stride_gn": "i32"}
+    const = {"DIMS": dims, "PADS": pads, "ACTS": acts, "L": n, "NEED_X": True, "PRECISION": "ieee"}
+const.update(BLOCK_M=64, BLOCK_K=64, BLOCK_N=64)
+sig.update({name: "constexpr" for name in const})
+src = ASTSource(fn=fn, signature=sig, constexprs={(list(sig).index(k),): v for k, v in const.items()})
+compiled = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4, "num_stages": 3})
+print(int(".entry" in compiled.asm["ptx"]), len(compiled.asm["cubin"]), compiled.metadata.shared)
+"""
+
+
+@pytest.mark.parametrize("kernel", ["fwd", "bwd"])
+def test_triton_fused_kernels_compile_for_a_gpu(kernel):
+    """The interpreter runs the kernels' Python, not Triton's compiler, which is stricter (a
+    constexpr bound twice in an unrolled loop, a loop-carried value changing shape): compile them
+    for sm_90 (PTX and cubin, no GPU needed) for the autoencoder in bf16, every activation on a
+    hidden layer, and check their shared memory fits an H100/H200's 227 KB per block."""
+    pytest.importorskip("triton")
+    pytest.importorskip("triton.backends.nvidia.compiler", reason="this Triton has no CUDA backend")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    out = subprocess.run([sys.executable, "-c", _SM90_COMPILE, kernel, "bfloat16"], capture_output=True, text=True,
+                         env=env, cwd=Path(__file__).resolve().parents[1])
+    assert out.returncode == 0, out.stderr[-3000:]
+    entry, cubin, shared = (int(v) for v in out.stdout.split()[-3:])
+    assert entry == 1 and cubin > 0
+    assert shared <= 227 * 1024

@@ -14,8 +14,10 @@ output, and the pre-activation of gelu, gelu_tanh and silu layers only.
 
 Backends: ``cpu`` runs every layer in one C++ call (csrc/linear_act.cpp: the GEMMs of linear_act
 with the bias folded in and the activation / its derivative / the bias gradient as one pass, no
-Python or dispatcher round trip between layers); ``triton`` and ``cuda`` run the layers as
-linear_act's fused GEMM kernels inside the one op; ``torch`` is the oracle.
+Python or dispatcher round trip between layers); ``triton`` runs networks whose hidden widths are
+at most 256 as one fused kernel per direction (kernels/fused_mlp.py, tiny-cuda-nn style) and
+wider ones, like ``cuda``, as linear_act's fused GEMM kernels layer by layer inside the one op;
+``torch`` is the oracle.
 """
 
 from typing import Optional, Sequence
@@ -90,6 +92,22 @@ def _triton_layer_bwd(*args):
     return kernels.linear_act_bwd(*args)
 
 
+def _triton_fwd(x, weights, biases, acts, save):
+    from fastae.kernels import fused_mlp as kernels
+
+    if kernels.fusable((x.shape[1], *(w.shape[0] for w in weights)), x.dtype):
+        return kernels.fused_mlp_fwd(x, weights, biases, acts, save)
+    return _layered_fwd(_triton_layer_fwd)(x, weights, biases, acts, save)
+
+
+def _triton_bwd(grad_out, x, weights, *rest):
+    from fastae.kernels import fused_mlp as kernels
+
+    if kernels.fusable((x.shape[1], *(w.shape[0] for w in weights)), x.dtype):
+        return kernels.fused_mlp_bwd(grad_out, x, weights, *rest)
+    return _layered_bwd(_triton_layer_bwd)(grad_out, x, weights, *rest)
+
+
 def _cuda_layer_fwd(*args):
     return torch.ops.fastae_C.linear_act_fwd(*args)
 
@@ -99,9 +117,9 @@ def _cuda_layer_bwd(*args):
 
 
 _FWD = {"torch": _layered_fwd(_linear._torch_fwd), "cpu": _native_fwd,
-        "cuda": _layered_fwd(_cuda_layer_fwd), "triton": _layered_fwd(_triton_layer_fwd)}
+        "cuda": _layered_fwd(_cuda_layer_fwd), "triton": _triton_fwd}
 _BWD = {"torch": _layered_bwd(_linear._torch_bwd), "cpu": _native_bwd,
-        "cuda": _layered_bwd(_cuda_layer_bwd), "triton": _layered_bwd(_triton_layer_bwd)}
+        "cuda": _layered_bwd(_cuda_layer_bwd), "triton": _triton_bwd}
 
 # ---------------------------------------------------------------------------------------------
 # the primitives
