@@ -160,8 +160,9 @@ const std::optional<c10::TypedOperatorHandle<LinearPointwise>>& onednn_linear() 
 // size MKL runs them.
 constexpr int64_t kOnednnMinMacs = int64_t{1} << 23;
 
-bool onednn_gemm(int64_t m, int64_t n, int64_t k, at::ScalarType dtype) {
-  return dtype == at::kFloat && m > 0 && n > 0 && k > 0 && m * n * k >= kOnednnMinMacs && onednn_linear().has_value();
+bool onednn_gemm(int64_t m, int64_t n, int64_t k, at::ScalarType dtype, bool bf16_too = false) {
+  return (dtype == at::kFloat || (bf16_too && dtype == at::kBFloat16)) && m > 0 && n > 0 && k > 0 &&
+         m * n * k >= kOnednnMinMacs && onednn_linear().has_value();
 }
 
 at::Tensor matmul_nt(const at::Tensor& a, const at::Tensor& b, const std::optional<at::Tensor>& bias,
@@ -180,22 +181,69 @@ bool onednn_dw_gemm(const at::Tensor& weight, const at::Tensor& g) {
   return weight.size(1) >= 4 * weight.size(0) && onednn_gemm(weight.size(0), weight.size(1), g.size(0), g.scalar_type());
 }
 
+// oneDNN's name, scalars and algorithm for an activation it applies in its GEMM's epilogue.
+struct OnednnAttr {
+  const char* name;
+  c10::List<std::optional<c10::Scalar>> scalars;
+  std::optional<c10::string_view> algorithm;
+};
+
+OnednnAttr onednn_attr(int64_t act) {
+  c10::List<std::optional<c10::Scalar>> none;
+  switch (act) {
+    case kRelu: return {"relu", none, std::nullopt};
+    case kLeakyRelu: {
+      c10::List<std::optional<c10::Scalar>> slope;
+      slope.push_back(c10::Scalar(0.01));
+      return {"leaky_relu", slope, std::nullopt};
+    }
+    case kGelu: return {"gelu", none, c10::string_view("none")};
+    case kGeluTanh: return {"gelu", none, c10::string_view("tanh")};
+    case kSigmoid: return {"sigmoid", none, std::nullopt};
+    case kTanh: return {"tanh", none, std::nullopt};
+    case kSilu: return {"swish", none, std::nullopt};
+    default: return {"none", none, std::nullopt};
+  }
+}
+
+// One layer's forward: (y = act(h @ w.T + b), the pre-activation; y itself, written over, when
+// keep_pre is false). Where oneDNN's inner product runs the GEMM (fp32 as matmul_nt chooses; bf16
+// always where oneDNN is in use) it adds the bias and, when nobody needs the pre-activation, applies
+// the activation in its epilogue, on the fp32 accumulator: no pass over the output after it. bf16
+// at batch 65536 on the 2-core Zen 4 (ms): 128->784 + sigmoid 99 with at::addmm and torch.sigmoid,
+// 68 in oneDNN (58.6 without the sigmoid); 784->128 + relu 34.7 -> 32.4; batch 4096 3.04 -> 2.70
+// and 1.96 -> 1.88; batch 256 0.225 -> 0.182 and 0.151 -> 0.139. at::addmm first copies the
+// bias into every row of its output (22 ms of a 290 ms bf16 train step at batch 65536).
+std::tuple<at::Tensor, at::Tensor> layer_forward(const at::Tensor& h, const at::Tensor& w,
+                                                 const std::optional<at::Tensor>& bias, int64_t act, bool keep_pre) {
+  const bool bf16 = h.scalar_type() == at::kBFloat16;
+  at::Tensor pre;
+  if ((bf16 || w.size(1) >= w.size(0)) && onednn_gemm(h.size(0), w.size(0), h.size(1), h.scalar_type(), true)) {
+    const bool fused = act != kNone && !keep_pre;
+    const OnednnAttr attr = onednn_attr(fused ? act : kNone);
+    pre = onednn_linear()->call(h, w, bias, attr.name, attr.scalars, attr.algorithm);
+    if (fused || act == kNone) return {pre, pre};
+  } else {
+    pre = matmul_nt(h, w, bias, false);
+    if (act == kNone) return {pre, pre};
+  }
+  at::Tensor y = keep_pre ? at::empty_like(pre) : pre;  // in place when nobody needs pre
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, h.scalar_type(), "layer_forward_cpu", [&] {
+    dispatch_activation(act, [&](auto a) {
+      apply_forward<decltype(a)::value>(pre.const_data_ptr<scalar_t>(), y.mutable_data_ptr<scalar_t>(), pre.numel());
+    });
+  });
+  return {y, pre};
+}
+
 std::tuple<at::Tensor, at::Tensor> linear_act_fwd_cpu(const at::Tensor& x, const at::Tensor& weight,
                                                       const std::optional<at::Tensor>& bias, int64_t act,
                                                       bool save_preact) {
   TORCH_CHECK(x.dim() == 2 && weight.dim() == 2 && x.size(1) == weight.size(1),
               "fastae_C::linear_act_fwd: expected x [M, K] and weight [N, K], got ", x.sizes(), " and ",
               weight.sizes());
-  at::Tensor pre = matmul_nt(x, weight, bias, weight.size(1) >= weight.size(0));
-  if (act == kNone) return {pre, empty_like_none(x)};
-  at::Tensor out = save_preact ? at::empty_like(pre) : pre;  // in place when nobody needs pre
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "linear_act_fwd_cpu", [&] {
-    dispatch_activation(act, [&](auto a) {
-      apply_forward<decltype(a)::value>(pre.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(),
-                                        pre.numel());
-    });
-  });
-  return {out, save_preact ? pre : empty_like_none(x)};
+  auto [out, pre] = layer_forward(x, weight, bias, act, save_preact && act != kNone);
+  return {out, save_preact && act != kNone ? pre : empty_like_none(x)};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_act_bwd_cpu(const at::Tensor& grad_out, const at::Tensor& x,
@@ -254,17 +302,7 @@ std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>> fused_m
                 " expected weight [N, ", h.size(1), "], got ", w.sizes());
     const std::optional<at::Tensor> b = biases.get(i);
     const bool keep_pre = save && !grad_from_output(static_cast<int>(act));
-    at::Tensor pre = matmul_nt(h, w, b, w.size(1) >= w.size(0));
-    at::Tensor y = pre;
-    if (act != kNone) {
-      y = keep_pre ? at::empty_like(pre) : pre;  // in place when nobody needs pre
-      AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "fused_mlp_fwd_cpu", [&] {
-        dispatch_activation(act, [&](auto a) {
-          apply_forward<decltype(a)::value>(pre.const_data_ptr<scalar_t>(), y.mutable_data_ptr<scalar_t>(),
-                                            pre.numel());
-        });
-      });
-    }
+    auto [y, pre] = layer_forward(h, w, b, act, keep_pre);
     if (save) {
       preacts.push_back(keep_pre ? pre : empty_like_none(x));
       if (i + 1 < L) hidden.push_back(y);

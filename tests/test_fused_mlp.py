@@ -250,6 +250,7 @@ def test_mlp_autoencoder_one_call_loss_equals_the_layered_loss(name):
 
 _GEMM_PATHS = """
 import sys, torch
+import fastae
 from tests.test_fused_mlp import make_params, run
 from tests._util import assert_close
 from torch.profiler import profile, ProfilerActivity
@@ -264,7 +265,28 @@ assert_close(out, ref, atol=1e-4, rtol=1e-4)
 for got, want in grads:
     assert_close(got, want, atol=1e-4, rtol=1e-4)
 onednn = sum(e.count for e in prof.key_averages() if e.key == "mkldnn::_linear_pointwise")
-print("ok", onednn)
+# bf16: every activation on a layer of 520x128x128 (over the 8 M), trained (gelu, gelu_tanh and silu
+# keep their pre-activation, so oneDNN adds only the bias) and forward alone (every activation in
+# oneDNN's epilogue)
+acts = ["relu", "leaky_relu", "gelu", "gelu_tanh", "sigmoid", "tanh", "silu", "none"]
+weights, biases = make_params([512] + [128] * 8, torch.bfloat16, "cpu")
+x, grad = torch.rand(520, 512).bfloat16(), torch.randn(520, 128).bfloat16()
+with profile(activities=[ProfilerActivity.CPU]) as prof:
+    out, ref, grads = run("cpu", x, weights, biases, acts, grad)
+    with torch.no_grad():
+        inference = fastae.ops.fused_mlp(x, weights, biases, acts)
+assert_close(out, ref, atol=2e-2, rtol=2e-2)
+assert_close(inference, ref, atol=2e-2, rtol=2e-2)
+for got, want in grads:
+    assert_close(got, want, atol=2e-2, rtol=2e-2)
+bf16 = sum(e.count for e in prof.key_averages() if e.key == "mkldnn::_linear_pointwise")
+# fp32, forward alone: oneDNN's activations against the oracle within fp32's tolerance (the
+# leaky slope, gelu's erf and tanh forms)
+weights32, biases32 = [w.float() for w in weights], [b.float() for b in biases]
+with torch.no_grad():
+    inference = fastae.ops.fused_mlp(x.float(), weights32, biases32, acts)
+assert_close(inference, run("torch", x.float(), weights32, biases32, acts, grad.float())[1], atol=1e-4, rtol=1e-4)
+print("ok", onednn, bf16)
 """
 
 
@@ -272,14 +294,15 @@ print("ok", onednn)
 @pytest.mark.parametrize("onednn", ["0", "1"])
 def test_cpu_gemm_paths_match_the_oracle(onednn):
     """The C++ op's GEMMs through MKL (at::addmm / at::mm) and through oneDNN's inner product (the
-    choice on non-Intel CPUs, forced here with FASTAE_CPU_ONEDNN=1), read once per process."""
+    choice on non-Intel CPUs, forced here with FASTAE_CPU_ONEDNN=1), read once per process; in
+    bf16 oneDNN also applies every activation in its epilogue where no pre-activation is kept."""
     env = {**os.environ, "FASTAE_CPU_ONEDNN": onednn}
     out = subprocess.run([sys.executable, "-c", _GEMM_PATHS], capture_output=True, text=True, env=env,
                          cwd=Path(__file__).resolve().parents[1])
     assert out.returncode == 0 and out.stdout.split()[0] == "ok", out.stderr[-2000:]
     # forced on: the big forward GEMMs, dX of 128->128 and 512->64's weight gradient (five calls),
-    # the small ones on MKL; off: none
-    assert int(out.stdout.split()[1]) == (5 if onednn == "1" else 0)
+    # the small ones on MKL; off: none. bf16: the forward GEMMs (8 layers, trained and forward alone)
+    assert [int(v) for v in out.stdout.split()[1:]] == ([5, 16] if onednn == "1" else [0, 0])
 
 
 # ----------------------------------------------------------------------------------- the Triton fused kernels
