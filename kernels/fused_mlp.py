@@ -28,10 +28,11 @@ On a GPU the kernels are autotuned per shape; under TRITON_INTERPRET=1 the bare 
 one small fixed config.
 """
 
+import torch
 import triton
 import triton.language as tl
 
-import torch
+from fastae.ops.linear import _GRAD_FROM_OUTPUT as _FROM_OUTPUT  # activation ids whose act' follows from the output
 from fastae.kernels.linear_act import (_INTERPRET, _act_forward, _act_grad, _dot, _load_grad, _precision,
                                        linear_act_bwd)
 
@@ -39,8 +40,6 @@ from fastae.kernels.linear_act import (_INTERPRET, _act_forward, _act_grad, _dot
 MAX_HIDDEN = 256
 #: The largest hidden-to-hidden weight (bytes) a program loads whole.
 MAX_WEIGHT_TILE_BYTES = 64 * 1024
-#: Activation ids whose derivative follows from the output (linear_act's _GRAD_FROM_OUTPUT).
-_FROM_OUTPUT = (0, 1, 2, 5, 6)
 
 _INTERPRET_CONFIG = {"BLOCK_M": 16, "BLOCK_K": 32, "BLOCK_N": 32}
 _CONFIGS = [triton.Config({"BLOCK_M": m, "BLOCK_K": k, "BLOCK_N": k}, num_warps=w, num_stages=s)
