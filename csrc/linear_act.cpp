@@ -1,7 +1,9 @@
-// CPU kernels of fastae_C::linear_act_{fwd,bwd}: the GEMMs go to oneDNN's inner product (fp32) or
-// at::addmm / at::mm, and everything elementwise around them — bias is folded into addmm; the activation in
-// forward; the activation derivative and the bias-gradient reduction in backward — is one
-// parallel pass over the [M, N] output instead of the several eager ops autograd would run.
+// CPU kernels of fastae_C::linear_act_{fwd,bwd} and fused_mlp: the GEMMs go to oneDNN's inner product
+// (fp32, and bf16 forward) or at::addmm / at::mm, and everything elementwise around them — the bias
+// folded into the GEMM; the activation in forward (in oneDNN's epilogue where it runs the GEMM and
+// nobody needs the pre-activation); the activation derivative and the bias-gradient reduction in
+// backward — is one parallel pass over the [M, N] output instead of the several eager ops autograd
+// would run.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/core/dispatch/Dispatcher.h>
@@ -120,7 +122,8 @@ at::Tensor empty_like_none(const at::Tensor& x) { return at::empty({0}, x.option
 // with AMX, CPU ms of both threads, MKL / oneDNN, batch 4096: 784->128 dW 12.3 / 16.9, 128->784
 // dW 11.5 / 31.9, forward and dX within 5% either way; batch 256: 128->64 dX 0.07 / 0.15, 784->128
 // dW 0.65 / 0.92), so there oneDNN is not used. FASTAE_CPU_ONEDNN=0 turns it off everywhere, =1
-// on everywhere (as measured per GEMM above); other dtypes use at::addmm / at::mm.
+// on everywhere (as measured per GEMM above); other dtypes use at::addmm / at::mm, except bf16
+// forward GEMMs, which go to oneDNN wherever it is in use (layer_forward).
 bool cpu_is_intel() {
 #if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
   unsigned int eax = 0, ebx = 0, ecx = 0, edx = 0;
