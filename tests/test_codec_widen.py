@@ -12,6 +12,7 @@ from fastae.models.codec import CheckerboardCodec, FactorizedCodec, HyperpriorCo
 from fastae.train import load_model
 from fastae.train.codec import train_codec
 from fastae.train.widen import widen_analysis, widen_codec
+from tests._util import experiment_script
 
 KINDS = [FactorizedCodec, HyperpriorCodec, CheckerboardCodec]
 
@@ -149,3 +150,22 @@ def test_analysis_widths_enter_the_config_only_where_they_differ():
     model = HyperpriorCodec(N=8, M=8, analysis_widths=(16, 16, 8))
     assert model.config["analysis_widths"] == [16, 16, 8] and "widths" not in model.config
     assert build_codec(model.config).state_dict().keys() == model.state_dict().keys()
+
+
+@pytest.mark.parametrize("cls", KINDS, ids=lambda c: c.kind)
+def test_split_widened_analysis_codes_as_the_narrow_one(cls):
+    """experiments/split_widen.py: every new channel a copy of an old one (more than twice as wide
+    repeats them), the next layer's weights shared among the copies; the same latents and decoder."""
+    split_widen = experiment_script("split_widen")
+    narrow = _trained_like(cls, N=8, M=12, widths=(6, 8, 10))
+    wide = split_widen.split_analysis(narrow, (13, 8, 25), seed=1).eval()
+    assert wide.analysis_widths == (13, 8, 25) and wide.g_a[4].weight.shape == (25, 8, 5, 5)
+    state, old = wide.state_dict(), narrow.state_dict()
+    assert all(torch.equal(v, state[k]) for k, v in old.items() if not k.startswith("g_a."))
+    # the first layer's new channels are copies of old ones (its inputs, the pixels, are not split)
+    first, first_old = wide.g_a[0].weight.detach(), narrow.g_a[0].weight.detach()
+    assert all(any(torch.equal(w, o) for o in first_old) for w in first[6:])
+    x = torch.rand(2, 3, 64, 128)
+    with torch.no_grad():
+        for q in (1, 3):
+            torch.testing.assert_close(wide.analysis(x, q), narrow.analysis(x, q), atol=1e-5, rtol=1e-5)
