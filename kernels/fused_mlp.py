@@ -19,9 +19,10 @@ MAX_WEIGHT_TILE_BYTES), one program takes BLOCK_M rows of the batch through all 
   dW kernel (kernels/linear_act.py, dw = g.T @ h and db = g.sum(0) in one pass), once per layer
   inside the same op; for the last layer it recomputes g from grad_out as it loads it.
 
-Precision is eager autograd's: the operands of every product are in the input dtype (fp16 / bf16
-/ fp32), the products accumulate in fp32, and each layer's output, dh and g are rounded to the
-input dtype where eager would store them. Forward is 1 kernel instead of L, backward 1 + L
+Precision follows eager autograd's: the operands of every product are in the input dtype (fp16 /
+bf16 / fp32), the products accumulate in fp32, and each layer's output, dh and g are rounded to
+the input dtype where eager would store them; the bias and the activation are applied to the
+fp32 accumulator, as linear_act's kernels do, not to a rounded pre-activation. Forward is 1 kernel instead of L, backward 1 + L
 instead of 2L, and no hidden activation makes a round trip through memory in forward.
 
 On a GPU the kernels are autotuned per shape; under TRITON_INTERPRET=1 the bare kernels run with
