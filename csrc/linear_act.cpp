@@ -245,8 +245,9 @@ std::tuple<at::Tensor, at::Tensor> linear_act_fwd_cpu(const at::Tensor& x, const
   TORCH_CHECK(x.dim() == 2 && weight.dim() == 2 && x.size(1) == weight.size(1),
               "fastae_C::linear_act_fwd: expected x [M, K] and weight [N, K], got ", x.sizes(), " and ",
               weight.sizes());
-  auto [out, pre] = layer_forward(x, weight, bias, act, save_preact && act != kNone);
-  return {out, save_preact && act != kNone ? pre : empty_like_none(x)};
+  const bool keep_pre = save_preact && act != kNone;
+  auto [out, pre] = layer_forward(x, weight, bias, act, keep_pre);
+  return {out, keep_pre ? pre : empty_like_none(x)};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_act_bwd_cpu(const at::Tensor& grad_out, const at::Tensor& x,

@@ -20,14 +20,14 @@ few random crops of the training photos.
 """
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
 import torch
 
 from fastae._io import read_safetensors
-from fastae.codec.model_file import export_codec, read_model_file
+from fastae.codec.model_file import read_model_file
+from fastae.train.encoder import _export_checked
 from fastae.train.widen import widen_analysis
 
 
@@ -91,10 +91,10 @@ def main(argv=None):
     args = p.parse_args(argv)
     model, _, _ = read_model_file(args.init)
     model = model.float().eval()
-    for i, (a, b) in enumerate(zip(model.analysis_widths, args.widths)):
-        if b < a:
-            sys.exit(f"--widths[{i}] must be >= the model's {a}, got {b}")
-    wide = split_analysis(model, args.widths, args.seed).eval()
+    try:
+        wide = split_analysis(model, args.widths, args.seed).eval()
+    except ValueError as e:  # widen_analysis names a width below the model's
+        sys.exit(str(e))
     from fastae.train.codec import load_photos, random_crops
 
     photos = load_photos(args.data, 2, min_side=256)
@@ -107,16 +107,7 @@ def main(argv=None):
     init_tensors = read_safetensors(args.init)
     dtype = "float16" if init_tensors["model.g_s.0.weight"].dtype == torch.float16 else "float32"
     out = Path(args.out)
-    tmp = out.with_name(out.name + ".partial")
-    export_codec(wide, tmp, model_id=args.model_id, weights_dtype=dtype,
-                 tables={k: v for k, v in init_tensors.items() if k.startswith(("tables.", "integer."))})
-    tensors = read_safetensors(tmp)
-    changed = [k for k in init_tensors if not k.startswith(("model.g_a.", "model.h_a.", "model.log_gain"))
-               and (k not in tensors or not torch.equal(tensors[k], init_tensors[k]))]
-    if changed:
-        tmp.unlink()
-        sys.exit(f"the decoder changed: {changed[:3]}")
-    os.replace(tmp, out)
+    _export_checked(wide, out, args.model_id, dtype, args.init, init_tensors)  # refuses a changed decoder
     print(f"wrote {out}")
 
 

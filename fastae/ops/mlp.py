@@ -92,18 +92,23 @@ def _triton_layer_bwd(*args):
     return kernels.linear_act_bwd(*args)
 
 
-def _triton_fwd(x, weights, biases, acts, save):
+def _triton_fused(x, weights):
+    """kernels/fused_mlp.py when it takes this network (hidden widths <= 256), else None."""
     from fastae.kernels import fused_mlp as kernels
 
-    if kernels.fusable((x.shape[1], *(w.shape[0] for w in weights)), x.dtype):
+    return kernels if kernels.fusable((x.shape[1], *(w.shape[0] for w in weights)), x.dtype) else None
+
+
+def _triton_fwd(x, weights, biases, acts, save):
+    kernels = _triton_fused(x, weights)
+    if kernels is not None:
         return kernels.fused_mlp_fwd(x, weights, biases, acts, save)
     return _layered_fwd(_triton_layer_fwd)(x, weights, biases, acts, save)
 
 
 def _triton_bwd(grad_out, x, weights, *rest):
-    from fastae.kernels import fused_mlp as kernels
-
-    if kernels.fusable((x.shape[1], *(w.shape[0] for w in weights)), x.dtype):
+    kernels = _triton_fused(x, weights)
+    if kernels is not None:
         return kernels.fused_mlp_bwd(grad_out, x, weights, *rest)
     return _layered_bwd(_triton_layer_bwd)(grad_out, x, weights, *rest)
 
